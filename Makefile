@@ -1,0 +1,36 @@
+# The two commands a newcomer needs (see README.md):
+#   make demo   run the main job
+#   make test   run every test, type checks included
+# Both create (or reuse) the project's own virtual environment in .venv and
+# install what they need into it; nothing else is required but Python and make.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test typecheck pytest venv clean
+
+demo: $(STAMP)
+	$(BIN)/python -m trio_zc demo
+
+test: typecheck pytest
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy --config-file tests/typing/mypy.ini tests/typing
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+# Reinstall whenever the project's metadata changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,images]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache docs/_build

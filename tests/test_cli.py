@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import trio_zc._lifecycle as lifecycle
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_zc", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_demo_runs_end_to_end_and_verifies_every_image() -> None:
+    result = run("demo", "--images", "6", "--clients", "3")
+    assert result.returncode == 0, result.stderr
+    assert "images verified : 18/18" in result.stdout
+    assert "corrupt images  : 0" in result.stdout
+
+
+def test_lifecycle_command_prints_the_generated_diagram() -> None:
+    result = run("lifecycle")
+    assert result.returncode == 0
+    assert lifecycle.render_mermaid() in result.stdout
+    assert lifecycle.render_table() in result.stdout

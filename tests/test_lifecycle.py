@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from trio_zc._lifecycle import (
+    OWNED_STATES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    Event,
+    LeaseState,
+    Lifecycle,
+    LifecycleError,
+    render_mermaid,
+    render_table,
+)
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_every_state_is_reachable_and_every_live_state_can_end() -> None:
+    reachable = {LeaseState.WRITABLE, LeaseState.SEALED}
+    changed = True
+    while changed:
+        changed = False
+        for (state, _), new in TRANSITIONS.items():
+            if state in reachable and new not in reachable:
+                reachable.add(new)
+                changed = True
+    assert reachable == set(LeaseState)
+    for state in set(LeaseState) - TERMINAL_STATES:
+        seen, frontier = {state}, [state]
+        while frontier:
+            s = frontier.pop()
+            for (src, _), new in TRANSITIONS.items():
+                if src is s and new not in seen:
+                    seen.add(new)
+                    frontier.append(new)
+        assert seen & TERMINAL_STATES, f"{state} can never end"
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    assert not [key for key in TRANSITIONS if key[0] in TERMINAL_STATES]
+
+
+def test_memory_returns_only_after_release_and_last_completion() -> None:
+    lc = Lifecycle()
+    lc.seal()
+    lc.send()
+    lc.send()
+    assert lc.state is LeaseState.SENDING and lc.inflight == 2
+    lc.release()
+    assert lc.state is LeaseState.DRAINING and not lc.done
+    lc.complete()
+    assert lc.state is LeaseState.DRAINING
+    lc.complete()
+    assert lc.state is LeaseState.FREE and lc.done and lc.inflight == 0
+
+
+def test_kernel_finishing_first_returns_the_lease_to_its_owner() -> None:
+    lc = Lifecycle()
+    lc.seal()
+    lc.send()
+    lc.complete()
+    assert lc.state is LeaseState.SEALED and lc.owned
+    lc.release()
+    assert lc.state is LeaseState.FREE
+
+
+def test_writable_leases_cannot_be_sent() -> None:
+    lc = Lifecycle()
+    with pytest.raises(LifecycleError, match="'send' is not allowed in state 'writable'"):
+        lc.send()
+    assert lc.state is LeaseState.WRITABLE and lc.inflight == 0
+
+
+def test_completion_with_nothing_in_flight_is_refused() -> None:
+    lc = Lifecycle(LeaseState.SEALED)
+    with pytest.raises(LifecycleError):
+        lc.complete()
+    assert lc.state is LeaseState.SEALED
+
+
+def test_abandoned_lease_waits_for_its_views() -> None:
+    lc = Lifecycle()
+    lc.release(views_alive=True)
+    assert lc.state is LeaseState.ABANDONED and not lc.owned and not lc.done
+    lc.views_gone()
+    assert lc.state is LeaseState.FREE
+
+
+def test_quarantine_only_with_sends_in_flight() -> None:
+    lc = Lifecycle(LeaseState.SEALED)
+    with pytest.raises(LifecycleError):
+        lc.quarantine()
+    lc.send()
+    lc.quarantine()
+    assert lc.state is LeaseState.QUARANTINED and lc.done
+
+
+@pytest.mark.parametrize("state", [LeaseState.SENDING, LeaseState.FREE])
+def test_leases_start_writable_or_sealed(state: LeaseState) -> None:
+    with pytest.raises(ValueError):
+        Lifecycle(state)
+
+
+def test_owned_states() -> None:
+    assert OWNED_STATES == {LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING}
+
+
+def test_rendered_diagram_and_table_cover_every_transition() -> None:
+    mermaid = render_mermaid()
+    table = render_table()
+    for (state, event), new in TRANSITIONS.items():
+        assert f"{state.name} --> {new.name}: {event.value}" in mermaid
+        assert any(
+            line.split("  ")[0] == state.value and event.value in line and line.endswith(new.value)
+            for line in table.splitlines()
+        )
+    assert len(table.splitlines()) == len(TRANSITIONS) + 4
+    assert {e.value for e in Event} - {"complete"} <= {k[1].value for k in TRANSITIONS} | {"complete"}
+
+
+def _between(text: str, begin: str, end: str) -> str:
+    start = text.index(begin) + len(begin)
+    return text[start : text.index(end, start)]
+
+
+def test_docs_page_shows_the_table_as_generated() -> None:
+    """The diagram in the docs is generated from TRANSITIONS; regenerate it with
+    ``python -m trio_zc lifecycle --write-docs`` when the table changes."""
+    page = (DOCS / "lifecycle.rst").read_text()
+    mermaid = _between(page, ".. BEGIN GENERATED MERMAID\n", ".. END GENERATED MERMAID")
+    table = _between(page, ".. BEGIN GENERATED TABLE\n", ".. END GENERATED TABLE")
+    assert _dedent(mermaid) == render_mermaid()
+    assert table.strip() == render_table()
+
+
+def _dedent(block: str) -> str:
+    lines = [line for line in block.splitlines() if line.strip() and not line.startswith("..")]
+    lines = [line for line in lines if not line.lstrip().startswith(":")]
+    body = [line for line in lines if line.strip() != ".. code-block:: text"]
+    indent = min(len(line) - len(line.lstrip()) for line in body)
+    return "\n".join(line[indent:] for line in body)

@@ -1,0 +1,45 @@
+"""Mistakes with leases that mypy must reject (see README.md here)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import trio_zc
+
+
+def send_somewhere(lease: trio_zc.SealedLease) -> None:
+    """Stands for any sending API: they all take SealedLease only."""
+
+
+async def misuse(pool: trio_zc.BufferPool) -> None:
+    writable = await pool.acquire(4096)
+    sealed = writable.seal()
+
+    # Sending a writable lease.
+    send_somewhere(writable)  # type: ignore[arg-type]
+
+    # Writing through a sealed lease: it has no write API...
+    sealed.write(b"new image")  # type: ignore[attr-defined]
+    sealed.ndarray((64, 64))  # type: ignore[attr-defined]
+    # ...and its view is read-only to the checker too.
+    sealed.view()[0] = 1  # type: ignore[index]
+    sealed.view()[0:4] = b"abcd"  # type: ignore[index]
+
+    # Sealing twice through the sealed type.
+    sealed.seal()  # type: ignore[attr-defined]
+
+    # No public constructors.
+    trio_zc.SealedLease()  # type: ignore[call-arg]
+    trio_zc.WritableLease()  # type: ignore[call-arg]
+
+    # Adopted buffers come back sealed, not writable.
+    adopted = pool.adopt(bytearray(16))
+    adopted.view()[0] = 0  # type: ignore[index]
+
+    # What must keep type-checking: reading a sealed lease and sending it.
+    hashlib.sha256(sealed.view()).hexdigest()
+    bytes(sealed.view())
+    send_somewhere(sealed)
+    send_somewhere(adopted)
+    sealed.release()
+    await adopted.wait_reusable()

@@ -1,0 +1,32 @@
+"""trio_zc: send large in-memory buffers from Trio without copying them,
+and without ever letting the application reuse memory the kernel still reads.
+
+Buffers live in a pool (:func:`open_pool`). The application writes into a
+:class:`WritableLease`, seals it into a :class:`SealedLease` and sends that;
+the memory returns to the pool only when the kernel reports it is done.
+"""
+
+from ._errors import ForeignLeaseError as ForeignLeaseError
+from ._errors import LeaseError as LeaseError
+from ._errors import LeaseLeakWarning as LeaseLeakWarning
+from ._errors import LeaseQuarantinedError as LeaseQuarantinedError
+from ._errors import LiveViewsError as LiveViewsError
+from ._errors import QuarantineWarning as QuarantineWarning
+from ._errors import StaleLeaseError as StaleLeaseError
+from ._lease import ReadOnlyBuffer as ReadOnlyBuffer
+from ._lease import SealedLease as SealedLease
+from ._lease import WritableLease as WritableLease
+from ._lifecycle import LeaseState as LeaseState
+from ._pool import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
+from ._pool import BufferPool as BufferPool
+from ._pool import PoolStatistics as PoolStatistics
+from ._pool import open_pool as open_pool
+
+__version__ = "0.1.0.dev0"
+
+# Show public names as trio_zc.X rather than trio_zc._module.X in reprs,
+# tracebacks and the generated reference.
+for _name, _obj in list(globals().items()):
+    if getattr(_obj, "__module__", "").startswith("trio_zc._"):
+        _obj.__module__ = "trio_zc"
+del _name, _obj

@@ -1,0 +1,401 @@
+"""Lease handles: what the application holds while it writes and sends.
+
+A lease is one record (:class:`_Slot`) behind two kinds of handle. The
+:class:`WritableLease` can write and seal; the :class:`SealedLease` can be
+sent and released. They are different classes with no common write or send
+method, so the type checker rejects the mistakes, and each handle checks the
+record's state on every use, so the program rejects them too.
+
+The record, not the handle, owns the memory and the life cycle
+(:mod:`trio_zc._lifecycle`); kernels talk to the record through the few
+methods marked "for kernels" below.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Protocol, overload
+
+import trio
+
+from ._arena import ViewCounter
+from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
+from ._lifecycle import LeaseState, Lifecycle
+
+if TYPE_CHECKING:
+    import numpy
+    import numpy.typing
+
+    from ._pool import BufferPool
+
+_ids = itertools.count(1)
+
+
+class ReadOnlyBuffer(Protocol):
+    """What :meth:`SealedLease.view` returns, as far as the type checker knows.
+
+    At run time it is a read-only :class:`memoryview`; this protocol lists
+    the reading half of memoryview's interface and none of its writing
+    half, so that ``sealed.view()[0] = 1`` is a type error as well as a
+    run-time one. It is a buffer: ``hashlib.sha256(sealed.view())`` and
+    ``bytes(sealed.view())`` work.
+    """
+
+    @property
+    def nbytes(self) -> int: ...
+
+    @property
+    def readonly(self) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    @overload
+    def __getitem__(self, index: int, /) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice, /) -> ReadOnlyBuffer: ...
+
+    def tobytes(self) -> bytes: ...
+
+    def release(self) -> None: ...
+
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+
+class _Slot:
+    """One lease's memory and state. Internal: applications see the handles."""
+
+    __slots__ = (
+        "pool",
+        "id",
+        "lifecycle",
+        "offset",
+        "capacity",
+        "nbytes",
+        "adopted",
+        "views",
+        "_reusable",
+        "stale_reason",
+        "writable",
+        "sealed",
+    )
+
+    def __init__(
+        self,
+        pool: BufferPool,
+        *,
+        offset: int,
+        capacity: int,
+        adopted: memoryview | None = None,
+    ) -> None:
+        self.pool = pool
+        self.id = next(_ids)
+        self.lifecycle = Lifecycle(LeaseState.SEALED if adopted is not None else LeaseState.WRITABLE)
+        #: Where the lease's pages start in the arena (0 for adopted buffers).
+        self.offset = offset
+        #: Bytes the application asked for.
+        self.capacity = capacity
+        #: Bytes sealed (what a send sends); the capacity until sealed.
+        self.nbytes = capacity
+        #: The application's own buffer, for adopted leases.
+        self.adopted = adopted
+        #: What writable views are built on, made at the first view.
+        self.views: ViewCounter | None = None
+        self._reusable: trio.Event | None = None
+        self.stale_reason = ""
+        self.writable: WritableLease | None = None
+        self.sealed: SealedLease | None = None
+
+    @property
+    def state(self) -> LeaseState:
+        return self.lifecycle.state
+
+    @property
+    def block_length(self) -> int:
+        """Arena bytes this lease occupies (0 for adopted buffers)."""
+        if self.adopted is not None:
+            return 0
+        return self.pool._allocator.round_up(self.capacity)
+
+    def describe(self) -> str:
+        kind = "adopted" if self.adopted is not None else "pool"
+        return f"lease #{self.id} ({kind}, {self.nbytes} bytes, {self.state.value})"
+
+    # -- writable views ----------------------------------------------------
+
+    def new_view(self) -> memoryview:
+        """A writable byte view of the lease, counted by :attr:`views`."""
+        if self.views is None:
+            self.views = ViewCounter(self.pool._arena.exporter(self.offset, self.capacity))
+        exporter = self.views.exporter
+        assert exporter is not None
+        with memoryview(exporter) as chars:
+            return chars.cast("B")
+
+    def live_views(self) -> int:
+        """How many writable views of this lease are alive."""
+        return 0 if self.views is None else self.views.live_views()
+
+    # -- for kernels --------------------------------------------------------
+
+    def readonly_view(self) -> memoryview:
+        """The sealed bytes, read-only, for a kernel to send from."""
+        if self.adopted is not None:
+            return self.adopted[: self.nbytes]
+        start = self.offset
+        return self.pool._arena.readonly[start : start + self.nbytes]
+
+    def begin_send(self) -> None:
+        """A kernel is about to hand this lease's memory to the kernel."""
+        self.lifecycle.send()
+        self.pool._sends_in_flight += 1
+
+    def end_send(self) -> None:
+        """The kernel reported one send of this lease complete."""
+        self.lifecycle.complete()
+        self.pool._on_send_complete(self)
+
+    # -- reaching the end ---------------------------------------------------
+
+    def wake_reusable(self) -> None:
+        if self._reusable is not None:
+            self._reusable.set()
+
+    async def wait_done(self) -> None:
+        if not self.lifecycle.done:
+            if self._reusable is None:
+                self._reusable = trio.Event()
+            await self._reusable.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+
+def _check_shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    for d in dims:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise ValueError(f"shape must be non-negative integers, not {shape!r}")
+    return dims
+
+
+class WritableLease:
+    """Pool memory that the application is filling in.
+
+    Get one from :meth:`BufferPool.acquire`, :meth:`BufferPool.acquire_nowait`
+    or :meth:`BufferPool.lease`; there is no public constructor. Its memory
+    starts as zeros (never bytes of an earlier image). Write through
+    :meth:`view`, :meth:`ndarray` or :meth:`write`, then :meth:`seal` it to
+    get the :class:`SealedLease` that can be sent. A writable lease cannot be
+    sent.
+
+    After :meth:`seal` or :meth:`release` this handle is stale: every use
+    raises :class:`StaleLeaseError`.
+    """
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: _Slot) -> None:
+        self._slot = slot
+
+    def _live(self) -> _Slot:
+        slot = self._slot
+        if slot.state is not LeaseState.WRITABLE:
+            reason = slot.stale_reason
+            if slot.sealed is not None:
+                reason = "it was sealed; use the SealedLease that seal() returned"
+            raise StaleLeaseError(f"this WritableLease is stale: {reason}")
+        return slot
+
+    def __repr__(self) -> str:
+        return f"<trio_zc.WritableLease {self._slot.describe()}>"
+
+    @property
+    def nbytes(self) -> int:
+        """How many bytes the lease holds (what was asked for)."""
+        return self._live().capacity
+
+    def view(self) -> memoryview:
+        """A new writable :class:`memoryview` of the lease's *nbytes* bytes.
+
+        :meth:`seal` refuses while any view (or a slice of one, or an array
+        or image built on one) is still alive: drop them or call their
+        ``release()`` first.
+        """
+        return self._live().new_view()
+
+    def ndarray(
+        self,
+        shape: int | tuple[int, ...],
+        dtype: numpy.typing.DTypeLike = "uint8",
+    ) -> numpy.typing.NDArray[Any]:
+        """A writable NumPy array of *shape* and *dtype* over the lease, with no copy.
+
+        It counts as a view: :meth:`seal` refuses while it is alive. Needs
+        NumPy (``pip install trio_zc[images]``).
+        """
+        try:
+            import numpy
+        except ModuleNotFoundError as exc:  # pragma: no cover - numpy is in the test env
+            raise ModuleNotFoundError(
+                "WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"
+            ) from exc
+        slot = self._live()
+        dims = _check_shape(shape)
+        dt = numpy.dtype(dtype)
+        count = 1
+        for d in dims:
+            count *= d
+        needed = count * dt.itemsize
+        if needed > slot.capacity:
+            raise ValueError(
+                f"an array of shape {dims} and dtype {dt} needs {needed} bytes;"
+                f" the lease holds {slot.capacity}"
+            )
+        array: numpy.typing.NDArray[Any] = numpy.frombuffer(slot.new_view(), dtype=dt, count=count)
+        return array.reshape(dims)
+
+    def write(self, data: Any, offset: int = 0) -> int:
+        """Copy the bytes of *data* (any buffer) into the lease at *offset*.
+
+        Returns the offset just past what was written, so writes chain.
+        Leaves no view behind.
+        """
+        slot = self._live()
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        with memoryview(data) as src:
+            n = src.nbytes
+            if offset < 0 or offset + n > slot.capacity:
+                raise ValueError(
+                    f"writing {n} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
+                )
+            if not src.c_contiguous:
+                raise ValueError("write() needs a C-contiguous buffer")
+            start = slot.offset + offset
+            with src.cast("B") as flat:
+                slot.pool._arena.rw[start : start + n] = flat
+        return offset + n
+
+    def seal(self, nbytes: int | None = None) -> SealedLease:
+        """Make the lease read-only and sendable; this handle goes stale.
+
+        *nbytes* (default: all of it) is how many bytes, from the start, the
+        sealed lease holds and sends. Every writable mapping of the lease is
+        unmapped first; if a view is still alive nothing changes and
+        :class:`LiveViewsError` says how many.
+        """
+        slot = self._live()
+        if nbytes is None:
+            nbytes = slot.capacity
+        elif not isinstance(nbytes, int) or isinstance(nbytes, bool):
+            raise TypeError(f"nbytes must be an int or None, not {type(nbytes).__name__}")
+        elif not 0 < nbytes <= slot.capacity:
+            raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
+        alive = slot.live_views()
+        if alive:
+            raise LiveViewsError(
+                f"cannot seal {slot.describe()}: {alive} writable view(s) of it"
+                " are still alive (memoryviews, arrays or images from view()/ndarray());"
+                " drop them or call their release() first",
+                alive,
+            )
+        slot.views = None
+        # From here on the process has no writable mapping of these pages.
+        slot.pool._arena.protect(slot.offset, slot.block_length, writable=False)
+        slot.lifecycle.seal()
+        slot.nbytes = nbytes
+        sealed = SealedLease(slot)
+        slot.sealed = sealed
+        slot.writable = None
+        return sealed
+
+    def release(self) -> None:
+        """Give the lease back unsent; this handle goes stale.
+
+        Refuses with :class:`LiveViewsError` (changing nothing) while a view
+        of it is alive, since the memory is about to belong to someone else.
+        """
+        slot = self._live()
+        alive = slot.live_views()
+        if alive:
+            raise LiveViewsError(
+                f"cannot release {slot.describe()}: {alive} writable view(s) of it are still alive",
+                alive,
+            )
+        slot.pool._release(slot, "it was released")
+
+
+class SealedLease:
+    """Read-only memory that is ready to send, to any number of streams.
+
+    Comes from :meth:`WritableLease.seal` or :meth:`BufferPool.adopt`; there
+    is no public constructor and no way to write through it. Its memory goes
+    back to the pool only when both :meth:`release` was called (or the
+    lease's scope ended) and the kernel reported every send of it complete.
+
+    After :meth:`release` or :meth:`wait_reusable` this handle is stale:
+    every use raises :class:`StaleLeaseError`.
+    """
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: _Slot) -> None:
+        self._slot = slot
+
+    def _live(self) -> _Slot:
+        slot = self._slot
+        if slot.state is not LeaseState.SEALED and slot.state is not LeaseState.SENDING:
+            raise StaleLeaseError(f"this SealedLease is stale: {slot.stale_reason}")
+        return slot
+
+    def __repr__(self) -> str:
+        return f"<trio_zc.SealedLease {self._slot.describe()}>"
+
+    @property
+    def nbytes(self) -> int:
+        """How many bytes the lease sends."""
+        return self._live().nbytes
+
+    @property
+    def adopted(self) -> bool:
+        """Whether the memory is the application's own (from :meth:`BufferPool.adopt`)."""
+        return self._live().adopted is not None
+
+    @property
+    def sends_in_flight(self) -> int:
+        """Sends of this lease that the kernel has not yet reported complete."""
+        return self._live().lifecycle.inflight
+
+    def view(self) -> ReadOnlyBuffer:
+        """A read-only view of the sealed bytes.
+
+        For reading (hashing, checking) while the lease is held; do not keep
+        it past :meth:`release`, after which the memory may hold another image.
+        """
+        return self._live().readonly_view()
+
+    def release(self) -> None:
+        """Give the lease up. Never blocks; this handle goes stale.
+
+        The memory returns to the pool once the kernel reports every send
+        of it complete, which may be now or later.
+        """
+        slot = self._live()
+        slot.pool._release(slot, "it was released")
+
+    async def wait_reusable(self) -> None:
+        """Release the lease and wait until the kernel is done with its memory.
+
+        This is how code that adopted its own buffer learns when it may
+        write into it again. Raises :class:`LeaseQuarantinedError` if the
+        pool closed before the kernel confirmed (never reuse the buffer
+        then). Cancelling the wait does not undo the release.
+        """
+        slot = self._live()
+        slot.pool._release(slot, "it was released by wait_reusable()")
+        await slot.wait_done()
+        if slot.state is LeaseState.QUARANTINED:
+            raise LeaseQuarantinedError(
+                f"{slot.describe()}: the pool closed before the kernel confirmed"
+                " it was done reading this memory; never reuse it"
+            )

@@ -1,0 +1,485 @@
+"""The buffer pool: an arena of shared memory handed out as leases.
+
+The pool is the scope that owns every lease: it is opened with
+``async with open_pool(...)``, and when that block ends it waits for the
+kernel to finish every send in flight (up to a drain deadline), reports the
+leases the application still held, and quarantines what never completed.
+
+Waiting for memory is first-come first-served: a request that does not fit
+waits behind earlier ones even if a smaller later one would fit, so a large
+image is never starved by a stream of small ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import attrs
+import trio
+
+from ._allocator import Allocator
+from ._arena import PAGE_SIZE, Arena
+from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
+from ._lease import SealedLease, WritableLease, _Slot
+from ._lifecycle import LeaseState
+
+#: How long closing a pool waits, by default, for sends in flight to complete.
+#: Completions normally arrive within microseconds of the data leaving; ten
+#: seconds covers a peer that stalls, a retransmit timeout or two, and a
+#: loaded machine, while still bounding how long a shutdown can hang.
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
+
+#: How often the pool checks whether the views of an abandoned lease are gone.
+_SWEEP_INTERVAL: Final = 0.05
+
+# Memory the kernel may still read when its pool closed: kept alive (mapped)
+# for the life of the process, because nobody will ever say it is free.
+_graveyard: list[object] = []
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A snapshot of a pool's state, from :meth:`BufferPool.statistics`.
+
+    All byte counts are of arena memory (whole pages), except the
+    ``adopted_*`` ones, which count the application's own buffers.
+    """
+
+    #: Arena size: *max_bytes* rounded down to whole pages.
+    max_bytes: int
+    #: The page size that leases are rounded up to.
+    page_size: int
+    #: Arena bytes free for new leases.
+    free_bytes: int
+    #: The largest lease that could be served right now without waiting.
+    largest_free_block: int
+    #: Leases the application holds writable.
+    writable_leases: int
+    #: Leases the application holds sealed (pool and adopted).
+    sealed_leases: int
+    #: Leases released by the application, waiting for the kernel.
+    draining_leases: int
+    #: Leases released while writable views were alive, waiting for them to go.
+    abandoned_leases: int
+    #: Leases whose completion never came before the pool closed.
+    quarantined_leases: int
+    #: Arena bytes withheld for good by quarantine.
+    quarantined_bytes: int
+    #: Adopted buffers not yet reusable by the application.
+    adopted_leases: int
+    #: Bytes of those adopted buffers.
+    adopted_bytes: int
+    #: Sends handed to the kernel and not yet reported complete.
+    sends_in_flight: int
+    #: Tasks waiting in :meth:`BufferPool.acquire`.
+    tasks_waiting: int
+    #: Leases ever handed out (acquired or adopted).
+    leases_total: int
+    #: Leases the application still held when the pool closed.
+    leaked_at_close: int
+    #: Whether the pool's block has ended.
+    closed: bool
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    nbytes: int
+    event: trio.Event = attrs.Factory(trio.Event)
+    slot: _Slot | None = None
+    closed: bool = False
+
+
+class BufferPool:
+    """Page-aligned shared memory, handed out as leases.
+
+    Create one with :func:`open_pool`; there is no public constructor. See
+    :class:`WritableLease` and :class:`SealedLease` for the life of a lease.
+    """
+
+    def __init__(self, _arena: Arena, *, drain_timeout: float) -> None:
+        self._arena = _arena
+        self._allocator = Allocator(_arena.size, PAGE_SIZE)
+        self._drain_timeout = drain_timeout
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        # Every slot not yet FREE or QUARANTINED.
+        self._slots: dict[int, _Slot] = {}
+        self._abandoned: list[_Slot] = []
+        self._sweep_wanted = trio.Event()
+        self._sends_in_flight = 0
+        self._drained: trio.Event | None = None
+        self._leases_total = 0
+        self._leaked_at_close = 0
+        self._quarantined_leases = 0
+        self._quarantined_bytes = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<trio_zc.BufferPool {state}, {self._arena.size} bytes>"
+
+    # -- checks -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this pool's block has ended; open a new pool")
+
+    def _check_nbytes(self, nbytes: object) -> int:
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes <= 0:
+            raise ValueError(f"nbytes must be positive, not {nbytes}")
+        if nbytes > self._arena.size:
+            raise ValueError(
+                f"a lease of {nbytes} bytes can never be served: the pool holds {self._arena.size}"
+            )
+        return nbytes
+
+    def _own(self, lease: WritableLease | SealedLease) -> _Slot:
+        if not isinstance(lease, (WritableLease, SealedLease)):
+            raise TypeError(f"expected a lease, not {type(lease).__name__}")
+        slot = lease._slot
+        if slot.pool is not self:
+            raise ForeignLeaseError(f"{lease!r} belongs to another pool")
+        return slot
+
+    @property
+    def max_bytes(self) -> int:
+        """The arena's size: the most memory the pool's leases ever use."""
+        return self._arena.size
+
+    # -- acquiring ----------------------------------------------------------
+
+    def _new_slot(self, nbytes: int) -> _Slot | None:
+        offset = self._allocator.allocate(nbytes)
+        if offset is None:
+            return None
+        slot = _Slot(self, offset=offset, capacity=nbytes)
+        slot.writable = WritableLease(slot)
+        self._slots[slot.id] = slot
+        self._leases_total += 1
+        return slot
+
+    def acquire_nowait(self, nbytes: int) -> WritableLease:
+        """Take a lease of *nbytes* now, or raise :class:`trio.WouldBlock`.
+
+        It raises WouldBlock also when the memory is there but other tasks
+        are already waiting for it: they come first.
+        """
+        self._check_open()
+        nbytes = self._check_nbytes(nbytes)
+        if not self._waiters:
+            self._sweep()
+            slot = self._new_slot(nbytes)
+            if slot is not None:
+                assert slot.writable is not None
+                return slot.writable
+        raise trio.WouldBlock
+
+    async def acquire(self, nbytes: int) -> WritableLease:
+        """Take a lease of *nbytes*, waiting while the pool is full.
+
+        Waiters are served first-come first-served. Cancelling the wait
+        leaves nothing behind. Every request of at most :attr:`max_bytes` is
+        served once enough leases come back: freed memory is merged, so
+        fragmentation delays a request but never refuses it.
+        """
+        self._check_open()
+        nbytes = self._check_nbytes(nbytes)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            lease = self.acquire_nowait(nbytes)
+        except trio.WouldBlock:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return lease
+        waiter = _Waiter(nbytes)
+        self._waiters.append(waiter)
+        if self._abandoned:
+            self._sweep_wanted.set()
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.slot is not None:
+                # Granted just as we were cancelled: give it back untouched.
+                self._release(waiter.slot, "its acquire() was cancelled")
+            else:
+                self._waiters.remove(waiter)
+                # We may have been the head holding back smaller requests.
+                self._serve_waiters()
+            raise
+        if waiter.closed:
+            raise trio.ClosedResourceError("the pool closed while waiting for memory")
+        assert waiter.slot is not None and waiter.slot.writable is not None
+        return waiter.slot.writable
+
+    @asynccontextmanager
+    async def lease(self, nbytes: int) -> AsyncIterator[WritableLease]:
+        """``async with pool.lease(n) as lease:``: a lease scoped to a block.
+
+        When the block ends, the lease is released in whatever state it
+        reached: the writable handle, or the sealed one that
+        :meth:`WritableLease.seal` returned. Its memory returns to the pool
+        once the kernel has finished every send of it.
+        """
+        lease = await self.acquire(nbytes)
+        slot = lease._slot
+        try:
+            yield lease
+        finally:
+            if slot.lifecycle.owned:
+                self._release(slot, "its `async with pool.lease()` block ended")
+
+    def adopt(self, buffer: Any) -> SealedLease:
+        """Wrap a buffer the application owns as a sealed lease, without copying.
+
+        *buffer* is anything with the buffer protocol that is C-contiguous
+        (bytes, bytearray, a NumPy array, an mmap). Read-only buffers are
+        fine: sending only reads. The lease keeps the buffer exported, so a
+        bytearray cannot be resized, nor an mmap closed, while the kernel may
+        read it; call :meth:`SealedLease.wait_reusable` to give the lease up
+        and learn when the buffer may be written again. Adopted memory does
+        not count against *max_bytes*.
+        """
+        self._check_open()
+        try:
+            view = memoryview(buffer)
+        except TypeError:
+            raise TypeError(
+                f"adopt() needs a buffer (bytes, bytearray, array, mmap), not {type(buffer).__name__}"
+            ) from None
+        if not view.c_contiguous:
+            view.release()
+            raise ValueError("adopt() needs a C-contiguous buffer; this one is strided")
+        if view.nbytes == 0:
+            view.release()
+            raise ValueError("adopt() needs a non-empty buffer")
+        flat = view.cast("B")
+        view.release()
+        slot = _Slot(self, offset=0, capacity=flat.nbytes, adopted=flat)
+        slot.sealed = SealedLease(slot)
+        self._slots[slot.id] = slot
+        self._leases_total += 1
+        return slot.sealed
+
+    def release(self, lease: WritableLease | SealedLease) -> None:
+        """Release *lease*, which must come from this pool.
+
+        The same as ``lease.release()``, after checking that the lease is
+        this pool's (:class:`ForeignLeaseError` otherwise); for code that
+        keeps leases of several pools.
+        """
+        self._own(lease)
+        lease.release()
+
+    # -- the end of a lease -------------------------------------------------
+
+    def _release(self, slot: _Slot, reason: str) -> None:
+        """The owner gave *slot* up (or its scope did it for them)."""
+        views_alive = slot.state is LeaseState.WRITABLE and slot.live_views() > 0
+        slot.stale_reason = reason
+        slot.lifecycle.release(views_alive=views_alive)
+        if slot.state is LeaseState.ABANDONED:
+            self._abandoned.append(slot)
+            self._sweep_wanted.set()
+        self._settle(slot)
+
+    def _on_send_complete(self, slot: _Slot) -> None:
+        self._sends_in_flight -= 1
+        self._settle(slot)
+        if self._sends_in_flight == 0 and self._drained is not None:
+            self._drained.set()
+
+    def _settle(self, slot: _Slot) -> None:
+        """Act on the state *slot* reached."""
+        if slot.state is LeaseState.FREE:
+            del self._slots[slot.id]
+            if slot.adopted is not None:
+                slot.adopted.release()
+            elif not self._arena.closed:
+                # Free memory is writable and all zeros: the next lease
+                # sees none of this one's bytes.
+                if slot.sealed is not None:
+                    self._arena.protect(slot.offset, slot.block_length, writable=True)
+                self._arena.zero(slot.offset, slot.capacity)
+                self._allocator.free(slot.offset, slot.capacity)
+                self._serve_waiters()
+            slot.wake_reusable()
+        elif slot.state is LeaseState.QUARANTINED:
+            del self._slots[slot.id]
+            self._quarantined_leases += 1
+            self._quarantined_bytes += slot.block_length
+            if slot.adopted is not None:
+                # Keep the application's buffer exported: it must not be
+                # resized or freed while the kernel may read it.
+                _graveyard.append(slot.adopted)
+            slot.wake_reusable()
+
+    def _serve_waiters(self) -> None:
+        while self._waiters:
+            waiter = self._waiters[0]
+            slot = self._new_slot(waiter.nbytes)
+            if slot is None:
+                return
+            self._waiters.popleft()
+            waiter.slot = slot
+            waiter.event.set()
+
+    def _sweep(self) -> None:
+        """Free abandoned leases whose writable views have gone away."""
+        if not self._abandoned:
+            return
+        still = []
+        for slot in self._abandoned:
+            if slot.live_views():
+                still.append(slot)
+            else:
+                slot.views = None
+                slot.lifecycle.views_gone()
+                self._settle(slot)
+        self._abandoned = still
+
+    async def _sweeper(self) -> None:
+        while True:
+            await self._sweep_wanted.wait()
+            while self._abandoned:
+                self._sweep()
+                await trio.sleep(_SWEEP_INTERVAL)
+            self._sweep_wanted = trio.Event()
+
+    # -- closing ------------------------------------------------------------
+
+    async def _close(self) -> None:
+        """Drain, report and quarantine; the end of :func:`open_pool`'s block."""
+        self._closed = True
+        for waiter in self._waiters:
+            waiter.closed = True
+            waiter.event.set()
+        self._waiters.clear()
+
+        held = [slot for slot in self._slots.values() if slot.lifecycle.owned]
+        if held:
+            self._leaked_at_close = len(held)
+            names = ", ".join(slot.describe() for slot in held[:10])
+            more = f" and {len(held) - 10} more" if len(held) > 10 else ""
+            warnings.warn(
+                LeaseLeakWarning(
+                    f"the pool closed while the application still held {len(held)}"
+                    f" lease(s): {names}{more}; the pool released them"
+                ),
+                stacklevel=4,
+            )
+            for slot in held:
+                self._release(slot, "its pool closed")
+
+        if self._sends_in_flight:
+            self._drained = trio.Event()
+            # Shielded: a cancelled scope must not cut the drain short, or
+            # memory would be recycled under the kernel. The deadline bounds it.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._drain_timeout):
+                    await self._drained.wait()
+
+        inflight = [s for s in self._slots.values() if s.lifecycle.inflight]
+        for slot in inflight:
+            slot.stale_reason = "its pool closed"
+            slot.lifecycle.quarantine()
+            self._settle(slot)
+        if inflight:
+            warnings.warn(
+                QuarantineWarning(
+                    f"the pool closed with {len(inflight)} lease(s) the kernel never"
+                    f" reported done ({self._quarantined_bytes} arena bytes and"
+                    f" {sum(s.nbytes for s in inflight if s.adopted is not None)} adopted"
+                    " bytes); that memory is quarantined: never reused or unmapped"
+                ),
+                stacklevel=4,
+            )
+
+        self._sweep()
+        # Unmapping is safe only if neither the kernel (quarantine) nor a
+        # view the application kept (abandoned) can still touch the memory.
+        keep = bool(self._quarantined_bytes or self._abandoned)
+        if keep:
+            _graveyard.append(self._arena)
+        self._arena.close(keep_mapping=keep)
+
+    # -- statistics ---------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the pool's memory and leases."""
+        counts: collections.Counter[LeaseState] = collections.Counter()
+        adopted_leases = adopted_bytes = 0
+        for slot in self._slots.values():
+            counts[slot.state] += 1
+            if slot.adopted is not None:
+                adopted_leases += 1
+                adopted_bytes += slot.capacity
+        return PoolStatistics(
+            max_bytes=self._arena.size,
+            page_size=PAGE_SIZE,
+            free_bytes=self._allocator.free_bytes,
+            largest_free_block=self._allocator.largest_free_block,
+            writable_leases=counts[LeaseState.WRITABLE],
+            sealed_leases=counts[LeaseState.SEALED] + counts[LeaseState.SENDING],
+            draining_leases=counts[LeaseState.DRAINING],
+            abandoned_leases=counts[LeaseState.ABANDONED],
+            quarantined_leases=self._quarantined_leases,
+            quarantined_bytes=self._quarantined_bytes,
+            adopted_leases=adopted_leases,
+            adopted_bytes=adopted_bytes,
+            sends_in_flight=self._sends_in_flight,
+            tasks_waiting=len(self._waiters),
+            leases_total=self._leases_total,
+            leaked_at_close=self._leaked_at_close,
+            closed=self._closed,
+        )
+
+
+@asynccontextmanager
+async def open_pool(
+    *, max_bytes: int, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+) -> AsyncIterator[BufferPool]:
+    """Open a pool of *max_bytes* of shared memory for the duration of a block.
+
+    ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
+
+    *max_bytes* is rounded down to whole pages and is the most memory the
+    pool's leases ever use. When the block ends, the pool waits up to
+    *drain_timeout* seconds (even if the block was cancelled) for the
+    kernel to finish every send in flight, releases and reports (with
+    :class:`LeaseLeakWarning`) the leases the application still holds, and
+    quarantines (with :class:`QuarantineWarning`) memory the kernel never
+    reported done. Afterwards every method raises
+    :class:`trio.ClosedResourceError` and every lease handle is stale.
+    """
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+        raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+    if max_bytes < PAGE_SIZE:
+        raise ValueError(f"max_bytes must be at least one page ({PAGE_SIZE}), not {max_bytes}")
+    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
+        raise TypeError(f"drain_timeout must be a number, not {type(drain_timeout).__name__}")
+    if math.isnan(drain_timeout) or drain_timeout < 0:
+        raise ValueError(f"drain_timeout must be a non-negative number of seconds, not {drain_timeout}")
+    arena = Arena(max_bytes - max_bytes % PAGE_SIZE)
+    try:
+        pool = BufferPool(arena, drain_timeout=drain_timeout)
+    except BaseException:
+        arena.close()
+        raise
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool._sweeper)
+            try:
+                yield pool
+            finally:
+                await pool._close()
+                nursery.cancel_scope.cancel()
+    finally:
+        if not arena.closed:  # pragma: no cover - only if _close itself failed
+            arena.close(keep_mapping=True)
