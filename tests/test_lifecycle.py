@@ -41,7 +41,19 @@ def test_every_state_is_reachable_and_every_live_state_can_end() -> None:
 
 
 def test_terminal_states_have_no_way_out() -> None:
-    assert not [key for key in TRANSITIONS if key[0] in TERMINAL_STATES]
+    assert all(new is state for (state, _), new in TRANSITIONS.items() if state in TERMINAL_STATES)
+
+
+def test_quarantined_lease_absorbs_late_completions() -> None:
+    lc = Lifecycle(LeaseState.SEALED)
+    lc.send()
+    lc.send()
+    lc.quarantine()
+    lc.complete()
+    lc.complete()
+    assert lc.state is LeaseState.QUARANTINED and lc.inflight == 0
+    with pytest.raises(LifecycleError):
+        lc.complete()
 
 
 def test_memory_returns_only_after_release_and_last_completion() -> None:
@@ -97,6 +109,8 @@ def test_quarantine_only_with_sends_in_flight() -> None:
     lc.send()
     lc.quarantine()
     assert lc.state is LeaseState.QUARANTINED and lc.done
+    with pytest.raises(LifecycleError):
+        lc.release()
 
 
 @pytest.mark.parametrize("state", [LeaseState.SENDING, LeaseState.FREE])

@@ -13,6 +13,10 @@ from ._errors import LeaseQuarantinedError as LeaseQuarantinedError
 from ._errors import LiveViewsError as LiveViewsError
 from ._errors import QuarantineWarning as QuarantineWarning
 from ._errors import StaleLeaseError as StaleLeaseError
+from ._highlevel import ZeroCopyListener as ZeroCopyListener
+from ._highlevel import open_tcp_listeners as open_tcp_listeners
+from ._highlevel import open_tcp_stream as open_tcp_stream
+from ._highlevel import serve_tcp as serve_tcp
 from ._lease import ReadOnlyBuffer as ReadOnlyBuffer
 from ._lease import SealedLease as SealedLease
 from ._lease import WritableLease as WritableLease
@@ -21,6 +25,10 @@ from ._pool import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from ._pool import BufferPool as BufferPool
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import open_pool as open_pool
+from ._policy import ZeroCopyPolicy as ZeroCopyPolicy
+from ._stats import SendStatistics as SendStatistics
+from ._stats import StreamStatistics as StreamStatistics
+from ._stream import ZeroCopyStream as ZeroCopyStream
 
 __version__ = "0.1.0.dev0"
 

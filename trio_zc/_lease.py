@@ -155,6 +155,17 @@ class _Slot:
         self.lifecycle.complete()
         self.pool._on_send_complete(self)
 
+    def quarantine_send(self) -> None:
+        """One send of this lease will never be reported complete (its socket is gone).
+
+        The kernel may read this memory for as long as it likes, so the
+        whole lease is quarantined, whatever its other sends do.
+        """
+        self.stale_reason = "a connection it was sent on closed before the kernel was done with it"
+        self.lifecycle.quarantine()
+        self.lifecycle.complete()
+        self.pool._on_send_complete(self)
+
     # -- reaching the end ---------------------------------------------------
 
     def wake_reusable(self) -> None:

@@ -12,9 +12,11 @@ Rules
    enough: the owner may release a lease the kernel is still reading
    (DRAINING), and the kernel may finish with a lease its owner still holds
    (SENDING back to SEALED).
-4. Memory the kernel may still be reading when the pool closes, past the
-   pool's drain deadline, is QUARANTINED: never handed out again and never
-   unmapped.
+4. Memory the kernel may still be reading when nobody can tell us any more
+   that it stopped (a socket closed with sends in flight, or the pool's
+   drain deadline passed) is QUARANTINED: never handed out again and never
+   unmapped. Quarantine is forever; later completions of the lease's other
+   sends are counted and change nothing.
 5. A lease released while writable views of it are still alive is ABANDONED:
    it cannot go back to the pool (a forgotten view could write into the next
    image) until the pool sees that those views are gone.
@@ -107,11 +109,17 @@ TRANSITIONS: Final[dict[tuple[LeaseState, Event], LeaseState]] = {
     (S.DRAINING, E.COMPLETE): S.DRAINING,
     (S.DRAINING, E.LAST_COMPLETE): S.FREE,
     (S.DRAINING, E.QUARANTINE): S.QUARANTINED,
+    # Quarantine is decided per send (one socket went away with its
+    # completions); the lease's other sends may still complete, and change
+    # nothing.
+    (S.QUARANTINED, E.COMPLETE): S.QUARANTINED,
+    (S.QUARANTINED, E.LAST_COMPLETE): S.QUARANTINED,
+    (S.QUARANTINED, E.QUARANTINE): S.QUARANTINED,
 }
 
 #: States in which the application still holds a valid handle.
 OWNED_STATES: Final = frozenset({S.WRITABLE, S.SEALED, S.SENDING})
-#: States from which nothing more can happen.
+#: States that never lead anywhere else.
 TERMINAL_STATES: Final = frozenset({S.FREE, S.QUARANTINED})
 
 del S, E
@@ -181,7 +189,7 @@ class Lifecycle:
 
     @property
     def done(self) -> bool:
-        """Whether nothing more can happen to this lease."""
+        """Whether the lease reached its end (FREE or QUARANTINED)."""
         return self.state in TERMINAL_STATES
 
 

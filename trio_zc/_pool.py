@@ -25,8 +25,12 @@ import trio
 from ._allocator import Allocator
 from ._arena import PAGE_SIZE, Arena
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
+from ._kernel import CopyKernel, Kernel
 from ._lease import SealedLease, WritableLease, _Slot
 from ._lifecycle import LeaseState
+from ._msg_zerocopy import MsgZeroCopyKernel
+from ._policy import ZeroCopyPolicy
+from ._stats import Counters, SendStatistics
 
 #: How long closing a pool waits, by default, for sends in flight to complete.
 #: Completions normally arrive within microseconds of the data leaving; ten
@@ -84,6 +88,10 @@ class PoolStatistics:
     leaked_at_close: int
     #: Whether the pool's block has ended.
     closed: bool
+    #: The pool's kernel ("copy", "msg_zerocopy").
+    kernel: str
+    #: What the pool's streams sent, and how (sums over all its streams).
+    sent: SendStatistics
 
 
 @attrs.define(eq=False)
@@ -101,8 +109,13 @@ class BufferPool:
     :class:`WritableLease` and :class:`SealedLease` for the life of a lease.
     """
 
-    def __init__(self, _arena: Arena, *, drain_timeout: float) -> None:
+    def __init__(
+        self, _arena: Arena, *, kernel: Kernel, policy: ZeroCopyPolicy, drain_timeout: float
+    ) -> None:
         self._arena = _arena
+        self._kernel = kernel
+        self._policy = policy
+        self._counters = Counters()
         self._allocator = Allocator(_arena.size, PAGE_SIZE)
         self._drain_timeout = drain_timeout
         self._waiters: collections.deque[_Waiter] = collections.deque()
@@ -296,9 +309,10 @@ class BufferPool:
             self._drained.set()
 
     def _settle(self, slot: _Slot) -> None:
-        """Act on the state *slot* reached."""
+        """Act on the state *slot* reached, once per lease when it ends."""
+        if not slot.lifecycle.done or self._slots.pop(slot.id, None) is None:
+            return
         if slot.state is LeaseState.FREE:
-            del self._slots[slot.id]
             if slot.adopted is not None:
                 slot.adopted.release()
             elif not self._arena.closed:
@@ -310,8 +324,7 @@ class BufferPool:
                 self._allocator.free(slot.offset, slot.capacity)
                 self._serve_waiters()
             slot.wake_reusable()
-        elif slot.state is LeaseState.QUARANTINED:
-            del self._slots[slot.id]
+        else:
             self._quarantined_leases += 1
             self._quarantined_bytes += slot.block_length
             if slot.adopted is not None:
@@ -384,6 +397,11 @@ class BufferPool:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._drain_timeout):
                     await self._drained.wait()
+                if self._sends_in_flight:
+                    # Past the deadline: let the kernel force its connections
+                    # down (which still reports their sends complete) and
+                    # quarantine what it cannot bring back.
+                    await self._kernel.abort_in_flight()
 
         inflight = [s for s in self._slots.values() if s.lifecycle.inflight]
         for slot in inflight:
@@ -438,19 +456,49 @@ class BufferPool:
             leases_total=self._leases_total,
             leaked_at_close=self._leaked_at_close,
             closed=self._closed,
+            kernel=self._kernel.name,
+            sent=SendStatistics.of(self._counters),
         )
+
+
+_KERNELS: Final[dict[str, type[Kernel]]] = {
+    "copy": CopyKernel,
+    "msg_zerocopy": MsgZeroCopyKernel,
+    # Until the io_uring and sendfile kernels exist, "auto" is MSG_ZEROCOPY
+    # with the policy's fallbacks, which copies where zero-copy cannot win.
+    "auto": MsgZeroCopyKernel,
+}
+
+
+def _make_kernel(kernel: object) -> Kernel:
+    if isinstance(kernel, Kernel):
+        return kernel
+    if isinstance(kernel, str):
+        try:
+            return _KERNELS[kernel]()
+        except KeyError:
+            pass
+        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(_KERNELS))}")
+    raise TypeError(f"kernel must be a name or a Kernel, not {type(kernel).__name__}")
 
 
 @asynccontextmanager
 async def open_pool(
-    *, max_bytes: int, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    *,
+    max_bytes: int,
+    kernel: str | Kernel = "auto",
+    policy: ZeroCopyPolicy | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> AsyncIterator[BufferPool]:
     """Open a pool of *max_bytes* of shared memory for the duration of a block.
 
     ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
 
     *max_bytes* is rounded down to whole pages and is the most memory the
-    pool's leases ever use. When the block ends, the pool waits up to
+    pool's leases ever use. *kernel* says how its streams send: ``"copy"``
+    (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY) or ``"auto"``
+    (the default: zero-copy where it can win, copying elsewhere). *policy*
+    tunes when streams copy anyway (:class:`ZeroCopyPolicy`). When the block ends, the pool waits up to
     *drain_timeout* seconds (even if the block was cancelled) for the
     kernel to finish every send in flight, releases and reports (with
     :class:`LeaseLeakWarning`) the leases the application still holds, and
@@ -466,15 +514,21 @@ async def open_pool(
         raise TypeError(f"drain_timeout must be a number, not {type(drain_timeout).__name__}")
     if math.isnan(drain_timeout) or drain_timeout < 0:
         raise ValueError(f"drain_timeout must be a non-negative number of seconds, not {drain_timeout}")
+    if policy is None:
+        policy = ZeroCopyPolicy()
+    elif not isinstance(policy, ZeroCopyPolicy):
+        raise TypeError(f"policy must be a ZeroCopyPolicy, not {type(policy).__name__}")
+    the_kernel = _make_kernel(kernel)
     arena = Arena(max_bytes - max_bytes % PAGE_SIZE)
     try:
-        pool = BufferPool(arena, drain_timeout=drain_timeout)
+        pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
     except BaseException:
         arena.close()
         raise
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pool._sweeper)
+            nursery.start_soon(the_kernel.run)
             try:
                 yield pool
             finally:

@@ -1,0 +1,207 @@
+"""The kernel interface: how a stream's bytes reach the wire.
+
+A *kernel* (copy, msg_zerocopy, and later sendfile, io_uring and the mock)
+is chosen per pool. For each connection it opens a :class:`Channel`, which
+owns the socket (or, for the mock, an in-memory pipe) and does the I/O;
+everything else -- lease checks, the zero-copy policy, statistics, conflict
+detection -- lives once in :class:`~trio_zc.ZeroCopyStream`.
+
+A channel's contract, which every kernel is tested against:
+
+- ``send_copy`` returns once every byte was handed over and the memory may
+  be reused at once (a plain send copies).
+- ``send_zerocopy`` returns once the kernel accepted every byte (or as many
+  as it would take zero-copy; the stream copies the rest) and calls
+  ``slot.begin_send()`` once per kernel call that may still read the
+  memory, and ``slot.end_send()`` for each when the kernel says it is done.
+- ``aclose`` keeps the memory of in-flight sends safe: it waits for their
+  completions up to a deadline, then forces the connection down, and
+  quarantines whatever the kernel never reported done.
+- Errors come out as Trio's: :class:`trio.BrokenResourceError` for a broken
+  connection, :class:`trio.ClosedResourceError` for a closed one.
+
+Background work (a completion reaper) runs in the pool's nursery via
+:meth:`Kernel.run`.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, ClassVar, NoReturn
+
+import trio
+
+from ._stats import Counters
+
+if TYPE_CHECKING:
+    from ._lease import _Slot
+
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+
+def broken(exc: OSError) -> NoReturn:
+    """Raise the Trio stream error for a socket error."""
+    if exc.errno in _CLOSED_ERRNOS:
+        raise trio.ClosedResourceError("the socket was closed") from exc
+    raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+
+
+@contextmanager
+def stream_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        broken(exc)
+
+
+class Channel(abc.ABC):
+    """One connection as a kernel sees it. Made by :meth:`Kernel.open_channel`."""
+
+    #: Why zero-copy can never be used on this channel, or None.
+    unavailable: str | None = None
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+
+    @abc.abstractmethod
+    async def send_copy(self, data: memoryview) -> None:
+        """Send every byte of *data* by copying it."""
+
+    async def send_zerocopy(self, data: memoryview, slot: _Slot) -> int:
+        """Send *data* (memory of *slot*) without copying; bytes accepted.
+
+        Fewer bytes than ``len(data)`` means the kernel refused zero-copy
+        for the rest (ENOBUFS after a retry); the caller copies them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot send zero-copy")
+
+    @abc.abstractmethod
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Receive up to *max_bytes*; ``b""`` at end of stream."""
+
+    @abc.abstractmethod
+    async def wait_writable(self) -> None:
+        """Wait until a send might not block."""
+
+    @abc.abstractmethod
+    def send_eof(self) -> None:
+        """Shut the sending direction down (idempotent)."""
+
+    @abc.abstractmethod
+    async def aclose(self, drain_timeout: float) -> None:
+        """Close, keeping in-flight memory safe (see the module docstring)."""
+
+    @property
+    def sends_in_flight(self) -> int:
+        """Zero-copy calls whose completion has not arrived."""
+        return 0
+
+    def on_completions(self, calls: int, copied: bool) -> None:
+        """Hook for the stream's policy; replaced by the stream."""
+
+
+class Kernel(abc.ABC):
+    """A way of sending, chosen per pool (``open_pool(kernel=...)``)."""
+
+    #: The name applications pass to ``open_pool(kernel=...)``.
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
+        """Take ownership of a connected stream socket."""
+
+    async def run(self) -> None:
+        """Background work for the pool's lifetime (a completion reaper)."""
+        await trio.sleep_forever()
+
+    async def abort_in_flight(self) -> None:
+        """The pool is closing past its deadline: make in-flight sends end.
+
+        Kernels whose sends can be in flight force those connections down so
+        that their completions arrive; what still does not arrive is
+        quarantined by the pool.
+        """
+        await trio.lowlevel.checkpoint()
+
+
+class SocketChannel(Channel):
+    """A channel over a non-blocking stream socket; sends by copying."""
+
+    def __init__(self, sock: socket.socket, counters: Counters) -> None:
+        super().__init__(counters)
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.eof_sent = False
+        self.closed = False
+
+    def before_wait(self) -> None:
+        """Called before the channel waits on its socket (kernels drain here)."""
+
+    async def wait_writable(self) -> None:
+        self.before_wait()
+        await trio.lowlevel.wait_writable(self.sock)
+
+    async def send_copy(self, data: memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sent = 0
+        waited = False
+        total = len(data)
+        while sent < total:
+            try:
+                with data[sent:] as rest:
+                    sent += self.sock.send(rest)
+            except BlockingIOError:
+                await self.wait_writable()
+                waited = True
+            except OSError as exc:
+                broken(exc)
+        self.counters.count("bytes_copied", total)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = self.sock.recv(max_bytes)
+            except BlockingIOError:
+                self.before_wait()
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            except OSError as exc:
+                broken(exc)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    def send_eof(self) -> None:
+        if self.eof_sent:
+            return
+        with stream_errors():
+            self.sock.shutdown(socket.SHUT_WR)
+        self.eof_sent = True
+
+    def close_socket(self) -> None:
+        if not self.closed:
+            self.closed = True
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+    async def aclose(self, drain_timeout: float) -> None:
+        self.close_socket()
+        await trio.lowlevel.checkpoint()
+
+
+class CopyKernel(Kernel):
+    """Plain copying sends: the memory is free again as soon as send returns."""
+
+    name = "copy"
+
+    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
+        channel = SocketChannel(sock, counters)
+        channel.unavailable = "the pool's kernel is 'copy'"
+        return channel

@@ -1,0 +1,110 @@
+"""When a stream sends zero-copy and when it copies: a policy with no I/O.
+
+Rules
+=====
+
+1. Small sends are copied. Zero-copy costs page pinning and a completion
+   per call, which only pays above roughly 10 KB (kernel documentation);
+   the default threshold is 16 KiB.
+2. ENOBUFS (option memory or locked-memory limit exhausted) is not an
+   error: the kernel that sees it drains completions and retries once, then
+   the send's remainder is copied, the next few sends are copied too, and
+   zero-copy is tried again after them.
+3. A run of completions that all report COPIED means zero-copy cannot win
+   on this path (loopback, a NIC without scatter-gather, checksum offload
+   missing): the stream switches to copying for good, as the kernel
+   documentation suggests.
+4. Where zero-copy cannot work at all (not TCP, a locked-memory limit of
+   zero without CAP_IPC_LOCK, SO_ZEROCOPY refused) it is never attempted.
+
+Every switch is recorded with its reason, for ``statistics()``.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, not {value}")
+
+
+@attrs.frozen
+class ZeroCopyPolicy:
+    """How streams choose between zero-copy and copying; pass to :func:`open_pool`.
+
+    The defaults suit most servers; each knob is visible in
+    :meth:`ZeroCopyStream.statistics`.
+    """
+
+    #: Sends smaller than this many bytes are copied.
+    min_zerocopy_bytes: int = attrs.field(default=16 * 1024, validator=_positive_int)
+    #: After this many zero-copy calls in a row come back COPIED, copy for good.
+    #: Zero disables the switch.
+    copied_streak: int = attrs.field(default=64, validator=_positive_int)
+    #: After a send fell back to copying on ENOBUFS, copy this many more
+    #: sends before trying zero-copy again.
+    enobufs_backoff: int = attrs.field(default=16, validator=_positive_int)
+
+
+class SendDecider:
+    """One stream's use of a :class:`ZeroCopyPolicy`."""
+
+    __slots__ = ("policy", "_disabled", "_backoff", "_streak", "fallbacks")
+
+    def __init__(self, policy: ZeroCopyPolicy, *, unavailable: str | None = None) -> None:
+        self.policy = policy
+        # Why zero-copy is off for good, or None while it may be used.
+        self._disabled: str | None = unavailable
+        self._backoff = 0
+        self._streak = 0
+        #: Every switch away from zero-copy, with its reason, oldest first.
+        self.fallbacks: list[str] = [unavailable] if unavailable else []
+
+    @property
+    def zerocopy_enabled(self) -> bool:
+        """Whether large sends currently go zero-copy."""
+        return self._disabled is None and self._backoff == 0
+
+    @property
+    def disabled_reason(self) -> str | None:
+        return self._disabled
+
+    def use_zerocopy(self, nbytes: int) -> bool:
+        """Decide for one send of *nbytes* bytes."""
+        if self._disabled is not None or nbytes < self.policy.min_zerocopy_bytes:
+            return False
+        if self._backoff:
+            self._backoff -= 1
+            return False
+        return True
+
+    def on_enobufs(self) -> None:
+        """A zero-copy send was refused with ENOBUFS even after draining."""
+        self._backoff = self.policy.enobufs_backoff
+        self.fallbacks.append(
+            f"ENOBUFS: copying the next {self._backoff} sends, then trying zero-copy again"
+        )
+
+    def on_completions(self, calls: int, copied: bool) -> None:
+        """The kernel completed *calls* zero-copy calls, all COPIED or none."""
+        if not copied:
+            self._streak = 0
+            return
+        self._streak += calls
+        limit = self.policy.copied_streak
+        if limit and self._streak >= limit and self._disabled is None:
+            self._disabled = (
+                f"the kernel copied {self._streak} zero-copy sends in a row"
+                " (loopback or a device without scatter-gather): copying from now on"
+            )
+            self.fallbacks.append(self._disabled)
+
+    def disable(self, reason: str) -> None:
+        """Stop zero-copy for good (the kernel refused the socket option, say)."""
+        if self._disabled is None:
+            self._disabled = reason
+            self.fallbacks.append(reason)

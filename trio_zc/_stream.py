@@ -1,0 +1,276 @@
+"""ZeroCopyStream: a Trio stream that can send sealed leases without copying.
+
+The stream does everything that is the same for every kernel -- checking
+leases, choosing between zero-copy and copying (:mod:`trio_zc._policy`),
+statistics, detecting concurrent misuse -- and leaves the I/O to the pool's
+kernel through a :class:`~trio_zc._kernel.Channel`.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import ForeignLeaseError
+from ._lease import SealedLease, WritableLease, _Slot
+from ._policy import SendDecider
+from ._stats import Counters, SendStatistics, StreamStatistics
+
+if TYPE_CHECKING:
+    from ._kernel import Channel
+    from ._pool import BufferPool
+
+#: What ``receive_some()`` asks for when given no size, as in Trio.
+DEFAULT_RECEIVE_SIZE = 65536
+
+
+def _take_socket(transport: object) -> socket.socket:
+    """Take the OS socket out of a Trio SocketStream or Trio socket."""
+    if isinstance(transport, trio.SocketStream):
+        transport = transport.socket
+    if not isinstance(transport, trio.socket.SocketType):
+        raise TypeError(
+            "ZeroCopyStream wraps a trio.SocketStream or a Trio socket,"
+            f" not {type(transport).__name__}"
+        )
+    if transport.type != socket.SOCK_STREAM:
+        raise ValueError("ZeroCopyStream needs a SOCK_STREAM socket")
+    if transport.fileno() == -1:
+        raise trio.ClosedResourceError("the socket is already closed")
+    family = transport.family
+    # Detach so that exactly one object owns (and closes) the descriptor.
+    sock = socket.socket(family, socket.SOCK_STREAM, fileno=transport.detach())
+    if family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - not fatal
+            pass
+    return sock
+
+
+class _ConflictDetector:
+    """Raise BusyResourceError when two tasks use one direction at once."""
+
+    __slots__ = ("_message", "_held")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(self._message)
+        self._held = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._held = False
+
+
+def _index(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+class ZeroCopyStream(trio.abc.HalfCloseableStream):
+    """A TCP stream whose :meth:`send_lease` sends pool memory without copying.
+
+    Wraps a :class:`trio.SocketStream` or a connected Trio socket, taking
+    ownership of it; its memory comes from *pool*, whose kernel does the
+    sending. :meth:`send_all` copies, as for any Trio stream, and suits
+    small things such as headers; :meth:`send_lease` sends a
+    :class:`SealedLease` and keeps it referenced until the kernel reports
+    every call that carried its bytes complete.
+
+    Receiving while sends are in flight works as on any stream.
+    *drain_timeout* (default: the pool's) bounds how long :meth:`aclose`
+    waits for completions before forcing the connection down; memory whose
+    completion never comes is quarantined, never reused.
+    """
+
+    def __init__(
+        self,
+        transport: trio.SocketStream | trio.socket.SocketType,
+        *,
+        pool: BufferPool,
+        drain_timeout: float | None = None,
+    ) -> None:
+        pool._check_open()
+        if drain_timeout is None:
+            drain_timeout = pool._drain_timeout
+        elif not isinstance(drain_timeout, (int, float)) or drain_timeout < 0:
+            raise ValueError(f"drain_timeout must be a non-negative number, not {drain_timeout!r}")
+        sock = _take_socket(transport)
+        self._pool = pool
+        self._drain_timeout = float(drain_timeout)
+        self._counters = Counters(parent=pool._counters)
+        try:
+            self._channel: Channel = pool._kernel.open_channel(sock, self._counters)
+        except BaseException:
+            sock.close()
+            raise
+        self._decider = SendDecider(pool._policy, unavailable=self._channel.unavailable)
+        self._channel.on_completions = self._decider.on_completions  # type: ignore[method-assign]
+        self._send_conflict = _ConflictDetector(
+            "another task is currently sending on this ZeroCopyStream"
+        )
+        self._receive_conflict = _ConflictDetector(
+            "another task is currently receiving on this ZeroCopyStream"
+        )
+        self._closed = False
+        self._eof_sent = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<trio_zc.ZeroCopyStream {state}, kernel {self._pool._kernel.name!r}>"
+
+    @property
+    def pool(self) -> BufferPool:
+        """The pool whose leases this stream sends."""
+        return self._pool
+
+    # -- sending ----------------------------------------------------------------
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        if self._eof_sent:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send *data* by copying it (for headers and other small things)."""
+        with self._send_conflict:
+            self._check_sendable()
+            with memoryview(data) as view, view.cast("B") as flat:
+                if not flat:
+                    await trio.lowlevel.checkpoint()
+                    return
+                await self._channel.send_copy(flat)
+
+    def _lease_slot(self, lease: object, offset: object, nbytes: object) -> tuple[_Slot, int, int]:
+        if isinstance(lease, WritableLease):
+            raise TypeError("send_lease() takes a SealedLease: seal() the WritableLease first")
+        if not isinstance(lease, SealedLease):
+            raise TypeError(f"send_lease() takes a SealedLease, not {type(lease).__name__}")
+        slot = lease._live()
+        if slot.pool is not self._pool:
+            raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
+        start = _index("offset", offset)
+        if not 0 <= start < slot.nbytes:
+            raise ValueError(f"offset {start} is outside the lease's {slot.nbytes} bytes")
+        if nbytes is None:
+            length = slot.nbytes - start
+        else:
+            length = _index("nbytes", nbytes)
+            if not 0 < length <= slot.nbytes - start:
+                raise ValueError(
+                    f"nbytes {length} at offset {start} does not fit the lease's {slot.nbytes} bytes"
+                )
+        return slot, start, length
+
+    async def send_lease(self, lease: SealedLease, offset: int = 0, nbytes: int | None = None) -> None:
+        """Send *nbytes* bytes of *lease* from *offset* (default: all of it).
+
+        Returns once the kernel has accepted every byte. The lease stays
+        referenced (its memory is not reused, even if it is released) until
+        the kernel reports every call that carried its bytes complete. Sends
+        below the policy's threshold, and sends on streams where zero-copy
+        cannot win, are copied; :meth:`statistics` says which.
+
+        If cancelled part-way, some bytes may have been sent, as with a
+        cancelled :meth:`send_all`; the lease stays referenced by the calls
+        already made, and is never released early.
+        """
+        slot, start, length = self._lease_slot(lease, offset, nbytes)
+        with self._send_conflict:
+            self._check_sendable()
+            with slot.readonly_view() as whole, whole[start : start + length] as data:
+                if self._decider.use_zerocopy(length):
+                    sent = await self._channel.send_zerocopy(data, slot)
+                    if sent < length:
+                        self._decider.on_enobufs()
+                        with data[sent:] as rest:
+                            await self._send_copied(rest, slot)
+                else:
+                    await self._send_copied(data, slot)
+
+    async def _send_copied(self, data: memoryview, slot: _Slot) -> None:
+        # A copying send is "in flight" only while the call runs.
+        slot.begin_send()
+        try:
+            await self._channel.send_copy(data)
+        finally:
+            slot.end_send()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            await self._channel.wait_writable()
+
+    async def send_eof(self) -> None:
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            self._channel.send_eof()
+            self._eof_sent = True
+
+    # -- receiving --------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        max_bytes = _index("max_bytes", max_bytes)
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            return await self._channel.receive_some(max_bytes)
+
+    # -- closing ----------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the stream, keeping the memory of sends in flight safe.
+
+        Waits up to *drain_timeout* for the kernel to report sends in flight
+        complete (the socket stays open meanwhile, since the kernel drops the
+        completions of closed sockets), then forces the connection down;
+        memory the kernel never reports done is quarantined. Cancelling
+        skips the wait, never the safety.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        await self._channel.aclose(self._drain_timeout)
+
+    # -- introspection ----------------------------------------------------------
+
+    def statistics(self) -> StreamStatistics:
+        """A snapshot of what this stream sent and how."""
+        return StreamStatistics(
+            kernel=self._pool._kernel.name,
+            zerocopy_enabled=self._decider.zerocopy_enabled,
+            min_zerocopy_bytes=self._pool._policy.min_zerocopy_bytes,
+            sends_in_flight=self._channel.sends_in_flight,
+            fallbacks=tuple(self._decider.fallbacks),
+            sent=SendStatistics.of(self._counters),
+        )
+
+    def getsockname(self) -> object:
+        """The local address of the underlying socket."""
+        return self._socket().getsockname()
+
+    def getpeername(self) -> object:
+        """The remote address of the underlying socket."""
+        return self._socket().getpeername()
+
+    def _socket(self) -> socket.socket:
+        sock: socket.socket | None = getattr(self._channel, "sock", None)
+        if sock is None or self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        return sock
