@@ -48,3 +48,12 @@ async def clog(stream: trio_zc.ZeroCopyStream) -> None:
             sock.send(b"x" * size)
         except BlockingIOError:
             size //= 2
+
+
+def stop_reading(stream: trio_zc.ZeroCopyStream, rcvbuf: int = 65536) -> None:
+    """Pin *stream*'s receive buffer small, so a peer that it never reads from blocks soon.
+
+    (Left alone, Linux may grow a receive buffer to tcp_rmem's maximum, 32 MiB here.)
+    """
+    sock: socket.socket = stream._channel.sock  # type: ignore[attr-defined]
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

@@ -15,7 +15,9 @@ from functools import partial
 
 import trio
 
+from ._highlevel import serve_tcp
 from ._pool import PoolStatistics, open_pool
+from ._stream import ZeroCopyStream
 
 _HEADER = struct.Struct("!I32s")  # length, SHA-256 of the body
 
@@ -57,7 +59,7 @@ async def _demo(images: int, clients: int) -> tuple[int, int, int, float, PoolSt
     start = time.perf_counter()
     async with open_pool(max_bytes=16 << 20) as pool:
 
-        async def serve(stream: trio.SocketStream) -> None:
+        async def serve(stream: ZeroCopyStream) -> None:
             nonlocal sent_bytes
             async with stream:
                 for i in range(images):
@@ -67,19 +69,14 @@ async def _demo(images: int, clients: int) -> tuple[int, int, int, float, PoolSt
                         sealed = lease.seal()
                         header = _HEADER.pack(sealed.nbytes, hashlib.sha256(sealed.view()).digest())
                         await stream.send_all(header)
-                        # Until ZeroCopyStream exists this is a plain copying
-                        # send, bracketed the way every kernel brackets a send.
-                        slot = sealed._slot
-                        slot.begin_send()
-                        try:
-                            await stream.send_all(slot.readonly_view())
-                        finally:
-                            slot.end_send()
+                        await stream.send_lease(sealed)
                         sent_bytes += sealed.nbytes
+                    # The block released the lease; its memory goes back to
+                    # the pool when the kernel says it is done with it.
 
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-            port = listeners[0].socket.getsockname()[1]
+            listeners = await nursery.start(partial(serve_tcp, serve, 0, pool=pool, host="127.0.0.1"))
+            port = listeners[0].listener.socket.getsockname()[1]
             async with trio.open_nursery() as clients_nursery:
                 for _ in range(clients):
                     clients_nursery.start_soon(_client, port, images, results)
@@ -96,5 +93,13 @@ def run_demo(*, images: int, clients: int) -> int:
     print(f"  corrupt images  : {total - ok}")
     print(f"  bytes sent      : {sent / 1e6:.1f} MB in {elapsed:.2f} s ({sent / elapsed / 1e9:.2f} GB/s)")
     print(f"  leases used     : {stats.leases_total} from a pool of {stats.max_bytes >> 20} MiB")
+    sent_stats = stats.sent
+    print(
+        f"  kernel          : {stats.kernel}: {sent_stats.zerocopy_calls} zero-copy calls,"
+        f" {sent_stats.completions} completions, {sent_stats.bytes_kernel_copied / 1e6:.1f} MB"
+        f" copied by the kernel after all, {sent_stats.bytes_copied / 1e6:.1f} MB copied"
+    )
+    for reason, count in stats.fallbacks:
+        print(f"  fallback        : {count} stream(s): {reason}")
     print(f"  pool at the end : {stats.free_bytes >> 10} KiB free, {stats.sends_in_flight} sends in flight")
     return 0 if ok == total else 1

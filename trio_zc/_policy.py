@@ -22,6 +22,8 @@ Every switch is recorded with its reason, for ``statistics()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 
@@ -53,16 +55,31 @@ class ZeroCopyPolicy:
 class SendDecider:
     """One stream's use of a :class:`ZeroCopyPolicy`."""
 
-    __slots__ = ("policy", "_disabled", "_backoff", "_streak", "fallbacks")
+    __slots__ = ("policy", "_disabled", "_backoff", "_streak", "fallbacks", "_notify")
 
-    def __init__(self, policy: ZeroCopyPolicy, *, unavailable: str | None = None) -> None:
+    def __init__(
+        self,
+        policy: ZeroCopyPolicy,
+        *,
+        unavailable: str | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self.policy = policy
         # Why zero-copy is off for good, or None while it may be used.
-        self._disabled: str | None = unavailable
+        self._disabled: str | None = None
         self._backoff = 0
         self._streak = 0
         #: Every switch away from zero-copy, with its reason, oldest first.
-        self.fallbacks: list[str] = [unavailable] if unavailable else []
+        self.fallbacks: list[str] = []
+        # Told of every fallback too (the pool sums them up).
+        self._notify = notify
+        if unavailable:
+            self.disable(unavailable)
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallbacks.append(reason)
+        if self._notify is not None:
+            self._notify(reason)
 
     @property
     def zerocopy_enabled(self) -> bool:
@@ -85,9 +102,7 @@ class SendDecider:
     def on_enobufs(self) -> None:
         """A zero-copy send was refused with ENOBUFS even after draining."""
         self._backoff = self.policy.enobufs_backoff
-        self.fallbacks.append(
-            f"ENOBUFS: copying the next {self._backoff} sends, then trying zero-copy again"
-        )
+        self._fall_back(f"ENOBUFS: copying the next {self._backoff} sends, then trying zero-copy again")
 
     def on_completions(self, calls: int, copied: bool) -> None:
         """The kernel completed *calls* zero-copy calls, all COPIED or none."""
@@ -97,14 +112,13 @@ class SendDecider:
         self._streak += calls
         limit = self.policy.copied_streak
         if limit and self._streak >= limit and self._disabled is None:
-            self._disabled = (
-                f"the kernel copied {self._streak} zero-copy sends in a row"
+            self.disable(
+                f"the kernel copied {limit} zero-copy sends in a row"
                 " (loopback or a device without scatter-gather): copying from now on"
             )
-            self.fallbacks.append(self._disabled)
 
     def disable(self, reason: str) -> None:
         """Stop zero-copy for good (the kernel refused the socket option, say)."""
         if self._disabled is None:
             self._disabled = reason
-            self.fallbacks.append(reason)
+            self._fall_back(reason)

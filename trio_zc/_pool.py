@@ -92,6 +92,8 @@ class PoolStatistics:
     kernel: str
     #: What the pool's streams sent, and how (sums over all its streams).
     sent: SendStatistics
+    #: Why streams stopped using zero-copy: ``(reason, how many times)``.
+    fallbacks: tuple[tuple[str, int], ...]
 
 
 @attrs.define(eq=False)
@@ -116,6 +118,7 @@ class BufferPool:
         self._kernel = kernel
         self._policy = policy
         self._counters = Counters()
+        self._fallbacks: collections.Counter[str] = collections.Counter()
         self._allocator = Allocator(_arena.size, PAGE_SIZE)
         self._drain_timeout = drain_timeout
         self._waiters: collections.deque[_Waiter] = collections.deque()
@@ -458,7 +461,11 @@ class BufferPool:
             closed=self._closed,
             kernel=self._kernel.name,
             sent=SendStatistics.of(self._counters),
+            fallbacks=tuple(self._fallbacks.items()),
         )
+
+    def _note_fallback(self, reason: str) -> None:
+        self._fallbacks[reason] += 1
 
 
 _KERNELS: Final[dict[str, type[Kernel]]] = {

@@ -111,7 +111,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         except BaseException:
             sock.close()
             raise
-        self._decider = SendDecider(pool._policy, unavailable=self._channel.unavailable)
+        self._decider = SendDecider(
+            pool._policy, unavailable=self._channel.unavailable, notify=pool._note_fallback
+        )
         self._channel.on_completions = self._decider.on_completions  # type: ignore[method-assign]
         self._send_conflict = _ConflictDetector(
             "another task is currently sending on this ZeroCopyStream"
