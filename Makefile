@@ -17,6 +17,7 @@ demo: $(STAMP)
 test: typecheck pytest
 
 typecheck: $(STAMP)
+	$(BIN)/python -m ruff check trio_zc tests examples benchmarks
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mypy --config-file tests/typing/mypy.ini tests/typing
 

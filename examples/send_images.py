@@ -131,7 +131,7 @@ async def main() -> int:
         f" {sent.bytes_copied} bytes copied (headers)"
     )
     if stats.fallbacks:
-        print(f"fallbacks: {'; '.join(stats.fallbacks)}")
+        print(f"fallbacks: {'; '.join(reason for reason, _ in stats.fallbacks)}")
     print(
         f"pool: {pool_stats.free_bytes} of {pool_stats.max_bytes} bytes free,"
         f" {pool_stats.sends_in_flight} sends in flight"

@@ -10,7 +10,7 @@ def test_small_sends_are_copied() -> None:
     d = SendDecider(ZeroCopyPolicy(min_zerocopy_bytes=1000))
     assert not d.use_zerocopy(999)
     assert d.use_zerocopy(1000)
-    assert d.zerocopy_enabled and d.fallbacks == []
+    assert d.zerocopy_enabled and d.fallbacks == {}
 
 
 def test_enobufs_copies_a_few_sends_then_tries_again() -> None:
@@ -19,7 +19,7 @@ def test_enobufs_copies_a_few_sends_then_tries_again() -> None:
     assert not d.zerocopy_enabled
     assert [d.use_zerocopy(1 << 20) for _ in range(4)] == [False, False, False, True]
     assert d.zerocopy_enabled
-    assert "ENOBUFS" in d.fallbacks[0]
+    assert list(d.fallbacks) == ["ENOBUFS: copying the next sends, then trying zero-copy again"]
 
 
 def test_small_sends_do_not_use_up_the_backoff() -> None:
@@ -40,7 +40,7 @@ def test_a_run_of_copied_completions_switches_to_copying_for_good() -> None:
     assert not d.zerocopy_enabled and not d.use_zerocopy(1 << 20)
     assert "copied 10 zero-copy sends in a row" in (d.disabled_reason or "")
     d.on_completions(100, copied=True)
-    assert len(d.fallbacks) == 1
+    assert list(d.fallbacks.values()) == [1]
 
 
 def test_streak_zero_never_switches() -> None:
@@ -52,9 +52,9 @@ def test_streak_zero_never_switches() -> None:
 def test_unavailable_zero_copy_is_never_attempted() -> None:
     d = SendDecider(ZeroCopyPolicy(), unavailable="not a TCP socket")
     assert not d.use_zerocopy(1 << 30)
-    assert d.fallbacks == ["not a TCP socket"]
+    assert d.fallbacks == {"not a TCP socket": 1}
     d.disable("another reason")
-    assert d.fallbacks == ["not a TCP socket"]
+    assert d.fallbacks == {"not a TCP socket": 1}
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,22 @@ def test_unavailable_zero_copy_is_never_attempted() -> None:
 def test_bad_policies_are_refused(kwargs: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         ZeroCopyPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_enobufs_in_a_row_back_off_longer_until_a_send_goes_through() -> None:
+    d = SendDecider(ZeroCopyPolicy(min_zerocopy_bytes=0, enobufs_backoff=2))
+
+    def copied_after_enobufs() -> int:
+        d.on_enobufs()
+        n = 0
+        while not d.use_zerocopy(1 << 20):
+            n += 1
+        return n
+
+    assert [copied_after_enobufs() for _ in range(4)] == [2, 4, 8, 16]
+    d.on_zerocopy_sent()
+    assert copied_after_enobufs() == 2
+    assert d.fallbacks == {"ENOBUFS: copying the next sends, then trying zero-copy again": 5}
+    for _ in range(20):
+        d.on_enobufs()
+    assert d._backoff == 4096  # capped

@@ -121,7 +121,7 @@ async def test_loopback_copies_make_the_stream_switch_to_copying() -> None:
             sealed.release()
             stats = a.statistics()
             assert not stats.zerocopy_enabled
-            assert "copied 4 zero-copy sends in a row" in stats.fallbacks[0]
+            assert "copied 4 zero-copy sends in a row" in stats.fallbacks[0][0]
             assert stats.sent.bytes_kernel_copied >= 4 * 64 * 1024
             assert stats.sent.bytes_zerocopy == 0  # loopback never avoids the copy
         assert pool.statistics().sent.bytes_kernel_copied == stats.sent.bytes_kernel_copied
@@ -142,7 +142,7 @@ async def test_unix_sockets_never_try_zero_copy() -> None:
             assert got == b"y" * 65536
             stats = a.statistics()
             assert not stats.zerocopy_enabled
-            assert stats.fallbacks == ("not a TCP socket (family AF_UNIX)",)
+            assert stats.fallbacks == (("not a TCP socket (family AF_UNIX)", 1),)
             assert stats.sent.zerocopy_calls == 0
 
 
@@ -309,7 +309,7 @@ async def test_completions_that_never_come_are_quarantined(monkeypatch: pytest.M
     # Make the forced close fail to bring the completions back, as if the
     # kernel had lost them.
     monkeypatch.setattr(ZeroCopyChannel, "abort", lambda self: None)
-    monkeypatch.setattr("trio_zc._msg_zerocopy._ABORT_GRACE", 0.05)
+    monkeypatch.setattr("trio_zc._completion_channel.ABORT_GRACE", 0.05)
     async with open_pool(max_bytes=64 * MiB, kernel="msg_zerocopy", policy=ALWAYS_ZC) as pool:
         a, b = await stream_pair(pool)
         stop_reading(b)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-import trio
 from trio.testing import check_half_closeable_stream
 
 import trio_zc

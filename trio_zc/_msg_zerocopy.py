@@ -34,33 +34,19 @@ import resource
 import select
 import socket
 import struct
-import warnings
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterator
+from typing import Final
 
 import trio
 
-from ._completions import CompletionRangeError, CompletionTracker
-from ._errors import QuarantineWarning
-from ._errqueue import (
-    MSG_ZEROCOPY,
-    SO_ZEROCOPY,
-    MalformedRecordError,
-    QueuedSocketError,
-    ZeroCopyCompletion,
-    parse_ancdata,
-)
-from ._kernel import Channel, Kernel, SocketChannel, broken
+from ._completion_channel import Ancdata, CompletionChannel
+from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
+from ._kernel import Channel, Kernel, SocketChannel
 from ._stats import Counters
-
-if TYPE_CHECKING:
-    from ._lease import _Slot
 
 #: Room for one error-queue record: the 16-byte extended error plus the
 #: offender address (28 bytes for IPv6), with cmsg headers and padding.
 _ANCBUF: Final = socket.CMSG_SPACE(64)
-#: After aborting a connection, how long to wait for the completions that
-#: the abort makes the kernel send (they normally arrive at once).
-_ABORT_GRACE: Final = 1.0
 #: Errors of setsockopt(SO_ZEROCOPY) that mean "not here", not "bug".
 _UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL})
 _CAP_IPC_LOCK: Final = 14
@@ -72,12 +58,29 @@ _connect.restype = ctypes.c_int
 _AF_UNSPEC_ADDR: Final = struct.pack("=H14x", socket.AF_UNSPEC)
 
 
+def _in_initial_user_namespace() -> bool:
+    # The initial namespace maps every uid to itself; any other map means a
+    # user namespace (a rootless container, say).
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:  # pragma: no cover - no user namespaces in this kernel
+        return True
+
+
 def _has_cap_ipc_lock() -> bool:
+    """Whether the process is exempt from RLIMIT_MEMLOCK.
+
+    Only CAP_IPC_LOCK held in the initial user namespace exempts it: inside
+    a user namespace the capability shows in CapEff but the kernel still
+    charges pinned pages against the limit.
+    """
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> _CAP_IPC_LOCK & 1)
+                    has = bool(int(line.split()[1], 16) >> _CAP_IPC_LOCK & 1)
+                    return has and _in_initial_user_namespace()
     except OSError:  # pragma: no cover - /proc is always there on Linux
         pass
     return False
@@ -91,16 +94,13 @@ def memlock_problem() -> str | None:
     return None
 
 
-class ZeroCopyChannel(SocketChannel):
+class ZeroCopyChannel(CompletionChannel, SocketChannel):
     """One TCP socket with SO_ZEROCOPY, its counter tracker and its error queue."""
 
     def __init__(self, kernel: MsgZeroCopyKernel, sock: socket.socket, counters: Counters) -> None:
-        super().__init__(sock, counters)
+        SocketChannel.__init__(self, sock, counters)
+        self.init_tracking()
         self.kernel = kernel
-        self.tracker: CompletionTracker[tuple[_Slot, int]] = CompletionTracker()
-        self._drained: trio.Event | None = None
-        #: An ordinary socket error that arrived on the error queue.
-        self.queued_error: QueuedSocketError | None = None
         self.unavailable = kernel.unavailable or self._enable(sock)
 
     @staticmethod
@@ -115,155 +115,41 @@ class ZeroCopyChannel(SocketChannel):
             raise
         return None
 
-    @property
-    def sends_in_flight(self) -> int:
-        return self.tracker.outstanding
-
-    # -- completions ----------------------------------------------------------
+    # -- completions ------------------------------------------------------------
 
     def before_wait(self) -> None:
         self.drain()
 
-    def drain(self) -> None:
-        """Read every record on the error queue and act on it. Never blocks."""
-        if self.closed:
-            return
+    def read_records(self) -> Iterator[tuple[Ancdata, bool]]:
         while True:
             try:
                 _, ancdata, flags, _ = self.sock.recvmsg(
                     0, _ANCBUF, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
                 )
             except (BlockingIOError, InterruptedError):
-                break
+                return
             except OSError:
                 # A socket error (ECONNRESET...) pending on the socket is
                 # reported here too; the next send or receive reports it.
-                break
-            if flags & socket.MSG_CTRUNC:
-                self.counters.count("malformed_records")
-                continue
-            try:
-                records = parse_ancdata(ancdata)
-            except MalformedRecordError:
-                self.counters.count("malformed_records")
-                continue
-            for record in records:
-                if isinstance(record, ZeroCopyCompletion):
-                    self._complete(record)
-                else:
-                    self.queued_error = record
-        if self._drained is not None and not self.tracker.outstanding:
-            self._drained.set()
+                return
+            yield ancdata, bool(flags & socket.MSG_CTRUNC)
 
-    def _complete(self, record: ZeroCopyCompletion) -> None:
-        try:
-            items = self.tracker.complete(record.lo, record.hi, copied=record.copied)
-        except CompletionRangeError:
-            # Garbage must never release memory; count it and go on.
-            self.counters.count("malformed_records")
-            return
-        nbytes = 0
-        for slot, n in items:
-            nbytes += n
-            slot.end_send()
-        self.counters.count("completions", len(items))
-        self.counters.count("bytes_kernel_copied" if record.copied else "bytes_zerocopy", nbytes)
-        self.on_completions(len(items), record.copied)
+    # -- sending ----------------------------------------------------------------
 
-    async def _wait_drained(self) -> None:
-        while self.tracker.outstanding:
-            self._drained = trio.Event()
-            self.drain()
-            if self.tracker.outstanding:
-                await self._drained.wait()
-        self._drained = None
+    def zerocopy_call(self, data: memoryview) -> int:
+        return self.sock.send(data, MSG_ZEROCOPY)
 
-    # -- sending --------------------------------------------------------------
-
-    async def send_zerocopy(self, data: memoryview, slot: _Slot) -> int:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        sent = 0
-        total = len(data)
-        waited = retried = False
-        while sent < total:
-            try:
-                with data[sent:] as rest:
-                    n = self.sock.send(rest, MSG_ZEROCOPY)
-            except BlockingIOError:
-                await self.wait_writable()
-                waited = True
-                continue
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    broken(exc)
-                self.counters.count("enobufs")
-                # Reading completions frees the option memory that ran out.
-                self.drain()
-                if retried:
-                    break
-                retried = True
-                continue
-            # Each successful call took the next counter value.
-            self.tracker.record((slot, n))
-            slot.begin_send()
-            self.counters.count("zerocopy_calls")
-            sent += n
-            retried = False
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return sent
-
-    # -- closing --------------------------------------------------------------
+    # -- closing ----------------------------------------------------------------
 
     def abort(self) -> None:
-        """Reset the connection but keep the socket, so completions still arrive."""
         if _connect(self.fd, _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
             err = ctypes.get_errno()
             if err not in (errno.ENOTCONN, errno.EBADF):  # pragma: no cover - defensive
                 raise OSError(err, f"aborting the connection failed: {errno.errorcode.get(err)}")
 
-    async def settle_or_quarantine(self) -> None:
-        """Abort, collect what the abort completes, quarantine the rest. Shielded."""
-        if not self.tracker.outstanding or self.closed:
-            return
-        self.abort()
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(_ABORT_GRACE):
-                await self._wait_drained()
-        self.quarantine_outstanding()
-
-    def quarantine_outstanding(self) -> None:
-        items = self.tracker.items_outstanding()
-        if not items:
-            return
-        for slot, _ in items:
-            slot.quarantine_send()
-        self.counters.count("quarantined_sends", len(items))
-        self.tracker = CompletionTracker(self.tracker.next_counter)
-        warnings.warn(
-            QuarantineWarning(
-                f"a socket closed with {len(items)} zero-copy send(s) the kernel never"
-                " reported done; their memory is quarantined: never reused or unmapped"
-            ),
-            stacklevel=2,
-        )
-
-    async def aclose(self, drain_timeout: float) -> None:
-        if self.closed:
-            await trio.lowlevel.checkpoint()
-            return
-        try:
-            if self.tracker.outstanding:
-                with trio.move_on_after(drain_timeout):
-                    await self._wait_drained()
-        finally:
-            # Also when cancelled: force the rest, then close.
-            try:
-                await self.settle_or_quarantine()
-            finally:
-                self.kernel.unregister(self)
-                self.close_socket()
-        await trio.lowlevel.checkpoint()
+    def close_transport(self) -> None:
+        self.kernel.unregister(self)
+        self.close_socket()
 
 
 class MsgZeroCopyKernel(Kernel):

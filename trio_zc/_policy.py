@@ -9,7 +9,9 @@ Rules
 2. ENOBUFS (option memory or locked-memory limit exhausted) is not an
    error: the kernel that sees it drains completions and retries once, then
    the send's remainder is copied, the next few sends are copied too, and
-   zero-copy is tried again after them.
+   zero-copy is tried again after them. Each ENOBUFS in a row doubles the
+   number of copied sends (up to a cap), so a limit that can never be met
+   costs almost nothing; a zero-copy send that goes through resets it.
 3. A run of completions that all report COPIED means zero-copy cannot win
    on this path (loopback, a NIC without scatter-gather, checksum offload
    missing): the stream switches to copying for good, as the kernel
@@ -52,10 +54,14 @@ class ZeroCopyPolicy:
     enobufs_backoff: int = attrs.field(default=16, validator=_positive_int)
 
 
+#: The most sends copied after one ENOBUFS, however many came in a row.
+MAX_ENOBUFS_BACKOFF = 4096
+
+
 class SendDecider:
     """One stream's use of a :class:`ZeroCopyPolicy`."""
 
-    __slots__ = ("policy", "_disabled", "_backoff", "_streak", "fallbacks", "_notify")
+    __slots__ = ("policy", "_disabled", "_backoff", "_next_backoff", "_streak", "fallbacks", "_notify")
 
     def __init__(
         self,
@@ -68,16 +74,17 @@ class SendDecider:
         # Why zero-copy is off for good, or None while it may be used.
         self._disabled: str | None = None
         self._backoff = 0
+        self._next_backoff = policy.enobufs_backoff
         self._streak = 0
-        #: Every switch away from zero-copy, with its reason, oldest first.
-        self.fallbacks: list[str] = []
+        #: Every reason zero-copy was switched off, with how often, oldest first.
+        self.fallbacks: dict[str, int] = {}
         # Told of every fallback too (the pool sums them up).
         self._notify = notify
         if unavailable:
             self.disable(unavailable)
 
     def _fall_back(self, reason: str) -> None:
-        self.fallbacks.append(reason)
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
         if self._notify is not None:
             self._notify(reason)
 
@@ -101,8 +108,13 @@ class SendDecider:
 
     def on_enobufs(self) -> None:
         """A zero-copy send was refused with ENOBUFS even after draining."""
-        self._backoff = self.policy.enobufs_backoff
-        self._fall_back(f"ENOBUFS: copying the next {self._backoff} sends, then trying zero-copy again")
+        self._backoff = self._next_backoff
+        self._next_backoff = min(max(2 * self._next_backoff, 1), MAX_ENOBUFS_BACKOFF)
+        self._fall_back("ENOBUFS: copying the next sends, then trying zero-copy again")
+
+    def on_zerocopy_sent(self) -> None:
+        """A whole send went out zero-copy: the locked-memory pressure is gone."""
+        self._next_backoff = self.policy.enobufs_backoff
 
     def on_completions(self, calls: int, copied: bool) -> None:
         """The kernel completed *calls* zero-copy calls, all COPIED or none."""

@@ -77,7 +77,7 @@ class StreamStatistics:
     min_zerocopy_bytes: int
     #: Zero-copy calls whose completion has not arrived yet.
     sends_in_flight: int
-    #: Why and when zero-copy was switched off, oldest first.
-    fallbacks: tuple[str, ...]
+    #: Why zero-copy was switched off: ``(reason, how many times)``, oldest first.
+    fallbacks: tuple[tuple[str, int], ...]
     #: Byte and call counts.
     sent: SendStatistics

@@ -9,6 +9,7 @@ kernel through a :class:`~trio_zc._kernel.Channel`.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -68,6 +69,14 @@ class _ConflictDetector:
         self._held = False
 
 
+def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
+    if drain_timeout is None:
+        return pool._drain_timeout
+    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool) or not drain_timeout >= 0:
+        raise ValueError(f"drain_timeout must be a non-negative number, not {drain_timeout!r}")
+    return float(drain_timeout)
+
+
 def _index(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -98,19 +107,34 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         drain_timeout: float | None = None,
     ) -> None:
         pool._check_open()
-        if drain_timeout is None:
-            drain_timeout = pool._drain_timeout
-        elif not isinstance(drain_timeout, (int, float)) or drain_timeout < 0:
-            raise ValueError(f"drain_timeout must be a non-negative number, not {drain_timeout!r}")
+        timeout = _check_drain_timeout(pool, drain_timeout)
         sock = _take_socket(transport)
-        self._pool = pool
-        self._drain_timeout = float(drain_timeout)
-        self._counters = Counters(parent=pool._counters)
         try:
-            self._channel: Channel = pool._kernel.open_channel(sock, self._counters)
+            self._attach(pool, lambda counters: pool._kernel.open_channel(sock, counters), timeout)
         except BaseException:
             sock.close()
             raise
+
+    @classmethod
+    def _over(
+        cls,
+        pool: BufferPool,
+        open_channel: Callable[[Counters], Channel],
+        drain_timeout: float | None = None,
+    ) -> ZeroCopyStream:
+        """A stream over a channel a kernel made itself (the mock kernel's)."""
+        pool._check_open()
+        stream = cls.__new__(cls)
+        stream._attach(pool, open_channel, _check_drain_timeout(pool, drain_timeout))
+        return stream
+
+    def _attach(
+        self, pool: BufferPool, open_channel: Callable[[Counters], Channel], drain_timeout: float
+    ) -> None:
+        self._pool = pool
+        self._drain_timeout = drain_timeout
+        self._counters = Counters(parent=pool._counters)
+        self._channel = open_channel(self._counters)
         self._decider = SendDecider(
             pool._policy, unavailable=self._channel.unavailable, notify=pool._note_fallback
         )
@@ -195,6 +219,8 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                         self._decider.on_enobufs()
                         with data[sent:] as rest:
                             await self._send_copied(rest, slot)
+                    else:
+                        self._decider.on_zerocopy_sent()
                 else:
                     await self._send_copied(data, slot)
 
@@ -259,7 +285,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             zerocopy_enabled=self._decider.zerocopy_enabled,
             min_zerocopy_bytes=self._pool._policy.min_zerocopy_bytes,
             sends_in_flight=self._channel.sends_in_flight,
-            fallbacks=tuple(self._decider.fallbacks),
+            fallbacks=tuple(self._decider.fallbacks.items()),
             sent=SendStatistics.of(self._counters),
         )
 
