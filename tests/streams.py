@@ -8,6 +8,8 @@ import trio
 import trio.testing
 
 import trio_zc
+import trio_zc.testing
+import trio_zc.testing._mock
 
 
 async def socket_pair(family: int = socket.AF_INET) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
@@ -22,15 +24,36 @@ async def socket_pair(family: int = socket.AF_INET) -> tuple[trio.socket.SocketT
     return client, server
 
 
+#: Every kernel the stream tests run on: the real ones and the mock.
+KERNELS = ["copy", "msg_zerocopy", "mock"]
+
+
+def kernel(name: str) -> str | trio_zc.testing.MockKernel:
+    """What to pass to open_pool(kernel=...) for a kernel named in KERNELS."""
+    return trio_zc.testing.MockKernel() if name == "mock" else name
+
+
+Peer = trio_zc.ZeroCopyStream | trio_zc.testing.MockPeer
+
+
 async def stream_pair(
     pool: trio_zc.BufferPool, *, peer_pool: trio_zc.BufferPool | None = None, family: int = socket.AF_INET
-) -> tuple[trio_zc.ZeroCopyStream, trio_zc.ZeroCopyStream]:
+) -> tuple[trio_zc.ZeroCopyStream, Peer]:
+    """A stream on *pool* and its peer: over loopback TCP, or the mock kernel's pair."""
+    if isinstance(pool._kernel, trio_zc.testing.MockKernel):
+        await trio.lowlevel.checkpoint()
+        return pool._kernel.open_stream(pool)
     a, b = await socket_pair(family)
     return trio_zc.ZeroCopyStream(a, pool=pool), trio_zc.ZeroCopyStream(b, pool=peer_pool or pool)
 
 
-async def clog(stream: trio_zc.ZeroCopyStream) -> None:
+async def clog(stream: Peer) -> None:
     """Fill *stream*'s send path (its peer reads nothing) until a send would block."""
+    if not isinstance(stream, trio_zc.ZeroCopyStream) or isinstance(
+        stream._channel, trio_zc.testing._mock.MockChannel
+    ):
+        await _clog_mock(stream)
+        return
 
     async def sender() -> None:
         while True:
@@ -50,10 +73,25 @@ async def clog(stream: trio_zc.ZeroCopyStream) -> None:
             size //= 2
 
 
-def stop_reading(stream: trio_zc.ZeroCopyStream, rcvbuf: int = 65536) -> None:
+def stop_reading(stream: Peer, rcvbuf: int = 65536) -> None:
     """Pin *stream*'s receive buffer small, so a peer that it never reads from blocks soon.
 
     (Left alone, Linux may grow a receive buffer to tcp_rmem's maximum, 32 MiB here.)
     """
+    if isinstance(stream, trio_zc.testing.MockPeer):
+        stream._conn.receive_buffer = rcvbuf
+        return
     sock: socket.socket = stream._channel.sock  # type: ignore[attr-defined]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+
+
+async def _clog_mock(stream: Peer) -> None:
+    # A mock connection blocks exactly when its buffers are full.
+    if isinstance(stream, trio_zc.testing.MockPeer):
+        await stream.send_all(b"x" * stream._conn.peer_room)
+        return
+    conn = stream._channel.conn  # type: ignore[attr-defined]
+    while conn.room:
+        await stream.send_all(b"x" * conn.room)
+        # The kernel's task moves bytes to the receive buffer; let it.
+        await trio.testing.wait_all_tasks_blocked()

@@ -1,0 +1,830 @@
+"""The mock kernel: zero-copy's hard cases, on demand and deterministic.
+
+A :class:`MockKernel` plugs into a pool like a real kernel
+(``open_pool(kernel=mock)``); :meth:`MockKernel.open_stream` gives a
+:class:`~trio_zc.ZeroCopyStream` and a :class:`MockPeer`, the far end of an
+in-memory connection, which a test reads from like a client would.
+
+How it behaves like a real NIC and kernel:
+
+- A zero-copy send is *accepted* (it takes a counter value and the lease
+  is in flight) but its bytes are *read* from the lease's memory only when
+  they are transmitted, which is when the peer has room and the test has
+  not held transmission. A copying send takes its bytes at once.
+- After transmission, the send's completion is queued as the kernel queues
+  it: a record ``[lo, hi]`` of counter values, extending the range at the
+  tail of the queue when it can (coalescing). Records travel through the
+  same parser and tracker as the real kernel's error-queue records.
+- At send time it records a SHA-256 of the memory sent, and at completion
+  it checks it again: a change means the application wrote into memory the
+  kernel was still reading, and raises :class:`PrematureReuseError`
+  naming the lease and where it was sent.
+- Each direction has a send buffer (*socket_buffer* bytes accepted but
+  not yet transmitted) and a receive buffer (*receive_buffer* bytes
+  transmitted but not yet read). Transmission stops while the receive
+  buffer is full (a peer that does not read), and sends block while the
+  send buffer is full, as with TCP. Completions come only for sends fully
+  transmitted, so a stalled peer leaves sends in flight.
+
+Controls (on the kernel for every connection, or on a :class:`MockPeer` for
+one): hold and release transmission and completions; deliver completions
+coalesced, reversed or marked COPIED; deliver any raw range; lose
+completions; accept only part of a send; fail sends with ENOBUFS, EAGAIN,
+ECONNRESET or EPIPE; make the peer stop reading; reset the connection.
+Nothing waits on real time, so tests run the same under
+:class:`trio.testing.MockClock` with autojump.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno as errno_module
+import hashlib
+import itertools
+import os
+import socket
+import traceback
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+from .._completion_channel import Ancdata, CompletionChannel
+from .._errqueue import ZeroCopyCompletion, pack_zerocopy_record
+from .._kernel import Channel, Kernel
+from .._stats import Counters
+from .._stream import ZeroCopyStream
+
+if TYPE_CHECKING:
+    from .._lease import _Slot
+    from .._pool import BufferPool
+
+_MASK: Final = 0xFFFFFFFF
+_PACKAGE_DIRS: Final = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    os.path.dirname(os.path.abspath(trio.__file__)),
+)
+#: The send errors a test may inject.
+INJECTABLE_ERRNOS: Final = frozenset(
+    {errno_module.ENOBUFS, errno_module.EAGAIN, errno_module.ECONNRESET, errno_module.EPIPE}
+)
+
+
+class PrematureReuseError(AssertionError):
+    """Memory changed while the kernel was still reading it.
+
+    The mock kernel hashes every zero-copy send's bytes when the send is
+    made and again when it completes; this is raised when they differ. In a
+    real program the client would have received the new bytes instead of
+    the old ones. It usually means an adopted buffer was written before
+    :meth:`~trio_zc.SealedLease.wait_reusable` returned.
+    """
+
+
+@attrs.define(eq=False)
+class MockSend:
+    """One zero-copy send call as the mock kernel saw it."""
+
+    #: The counter value the call took.
+    counter: int
+    #: The lease, as ``"lease #N (...)"``.
+    lease: str
+    #: Bytes in the call.
+    nbytes: int
+    #: The application's call site that made the send (``file:line in function``).
+    where: str
+    #: The connection's name.
+    connection: str
+    #: Whether the bytes were read from memory and put on the wire yet.
+    transmitted: bool = False
+    view: memoryview | None = attrs.field(default=None, repr=False)
+    digest: bytes = attrs.field(default=b"", repr=False)
+    slot: _Slot | None = attrs.field(default=None, repr=False)
+
+
+def _call_site() -> str:
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if not frame.filename.startswith(_PACKAGE_DIRS):
+            return f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return "<unknown>"
+
+
+@attrs.define(eq=False)
+class _Segment:
+    """Bytes queued for transmission: a zero-copy send (read lazily) or copied bytes."""
+
+    data: bytes | None
+    send: MockSend | None
+    #: Bytes of it already transmitted.
+    done: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        if self.send is not None:
+            return self.send.nbytes
+        assert self.data is not None
+        return len(self.data)
+
+    @property
+    def remaining(self) -> int:
+        return self.nbytes - self.done
+
+    def take(self, n: int) -> bytes:
+        """The next *n* bytes, read now (for a zero-copy send: from its memory)."""
+        source: bytes | memoryview | None = self.data
+        if source is None and self.send is not None:
+            source = self.send.view
+        assert source is not None
+        chunk = bytes(source[self.done : self.done + n])
+        self.done += n
+        return chunk
+
+
+class _Pipe:
+    """Bytes from one end to the other: a buffer, EOF and breakage."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.eof = False
+        self.broken = False
+        self.changed = trio.Event()
+
+    def wake(self) -> None:
+        """Something changed: wake whoever waits on this pipe."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class _Connection:
+    """The shared state of one mock connection (both directions)."""
+
+    def __init__(self, kernel: MockKernel, name: str, socket_buffer: int, receive_buffer: int) -> None:
+        self.kernel = kernel
+        self.name = name
+        self.socket_buffer = socket_buffer
+        self.receive_buffer = receive_buffer
+        # Stream -> peer: queued segments, then the peer's receive buffer.
+        self.queued: collections.deque[_Segment] = collections.deque()
+        self.to_peer = _Pipe()
+        # Peer -> stream.
+        self.to_stream = _Pipe()
+        # Completion records waiting for the channel: [lo, hi, copied].
+        self.records: collections.deque[list[object]] = collections.deque()
+        self.sends: dict[int, MockSend] = {}
+        self.channel: MockChannel | None = None
+        # Controls.
+        self.hold_transmission = False
+        self.hold_completions = False
+        self.lose_completions = False
+        self.copied = False
+        self.accept_limit: int | None = None
+        self.failures: collections.deque[int] = collections.deque()
+        self.fail_after = 0
+        self.peer_reading = True
+        self.reset = False
+
+    # -- accounting -------------------------------------------------------------
+
+    @property
+    def queued_bytes(self) -> int:
+        return sum(seg.remaining for seg in self.queued)
+
+    @property
+    def room(self) -> int:
+        """Bytes the stream may still send before its sends block."""
+        return max(self.socket_buffer - self.queued_bytes, 0)
+
+    @property
+    def peer_room(self) -> int:
+        """Bytes the peer may still send before its sends block."""
+        return max(self.receive_buffer - len(self.to_stream.buffer), 0)
+
+    # -- the wire ---------------------------------------------------------------
+
+    def transmit(self, nbytes: int | None = None) -> int:
+        """Move queued bytes into the peer's receive buffer, reading memory now.
+
+        Moves at most *nbytes* (default: as much as fits); a zero-copy send
+        completes once all of it was moved.
+        """
+        moved = 0
+        limit = self.receive_buffer if nbytes is None else nbytes
+        while self.queued and moved < limit:
+            n = min(limit - moved, self.receive_buffer - len(self.to_peer.buffer))
+            if n <= 0:
+                break
+            seg = self.queued[0]
+            n = min(n, seg.remaining)
+            self.to_peer.buffer += seg.take(n)
+            moved += n
+            if not seg.remaining:
+                self.queued.popleft()
+                if seg.send is not None:
+                    seg.send.transmitted = True
+                    self.queue_completion(seg.send.counter)
+        if moved:
+            self.to_peer.wake()
+        return moved
+
+    def queue_completion(self, counter: int) -> None:
+        if self.lose_completions:
+            return
+        if self.records:
+            tail = self.records[-1]
+            hi = tail[1]
+            assert isinstance(hi, int)
+            if (hi + 1) & _MASK == counter and tail[2] == self.copied:
+                tail[1] = counter  # the kernel extends the tail record
+                return
+        self.records.append([counter, counter, self.copied])
+
+    def drop_queued(self) -> None:
+        """What a reset does to data not yet on the wire: freed, and reported."""
+        for seg in self.queued:
+            if seg.send is not None:
+                self.queue_completion(seg.send.counter)
+        self.queued.clear()
+
+    def pump(self) -> None:
+        """Automatic progress: transmit what fits, deliver completions."""
+        if not self.hold_transmission and self.queued:
+            self.transmit()
+        if self.records and not self.hold_completions and self.channel is not None:
+            self.channel.drain()
+
+    def break_connection(self) -> None:
+        self.reset = True
+        self.drop_queued()
+        self.to_peer.broken = True
+        self.to_stream.broken = True
+        self.to_peer.wake()
+        self.to_stream.wake()
+        self.kernel.wake()
+
+
+class MockChannel(CompletionChannel):
+    """The stream's end of a mock connection."""
+
+    def __init__(self, conn: _Connection, counters: Counters, start: int) -> None:
+        super().__init__(counters)
+        self.conn = conn
+        self.init_tracking(start)
+        self.eof_sent = False
+        self._accepted: memoryview | None = None
+        self._stale: list[MockSend] = []
+
+    # -- completions ------------------------------------------------------------
+
+    def read_records(self) -> Iterator[tuple[Ancdata, bool]]:
+        conn = self.conn
+        while conn.records and not conn.hold_completions:
+            lo, hi, copied = conn.records.popleft()
+            assert isinstance(lo, int) and isinstance(hi, int)
+            yield [pack_zerocopy_record(lo, hi, bool(copied))], False
+
+    def record_call(self, slot: _Slot, nbytes: int) -> tuple[_Slot, int]:
+        item = super().record_call(slot, nbytes)
+        view, self._accepted = self._accepted, None
+        assert view is not None and len(view) == nbytes
+        conn = self.conn
+        send = MockSend(
+            counter=(self.tracker.next_counter - 1) & _MASK,
+            lease=slot.describe(),
+            nbytes=nbytes,
+            where=_call_site(),
+            connection=conn.name,
+            view=view,
+            digest=hashlib.sha256(view).digest(),
+            slot=slot,
+        )
+        conn.sends[id(item)] = send
+        conn.queued.append(_Segment(None, send))
+        conn.kernel.wake()
+        return item
+
+    def before_release(self, items: list[tuple[_Slot, int]]) -> None:
+        stale = []
+        for item in items:
+            send = self.conn.sends.pop(id(item), None)
+            if send is None:  # pragma: no cover - every call is registered
+                continue
+            assert send.view is not None
+            if hashlib.sha256(send.view).digest() != send.digest:
+                stale.append(send)
+            if not send.transmitted:
+                # Completed before it went out (a test delivered the record
+                # early): keep what it held, since the memory is about to go.
+                for seg in self.conn.queued:
+                    if seg.send is send:
+                        seg.data = bytes(send.view)
+            send.view.release()
+            send.view = None
+        # Reported after the release: the test fails, but the pool stays sound.
+        self._stale.extend(stale)
+
+    def complete(self, record: ZeroCopyCompletion) -> None:
+        super().complete(record)
+        if self._stale:
+            stale, self._stale = self._stale, []
+            raise self._premature(stale)
+
+    @staticmethod
+    def _premature(stale: list[MockSend]) -> PrematureReuseError:
+        first = stale[0]
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        return PrematureReuseError(
+            f"{first.lease} changed while the kernel was still reading it: zero-copy send"
+            f" #{first.counter} of {first.nbytes} bytes on {first.connection}, made at"
+            f" {first.where}{more}. Do not write an adopted buffer before"
+            " wait_reusable() returns."
+        )
+
+    # -- sending ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        if self.conn.reset:
+            raise trio.BrokenResourceError("connection reset by peer (mock)") from OSError(
+                errno_module.ECONNRESET, "Connection reset by peer"
+            )
+        if self.conn.to_peer.broken:
+            raise trio.BrokenResourceError("the peer closed the connection (mock)") from OSError(
+                errno_module.EPIPE, "Broken pipe"
+            )
+
+    def zerocopy_call(self, data: memoryview) -> int:
+        conn = self.conn
+        self._check_open()
+        if conn.failures and conn.fail_after == 0:
+            err = conn.failures.popleft()
+            if err == errno_module.EAGAIN:
+                raise BlockingIOError(err, os.strerror(err))
+            if err in (errno_module.ECONNRESET, errno_module.EPIPE):
+                conn.break_connection()
+            raise OSError(err, os.strerror(err))
+        if conn.fail_after:
+            conn.fail_after -= 1
+        n = min(len(data), conn.room)
+        if conn.accept_limit is not None:
+            n = min(n, conn.accept_limit)
+        if n <= 0:
+            raise BlockingIOError(errno_module.EAGAIN, "mock socket buffer full")
+        # Keep a view of what was accepted; the bytes are read at transmission.
+        self._accepted = data[:n]
+        return n
+
+    async def send_copy(self, data: memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        conn = self.conn
+        sent = 0
+        while sent < len(data):
+            self._check_open()
+            n = min(len(data) - sent, conn.room)
+            if n == 0:
+                await self.wait_writable()
+                continue
+            conn.queued.append(_Segment(bytes(data[sent : sent + n]), None))
+            sent += n
+            conn.kernel.wake()
+        self.counters.count("bytes_copied", len(data))
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_writable(self) -> None:
+        self.drain()
+        conn = self.conn
+        while True:
+            self._check_open()
+            if conn.room > 0:
+                await trio.lowlevel.checkpoint()
+                return
+            await conn.to_peer.changed.wait()
+
+    def send_eof(self) -> None:
+        if self.eof_sent:
+            return
+        self._check_open()
+        self.eof_sent = True
+        self.conn.to_peer.eof = True
+        self.conn.to_peer.wake()
+
+    # -- receiving --------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pipe = self.conn.to_stream
+        while True:
+            if self.closed:
+                raise trio.ClosedResourceError("the stream was closed")
+            if pipe.buffer:
+                data = bytes(pipe.buffer[:max_bytes])
+                del pipe.buffer[:max_bytes]
+                pipe.wake()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            if self.conn.reset:
+                raise trio.BrokenResourceError("connection reset by peer (mock)")
+            if pipe.eof:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return b""
+            self.drain()
+            await pipe.changed.wait()
+
+    # -- closing ----------------------------------------------------------------
+
+    def abort(self) -> None:
+        self.conn.break_connection()
+        self.drain()
+
+    def close_transport(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        conn = self.conn
+        # Whatever is still queued goes out as the peer makes room (the
+        # kernel's task keeps pumping); then the peer sees EOF.
+        conn.to_peer.eof = True
+        conn.to_peer.wake()
+        conn.to_stream.wake()
+        conn.kernel.wake()
+
+
+class MockPeer(trio.abc.HalfCloseableStream):
+    """The far end of a mock connection, and the test's controls for it.
+
+    Read what the stream "transmitted" with :meth:`receive_some`; send to
+    the stream with :meth:`send_all`. The control methods act on this
+    connection only; the same controls on :class:`MockKernel` act on all.
+    """
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._closed = False
+        self._eof_sent = False
+        self._receiving = False
+        self._sending = False
+
+    def __repr__(self) -> str:
+        return f"<trio_zc.testing.MockPeer {self._conn.name}>"
+
+    # -- the stream interface ---------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = 65536
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+            raise TypeError("max_bytes must be an int")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this MockPeer")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            conn = self._conn
+            pipe = conn.to_peer
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("this MockPeer was closed")
+                if conn.peer_reading:
+                    if pipe.buffer:
+                        data = bytes(pipe.buffer[:max_bytes])
+                        del pipe.buffer[:max_bytes]
+                        pipe.wake()
+                        conn.kernel.wake()
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        return data
+                    if pipe.broken:
+                        raise trio.BrokenResourceError("connection reset (mock)")
+                    if pipe.eof and not conn.queued:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        return b""
+                await pipe.changed.wait()
+        finally:
+            self._receiving = False
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this MockPeer was closed")
+        if self._eof_sent:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        channel = self._conn.channel
+        if self._conn.reset or (channel is not None and channel.closed):
+            raise trio.BrokenResourceError("the stream's end of the connection is closed (mock)")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this MockPeer")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            conn = self._conn
+            with memoryview(data) as view, view.cast("B") as flat:
+                sent = 0
+                while True:
+                    self._check_sendable()
+                    n = min(len(flat) - sent, conn.peer_room)
+                    if n:
+                        conn.to_stream.buffer += flat[sent : sent + n]
+                        conn.to_stream.wake()
+                        sent += n
+                    if sent == len(flat):
+                        return
+                    await conn.to_stream.changed.wait()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this MockPeer")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            conn = self._conn
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("this MockPeer was closed")
+                if conn.peer_room or conn.reset or (conn.channel is not None and conn.channel.closed):
+                    return
+                await conn.to_stream.changed.wait()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this MockPeer")
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("this MockPeer was closed")
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._conn.to_stream.eof = True
+            self._conn.to_stream.wake()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            conn = self._conn
+            conn.to_peer.broken = True
+            conn.to_stream.eof = True
+            # Unread data is dropped, and its zero-copy sends reported done
+            # (the kernel frees them when the peer goes away).
+            conn.drop_queued()
+            conn.to_peer.buffer.clear()
+            conn.to_peer.wake()
+            conn.to_stream.wake()
+            conn.kernel.wake()
+        await trio.lowlevel.checkpoint()
+
+    async def receive_exactly(self, nbytes: int) -> bytes:
+        """Receive exactly *nbytes*; :class:`EOFError` if the stream ends first."""
+        buf = bytearray()
+        while len(buf) < nbytes:
+            chunk = await self.receive_some(nbytes - len(buf))
+            if not chunk:
+                raise EOFError(f"EOF after {len(buf)} of {nbytes} bytes")
+            buf += chunk
+        return bytes(buf)
+
+    # -- controls ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._conn.name
+
+    @property
+    def sends(self) -> list[MockSend]:
+        """Zero-copy sends of this connection not yet completed, oldest first."""
+        return sorted(self._conn.sends.values(), key=lambda s: s.counter)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued for transmission plus bytes transmitted but not yet read."""
+        return self._conn.queued_bytes + len(self._conn.to_peer.buffer)
+
+    def stop_reading(self) -> None:
+        """Make :meth:`receive_some` wait; the connection's buffer fills and senders block."""
+        self._conn.peer_reading = False
+
+    def resume_reading(self) -> None:
+        self._conn.peer_reading = True
+        self._conn.to_peer.wake()
+
+    def hold_transmission(self) -> None:
+        """Leave zero-copy sends accepted but unread until :meth:`transmit`."""
+        self._conn.hold_transmission = True
+
+    def transmit(self, nbytes: int | None = None) -> int:
+        """Transmit queued sends (at least *nbytes*, default all); bytes moved.
+
+        Reads each zero-copy send's memory now, as a NIC would. Also lifts
+        :meth:`hold_transmission`'s hold if *nbytes* is None.
+        """
+        if nbytes is None:
+            self._conn.hold_transmission = False
+        moved = self._conn.transmit(nbytes)
+        self._conn.kernel.wake()
+        return moved
+
+    def hold_completions(self) -> None:
+        """Queue completions instead of delivering them."""
+        self._conn.hold_completions = True
+
+    def release_completions(
+        self, *, coalesce: bool = False, reverse: bool = False, copied: bool | None = None
+    ) -> int:
+        """Deliver the queued completions now (and stop holding); records delivered.
+
+        *coalesce* merges them into ranges as long as possible, *reverse*
+        delivers them newest first, *copied* overrides the COPIED flag.
+        """
+        conn = self._conn
+        records = list(conn.records)
+        conn.records.clear()
+        if copied is not None:
+            for record in records:
+                record[2] = copied
+        if coalesce:
+            records = _coalesce(records)
+        if reverse:
+            records.reverse()
+        conn.records.extend(records)
+        conn.hold_completions = False
+        n = len(records)
+        if conn.channel is not None:
+            conn.channel.drain()
+        return n
+
+    def complete(self, lo: int, hi: int, *, copied: bool = False) -> None:
+        """Deliver one completion record ``[lo, hi]`` now, whatever it says.
+
+        Ranges that are not outstanding are refused by the library (and
+        counted as malformed), exactly as garbage from a real kernel would be.
+        """
+        conn = self._conn
+        held = [r for r in conn.records if not _overlaps(r, lo, hi)]
+        conn.records.clear()
+        conn.records.append([lo & _MASK, hi & _MASK, copied])
+        hold, conn.hold_completions = conn.hold_completions, False
+        if conn.channel is not None:
+            conn.channel.drain()
+        conn.hold_completions = hold
+        conn.records.extend(held)
+
+    def lose_completions(self) -> None:
+        """Drop every completion from now on, as after a closed socket."""
+        self._conn.lose_completions = True
+        self._conn.records.clear()
+
+    def mark_copied(self, copied: bool = True) -> None:
+        """Mark completions produced from now on COPIED (as loopback does)."""
+        self._conn.copied = copied
+
+    def accept_at_most(self, nbytes: int | None) -> None:
+        """Make each send call accept at most *nbytes* (None: no limit)."""
+        if nbytes is not None and nbytes < 1:
+            raise ValueError("accept_at_most needs a positive size or None")
+        self._conn.accept_limit = nbytes
+
+    def fail_sends(self, err: int, *, count: int = 1, after: int = 0) -> None:
+        """Fail *count* zero-copy send calls with *err*, after *after* more succeed.
+
+        *err* is one of ENOBUFS, EAGAIN, ECONNRESET or EPIPE. ECONNRESET and
+        EPIPE also break the connection, as they do for real.
+        """
+        if err not in INJECTABLE_ERRNOS:
+            raise ValueError(f"fail_sends takes ENOBUFS, EAGAIN, ECONNRESET or EPIPE, not {err}")
+        self._conn.failures.extend([err] * count)
+        self._conn.fail_after = after
+
+    def reset(self) -> None:
+        """Reset the connection, as a peer that crashed would."""
+        self._conn.break_connection()
+
+
+def _overlaps(record: list[object], lo: int, hi: int) -> bool:
+    rlo, rhi = record[0], record[1]
+    assert isinstance(rlo, int) and isinstance(rhi, int)
+    return not (rhi < lo or rlo > hi)
+
+
+def _coalesce(records: list[list[object]]) -> list[list[object]]:
+    out: list[list[object]] = []
+    for record in records:
+        if out:
+            tail = out[-1]
+            hi, lo = tail[1], record[0]
+            assert isinstance(hi, int) and isinstance(lo, int)
+            if (hi + 1) & _MASK == lo and tail[2] == record[2]:
+                tail[1] = record[1]
+                continue
+        out.append(list(record))
+    return out
+
+
+class MockKernel(Kernel):
+    """A kernel for tests: in-memory connections with every hard case on demand.
+
+    *counter_start* is the first zero-copy counter value of each connection
+    (start near 2**32 to test wrap-around); *socket_buffer* and
+    *receive_buffer* are each connection's send and receive buffers in bytes
+    (both directions). Every stream made by :meth:`open_stream`
+    uses zero-copy for large sends unless the pool's policy says otherwise.
+    """
+
+    name = "mock"
+
+    def __init__(
+        self,
+        *,
+        counter_start: int = 0,
+        socket_buffer: int = 4 * 2**20,
+        receive_buffer: int = 4 * 2**20,
+    ) -> None:
+        if not isinstance(counter_start, int) or not 0 <= counter_start <= _MASK:
+            raise ValueError("counter_start must be an int in [0, 2**32)")
+        for name, value in (("socket_buffer", socket_buffer), ("receive_buffer", receive_buffer)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        self.counter_start = counter_start
+        self.socket_buffer = socket_buffer
+        self.receive_buffer = receive_buffer
+        self.connections: list[_Connection] = []
+        self._work = trio.Event()
+        self._names = itertools.count(1)
+        self.peers: list[MockPeer] = []
+
+    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
+        sock.close()
+        raise TypeError(
+            "the mock kernel does not use sockets: make streams with mock_kernel.open_stream(pool)"
+        )
+
+    def open_stream(
+        self, pool: BufferPool, *, drain_timeout: float | None = None
+    ) -> tuple[ZeroCopyStream, MockPeer]:
+        """A stream on *pool* and the peer at the other end of its connection."""
+        if pool._kernel is not self:
+            raise ValueError("open_stream() needs a pool opened with this MockKernel")
+        conn = _Connection(
+            self, f"mock connection {next(self._names)}", self.socket_buffer, self.receive_buffer
+        )
+
+        def open_channel(counters: Counters) -> Channel:
+            channel = MockChannel(conn, counters, self.counter_start)
+            conn.channel = channel
+            return channel
+
+        stream = ZeroCopyStream._over(pool, open_channel, drain_timeout)
+        self.connections.append(conn)
+        peer = MockPeer(conn)
+        self.peers.append(peer)
+        return stream, peer
+
+    def wake(self) -> None:
+        self._work.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work = trio.Event()
+            for conn in list(self.connections):
+                conn.pump()
+            await trio.lowlevel.checkpoint()
+
+    async def abort_in_flight(self) -> None:
+        for conn in list(self.connections):
+            if conn.channel is not None:
+                await conn.channel.settle_or_quarantine()
+        await trio.lowlevel.checkpoint()
+
+    # -- controls for every connection -----------------------------------------
+
+    def hold_completions(self) -> None:
+        """Hold completions on every connection (see :meth:`MockPeer.hold_completions`)."""
+        for peer in self._live_peers():
+            peer.hold_completions()
+
+    def release_completions(
+        self, *, coalesce: bool = False, reverse: bool = False, copied: bool | None = None
+    ) -> int:
+        """Release held completions everywhere (see :meth:`MockPeer.release_completions`)."""
+        return sum(
+            peer.release_completions(coalesce=coalesce, reverse=reverse, copied=copied)
+            for peer in self._live_peers()
+        )
+
+    def hold_transmission(self) -> None:
+        for peer in self._live_peers():
+            peer.hold_transmission()
+
+    def transmit(self) -> int:
+        return sum(peer.transmit() for peer in self._live_peers())
+
+    def mark_copied(self, copied: bool = True) -> None:
+        for peer in self._live_peers():
+            peer.mark_copied(copied)
+
+    def _live_peers(self) -> list[MockPeer]:
+        return [peer for peer in self.peers if peer._conn in self.connections]
