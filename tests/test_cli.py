@@ -24,3 +24,12 @@ def test_lifecycle_command_prints_the_generated_diagram() -> None:
     assert result.returncode == 0
     assert lifecycle.render_mermaid() in result.stdout
     assert lifecycle.render_table() in result.stdout
+
+
+def test_bench_smoke_runs_every_kernel_and_verifies_every_image() -> None:
+    result = run("bench", "--kernels", "copy,msg_zerocopy,sendfile", "--sizes", "64K,1M",
+                 "--bytes", "2M", "--repeat", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.strip().endswith(("yes", "NO"))]
+    assert len(rows) == 6 and all(line.endswith("yes") for line in rows)
+    assert "ratios to 'copy'" in result.stdout

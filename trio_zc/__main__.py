@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="serve generated images over loopback and verify every byte")
     demo.add_argument("--images", type=int, default=100, help="images per client (default 100)")
     demo.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    bench = sub.add_parser("bench", help="measure each kernel's throughput and CPU per GB on loopback")
+    bench.add_argument("--kernels", default="copy,msg_zerocopy,sendfile", help="comma-separated")
+    bench.add_argument("--sizes", default="64K,1M,4M,16M", help="comma-separated image sizes")
+    bench.add_argument("--bytes", default="512M", help="bytes sent per case and repetition")
+    bench.add_argument("--repeat", type=int, default=3, help="repetitions per case (median reported)")
     life = sub.add_parser("lifecycle", help="print the lease life cycle (Mermaid and table)")
     life.add_argument(
         "--write-docs",
@@ -47,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(_lifecycle.render_table())
         return 0
+
+    if args.command == "bench":
+        from . import _bench
+
+        code: int = _bench.main(
+            [k for k in args.kernels.split(",") if k],
+            [_bench.parse_size(x) for x in args.sizes.split(",") if x],
+            _bench.parse_size(args.bytes),
+            args.repeat,
+        )
+        return code
 
     from ._demo import run_demo
 

@@ -34,6 +34,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _mprotect = _libc.mprotect
 _mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _mprotect.restype = ctypes.c_int
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
 
 Exporter = ctypes.Array[ctypes.c_char]
 
@@ -49,6 +54,10 @@ class Arena:
         try:
             os.ftruncate(self.fd, size)
             self._map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
+            # Ask for base pages: huge folios would make punching part of the
+            # arena unsafe (see _thp.py). Sizes the settings force anyway are
+            # handled by aligning leases to them.
+            self._map.madvise(mmap.MADV_NOHUGEPAGE)
         except BaseException:
             os.close(self.fd)
             raise
@@ -68,6 +77,17 @@ class Arena:
         if _mprotect(self.address + offset, length, prot):
             err = ctypes.get_errno()
             raise OSError(err, f"mprotect failed: {os.strerror(err)}")
+
+    def punch(self, offset: int, length: int) -> None:
+        """Replace the pages of a range with fresh zero pages.
+
+        The old pages leave the file; whoever still holds them (a socket,
+        after sendfile) keeps them, and the next access faults in new zeroed
+        pages. The range must cover whole folios (see _thp.py).
+        """
+        if _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length):
+            err = ctypes.get_errno()
+            raise OSError(err, f"fallocate(PUNCH_HOLE) failed: {os.strerror(err)}")
 
     def zero(self, offset: int, length: int) -> None:
         """Overwrite a (writable) range with zeros."""

@@ -128,7 +128,7 @@ class CompletionChannel(Channel):
         as the kernel would (ENOBUFS, EPIPE, ECONNRESET...).
         """
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot) -> int:
+    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         sent = 0
         total = len(data)

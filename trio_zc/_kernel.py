@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import trio
 
+from ._arena import PAGE_SIZE
 from ._stats import Counters
 
 if TYPE_CHECKING:
@@ -71,13 +72,17 @@ class Channel(abc.ABC):
     async def send_copy(self, data: memoryview) -> None:
         """Send every byte of *data* by copying it."""
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot) -> int:
-        """Send *data* (memory of *slot*) without copying; bytes accepted.
+    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+        """Send *data* (bytes of *slot* from *start*) without copying; bytes accepted.
 
         Fewer bytes than ``len(data)`` means the kernel refused zero-copy
         for the rest (ENOBUFS after a retry); the caller copies them.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot send zero-copy")
+
+    def accepts(self, slot: _Slot) -> bool:
+        """Whether :meth:`send_zerocopy` can send this lease (sendfile: pool memory only)."""
+        return True
 
     @abc.abstractmethod
     async def receive_some(self, max_bytes: int) -> bytes:
@@ -117,6 +122,13 @@ class Kernel(abc.ABC):
     async def run(self) -> None:
         """Background work for the pool's lifetime (a completion reaper)."""
         await trio.sleep_forever()
+
+    def allocation_granule(self) -> int:
+        """The unit, in bytes, in which the pool must hand out memory for this kernel."""
+        return PAGE_SIZE
+
+    #: Why this kernel runs as it does (a fallback, an alignment), or None.
+    note: str | None = None
 
     async def abort_in_flight(self) -> None:
         """The pool is closing past its deadline: make in-flight sends end.

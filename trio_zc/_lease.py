@@ -78,6 +78,7 @@ class _Slot:
         "stale_reason",
         "writable",
         "sealed",
+        "needs_punch",
     )
 
     def __init__(
@@ -105,6 +106,9 @@ class _Slot:
         self.stale_reason = ""
         self.writable: WritableLease | None = None
         self.sealed: SealedLease | None = None
+        #: Whether the kernel may hold the lease's pages after every send
+        #: returned (sendfile): they must be punched out, not reused.
+        self.needs_punch = False
 
     @property
     def state(self) -> LeaseState:

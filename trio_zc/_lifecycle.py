@@ -106,6 +106,9 @@ TRANSITIONS: Final[dict[tuple[LeaseState, Event], LeaseState]] = {
     (S.SENDING, E.LAST_COMPLETE): S.SEALED,
     (S.SENDING, E.RELEASE): S.DRAINING,
     (S.SENDING, E.QUARANTINE): S.QUARANTINED,
+    # A send that was already running when the owner let go goes on: it
+    # holds the memory itself until it returns (see ZeroCopyStream.send_lease).
+    (S.DRAINING, E.SEND): S.DRAINING,
     (S.DRAINING, E.COMPLETE): S.DRAINING,
     (S.DRAINING, E.LAST_COMPLETE): S.FREE,
     (S.DRAINING, E.QUARANTINE): S.QUARANTINED,

@@ -30,6 +30,7 @@ from ._lease import SealedLease, WritableLease, _Slot
 from ._lifecycle import LeaseState
 from ._msg_zerocopy import MsgZeroCopyKernel
 from ._policy import ZeroCopyPolicy
+from ._sendfile import SendfileKernel
 from ._stats import Counters, SendStatistics
 
 #: How long closing a pool waits, by default, for sends in flight to complete.
@@ -56,7 +57,8 @@ class PoolStatistics:
 
     #: Arena size: *max_bytes* rounded down to whole pages.
     max_bytes: int
-    #: The page size that leases are rounded up to.
+    #: The unit leases are rounded up to: the page size, or the largest
+    #: shared-memory folio for the sendfile kernel when huge pages are on.
     page_size: int
     #: Arena bytes free for new leases.
     free_bytes: int
@@ -88,8 +90,10 @@ class PoolStatistics:
     leaked_at_close: int
     #: Whether the pool's block has ended.
     closed: bool
-    #: The pool's kernel ("copy", "msg_zerocopy").
+    #: The pool's kernel ("copy", "msg_zerocopy", "sendfile", "mock").
     kernel: str
+    #: Why the kernel runs as it does (a fallback, an alignment), or None.
+    kernel_note: str | None
     #: What the pool's streams sent, and how (sums over all its streams).
     sent: SendStatistics
     #: Why streams stopped using zero-copy: ``(reason, how many times)``.
@@ -116,10 +120,11 @@ class BufferPool:
     ) -> None:
         self._arena = _arena
         self._kernel = kernel
+        self._granule = kernel.allocation_granule()
         self._policy = policy
         self._counters = Counters()
         self._fallbacks: collections.Counter[str] = collections.Counter()
-        self._allocator = Allocator(_arena.size, PAGE_SIZE)
+        self._allocator = Allocator(_arena.size, self._granule)
         self._drain_timeout = drain_timeout
         self._waiters: collections.deque[_Waiter] = collections.deque()
         # Every slot not yet FREE or QUARANTINED.
@@ -323,7 +328,13 @@ class BufferPool:
                 # sees none of this one's bytes.
                 if slot.sealed is not None:
                     self._arena.protect(slot.offset, slot.block_length, writable=True)
-                self._arena.zero(slot.offset, slot.capacity)
+                if slot.needs_punch:
+                    # A socket may still hold these pages (sendfile): give
+                    # them up and let the next writer fault in fresh zero
+                    # pages. Blocks cover whole folios (see _thp.py).
+                    self._arena.punch(slot.offset, slot.block_length)
+                else:
+                    self._arena.zero(slot.offset, slot.capacity)
                 self._allocator.free(slot.offset, slot.capacity)
                 self._serve_waiters()
             slot.wake_reusable()
@@ -443,7 +454,7 @@ class BufferPool:
                 adopted_bytes += slot.capacity
         return PoolStatistics(
             max_bytes=self._arena.size,
-            page_size=PAGE_SIZE,
+            page_size=self._granule,
             free_bytes=self._allocator.free_bytes,
             largest_free_block=self._allocator.largest_free_block,
             writable_leases=counts[LeaseState.WRITABLE],
@@ -460,6 +471,7 @@ class BufferPool:
             leaked_at_close=self._leaked_at_close,
             closed=self._closed,
             kernel=self._kernel.name,
+            kernel_note=self._kernel.note,
             sent=SendStatistics.of(self._counters),
             fallbacks=tuple(self._fallbacks.items()),
         )
@@ -471,6 +483,7 @@ class BufferPool:
 _KERNELS: Final[dict[str, type[Kernel]]] = {
     "copy": CopyKernel,
     "msg_zerocopy": MsgZeroCopyKernel,
+    "sendfile": SendfileKernel,
     # Until the io_uring and sendfile kernels exist, "auto" is MSG_ZEROCOPY
     # with the policy's fallbacks, which copies where zero-copy cannot win.
     "auto": MsgZeroCopyKernel,
@@ -503,7 +516,8 @@ async def open_pool(
 
     *max_bytes* is rounded down to whole pages and is the most memory the
     pool's leases ever use. *kernel* says how its streams send: ``"copy"``
-    (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY) or ``"auto"``
+    (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"sendfile"``
+    (sendfile from the arena, with page replacement) or ``"auto"``
     (the default: zero-copy where it can win, copying elsewhere). *policy*
     tunes when streams copy anyway (:class:`ZeroCopyPolicy`). When the block ends, the pool waits up to
     *drain_timeout* seconds (even if the block was cancelled) for the
@@ -526,7 +540,13 @@ async def open_pool(
     elif not isinstance(policy, ZeroCopyPolicy):
         raise TypeError(f"policy must be a ZeroCopyPolicy, not {type(policy).__name__}")
     the_kernel = _make_kernel(kernel)
-    arena = Arena(max_bytes - max_bytes % PAGE_SIZE)
+    granule = the_kernel.allocation_granule()
+    if max_bytes < granule:
+        raise ValueError(
+            f"max_bytes must be at least one allocation unit of the {the_kernel.name!r} kernel"
+            f" ({granule} bytes{': ' + the_kernel.note if the_kernel.note else ''}), not {max_bytes}"
+        )
+    arena = Arena(max_bytes - max_bytes % granule)
     try:
         pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
     except BaseException:

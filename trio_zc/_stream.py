@@ -212,25 +212,24 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         slot, start, length = self._lease_slot(lease, offset, nbytes)
         with self._send_conflict:
             self._check_sendable()
-            with slot.readonly_view() as whole, whole[start : start + length] as data:
-                if self._decider.use_zerocopy(length):
-                    sent = await self._channel.send_zerocopy(data, slot)
-                    if sent < length:
-                        self._decider.on_enobufs()
-                        with data[sent:] as rest:
-                            await self._send_copied(rest, slot)
+            # The send itself holds the memory while it runs: the owner may
+            # release the lease from another task at any point, and the
+            # kernel may complete every earlier call while this one waits.
+            slot.begin_send()
+            try:
+                with slot.readonly_view() as whole, whole[start : start + length] as data:
+                    if self._channel.accepts(slot) and self._decider.use_zerocopy(length):
+                        sent = await self._channel.send_zerocopy(data, slot, start)
+                        if sent < length:
+                            self._decider.on_enobufs()
+                            with data[sent:] as rest:
+                                await self._channel.send_copy(rest)
+                        else:
+                            self._decider.on_zerocopy_sent()
                     else:
-                        self._decider.on_zerocopy_sent()
-                else:
-                    await self._send_copied(data, slot)
-
-    async def _send_copied(self, data: memoryview, slot: _Slot) -> None:
-        # A copying send is "in flight" only while the call runs.
-        slot.begin_send()
-        try:
-            await self._channel.send_copy(data)
-        finally:
-            slot.end_send()
+                        await self._channel.send_copy(data)
+            finally:
+                slot.end_send()
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:

@@ -1,0 +1,95 @@
+"""The sendfile kernel: safe without completion notifications.
+
+sendfile from the pool's memfd puts references to the arena's pages into the
+socket, with no copy from user space -- and with no word from the kernel
+about when it is done with them. Writing those pages again too early sends
+the new bytes (``tests/test_sendfile.py`` reproduces this for real).
+
+So this kernel never waits for the kernel: once a lease that was sent this
+way returns to the pool, its range is punched out of the memfd
+(``fallocate(PUNCH_HOLE)``). The socket keeps the old pages for as long as
+it needs them; the next writer faults in fresh zero pages. That works on any
+Linux since 3.5, loopback included -- but the fresh pages cost a page fault
+and a kernel-zeroed page per 4 KiB for the next writer, which
+``benchmarks/sendfile_cost.py`` measures.
+
+A punch must cover whole folios (``_thp.py``): the pool hands out memory in
+units of the largest shared-memory folio the THP settings allow (one page
+with the default settings).
+
+Adopted buffers are not in the memfd; they are sent by copying.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._arena import PAGE_SIZE
+from ._kernel import Channel, Kernel, SocketChannel, broken
+from ._stats import Counters
+from ._thp import shmem_folios
+
+if TYPE_CHECKING:
+    from ._lease import _Slot
+
+
+class SendfileChannel(SocketChannel):
+    """A stream socket that sends pool leases with sendfile from the arena."""
+
+    def accepts(self, slot: _Slot) -> bool:
+        return slot.adopted is None
+
+    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        arena_fd = slot.pool._arena.fd
+        offset = slot.offset + start
+        total = len(data)
+        sent = 0
+        waited = False
+        # From the first byte on, the socket may hold the pages: they must be
+        # punched, not reused, when the lease comes back. Nothing else to
+        # wait for: the send holds the lease only while it runs.
+        slot.needs_punch = True
+        try:
+            while sent < total:
+                try:
+                    n = os.sendfile(self.fd, arena_fd, offset + sent, total - sent)
+                except BlockingIOError:
+                    await self.wait_writable()
+                    waited = True
+                    continue
+                except OSError as exc:
+                    broken(exc)
+                if n == 0:  # pragma: no cover - the arena is never shorter than a lease
+                    raise trio.BrokenResourceError("sendfile sent nothing")
+                sent += n
+        finally:
+            self.counters.count("bytes_zerocopy", sent)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return sent
+
+
+class SendfileKernel(Kernel):
+    """sendfile from the arena, with page replacement instead of completions."""
+
+    name = "sendfile"
+
+    def __init__(self) -> None:
+        folios = shmem_folios()
+        self._granule = folios.largest
+        if folios.largest > PAGE_SIZE:
+            self.note = (
+                f"{folios.reason}: leases are aligned to {folios.largest >> 10} KiB so that"
+                " replacing a sent lease's pages never splits a folio"
+            )
+
+    def allocation_granule(self) -> int:
+        return self._granule
+
+    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
+        return SendfileChannel(sock, counters)
