@@ -54,7 +54,7 @@ from .._completion_channel import Ancdata, CompletionChannel
 from .._errqueue import ZeroCopyCompletion, pack_zerocopy_record
 from .._kernel import Channel, Kernel
 from .._stats import Counters
-from .._stream import ZeroCopyStream
+from .._stream import ZeroCopyStream, _ConflictDetector
 
 if TYPE_CHECKING:
     from .._lease import _Slot
@@ -462,8 +462,8 @@ class MockPeer(trio.abc.HalfCloseableStream):
         self._conn = conn
         self._closed = False
         self._eof_sent = False
-        self._receiving = False
-        self._sending = False
+        self._receive_conflict = _ConflictDetector("another task is receiving on this MockPeer")
+        self._send_conflict = _ConflictDetector("another task is sending on this MockPeer")
 
     def __repr__(self) -> str:
         return f"<trio_zc.testing.MockPeer {self._conn.name}>"
@@ -477,10 +477,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
             raise TypeError("max_bytes must be an int")
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this MockPeer")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             conn = self._conn
             pipe = conn.to_peer
@@ -501,8 +498,6 @@ class MockPeer(trio.abc.HalfCloseableStream):
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         return b""
                 await pipe.changed.wait()
-        finally:
-            self._receiving = False
 
     def _check_sendable(self) -> None:
         if self._closed:
@@ -514,10 +509,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError("the stream's end of the connection is closed (mock)")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this MockPeer")
-        self._sending = True
-        try:
+        with self._send_conflict:
             await trio.lowlevel.checkpoint()
             conn = self._conn
             with memoryview(data) as view, view.cast("B") as flat:
@@ -532,14 +524,9 @@ class MockPeer(trio.abc.HalfCloseableStream):
                     if sent == len(flat):
                         return
                     await conn.to_stream.changed.wait()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this MockPeer")
-        self._sending = True
-        try:
+        with self._send_conflict:
             await trio.lowlevel.checkpoint()
             conn = self._conn
             while True:
@@ -548,19 +535,16 @@ class MockPeer(trio.abc.HalfCloseableStream):
                 if conn.peer_room or conn.reset or (conn.channel is not None and conn.channel.closed):
                     return
                 await conn.to_stream.changed.wait()
-        finally:
-            self._sending = False
 
     async def send_eof(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this MockPeer")
-        await trio.lowlevel.checkpoint()
-        if self._closed:
-            raise trio.ClosedResourceError("this MockPeer was closed")
-        if not self._eof_sent:
-            self._eof_sent = True
-            self._conn.to_stream.eof = True
-            self._conn.to_stream.wake()
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError("this MockPeer was closed")
+            if not self._eof_sent:
+                self._eof_sent = True
+                self._conn.to_stream.eof = True
+                self._conn.to_stream.wake()
 
     async def aclose(self) -> None:
         if not self._closed:
