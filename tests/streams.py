@@ -25,7 +25,7 @@ async def socket_pair(family: int = socket.AF_INET) -> tuple[trio.socket.SocketT
 
 
 #: Every kernel the stream tests run on: the real ones and the mock.
-KERNELS = ["copy", "msg_zerocopy", "sendfile", "mock"]
+KERNELS = ["copy", "msg_zerocopy", "io_uring", "sendfile", "mock"]
 
 
 def kernel(name: str) -> str | trio_zc.testing.MockKernel:

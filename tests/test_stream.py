@@ -19,7 +19,7 @@ from trio_zc._msg_zerocopy import ZeroCopyChannel
 from .streams import KERNELS, kernel, socket_pair, stop_reading, stream_pair
 
 #: Kernels whose zero-copy sends can stay in flight.
-ZC_KERNELS = ["msg_zerocopy", "mock"]
+ZC_KERNELS = ["msg_zerocopy", "io_uring", "mock"]
 MiB = 1 << 20
 # Keep zero-copy on although loopback reports every send COPIED.
 ALWAYS_ZC = ZeroCopyPolicy(copied_streak=0)
@@ -361,7 +361,9 @@ async def test_cancelled_send_lease_never_releases_early(name: str) -> None:
                 # The last completion may come after the last byte is read.
                 with trio.move_on_after(0.05):
                     got += await b.receive_some(MiB)
-        assert len(got) < len(image) and image.startswith(got)
+        # Some, all or none of it, as for a cancelled send_all (io_uring's
+        # request may finish after its task was cancelled); never other bytes.
+        assert len(got) <= len(image) and image.startswith(got)
         assert pool.statistics().free_bytes == 32 * MiB
         await a.send_all(b"after")
         rest = b""

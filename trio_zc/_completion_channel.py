@@ -37,15 +37,75 @@ ABORT_GRACE: Final = 1.0
 Ancdata = list[tuple[int, int, bytes]]
 
 
-class CompletionChannel(Channel):
+class DrainingChannel(Channel):
+    """A channel whose sends can stay in flight after they return: the close protocol."""
+
+    #: Set by the subclass once its transport is closed.
+    closed: bool = False
+
+    @abc.abstractmethod
+    async def wait_drained(self) -> None:
+        """Return once no send of this channel is in flight."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Reset the connection, keeping the channel able to receive completions."""
+
+    @abc.abstractmethod
+    def forget_outstanding(self) -> int:
+        """Quarantine every send still in flight (their completions never count); how many."""
+
+    @abc.abstractmethod
+    def close_transport(self) -> None:
+        """Close for good; completions after this are lost."""
+
+    async def settle_or_quarantine(self) -> None:
+        """Abort, collect what the abort completes, quarantine the rest. Shielded."""
+        if not self.sends_in_flight or self.closed:
+            return
+        self.abort()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(ABORT_GRACE):
+                await self.wait_drained()
+        self.quarantine_outstanding()
+
+    def quarantine_outstanding(self) -> None:
+        count = self.forget_outstanding()
+        if not count:
+            return
+        self.counters.count("quarantined_sends", count)
+        warnings.warn(
+            QuarantineWarning(
+                f"a connection closed with {count} zero-copy send(s) the kernel never"
+                " reported done; their memory is quarantined: never reused or unmapped"
+            ),
+            stacklevel=2,
+        )
+
+    async def aclose(self, drain_timeout: float) -> None:
+        if self.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if self.sends_in_flight:
+                with trio.move_on_after(drain_timeout):
+                    await self.wait_drained()
+        finally:
+            # Also when cancelled: force the rest, then close.
+            try:
+                await self.settle_or_quarantine()
+            finally:
+                self.close_transport()
+        await trio.lowlevel.checkpoint()
+
+
+class CompletionChannel(DrainingChannel):
     """A channel whose zero-copy calls are numbered and completed by records."""
 
     tracker: CompletionTracker[tuple[_Slot, int]]
     _drained: trio.Event | None = None
     #: An ordinary socket error that arrived among the completion records.
     queued_error: QueuedSocketError | None = None
-    #: Set by the subclass once its transport is closed.
-    closed: bool = False
 
     def init_tracking(self, start: int = 0) -> None:
         self.tracker = CompletionTracker(start)
@@ -59,14 +119,6 @@ class CompletionChannel(Channel):
     @abc.abstractmethod
     def read_records(self) -> Iterable[tuple[Ancdata, bool]]:
         """Completion records waiting now, as ``(ancdata, truncated)``. Never blocks."""
-
-    @abc.abstractmethod
-    def abort(self) -> None:
-        """Reset the connection, keeping the channel able to receive completions."""
-
-    @abc.abstractmethod
-    def close_transport(self) -> None:
-        """Close for good; completions after this are lost."""
 
     # -- completions ------------------------------------------------------------
 
@@ -169,44 +221,9 @@ class CompletionChannel(Channel):
 
     # -- closing ----------------------------------------------------------------
 
-    async def settle_or_quarantine(self) -> None:
-        """Abort, collect what the abort completes, quarantine the rest. Shielded."""
-        if not self.tracker.outstanding or self.closed:
-            return
-        self.abort()
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(ABORT_GRACE):
-                await self.wait_drained()
-        self.quarantine_outstanding()
-
-    def quarantine_outstanding(self) -> None:
+    def forget_outstanding(self) -> int:
         items = self.tracker.items_outstanding()
-        if not items:
-            return
         for slot, _ in items:
             slot.quarantine_send()
-        self.counters.count("quarantined_sends", len(items))
         self.tracker = CompletionTracker(self.tracker.next_counter)
-        warnings.warn(
-            QuarantineWarning(
-                f"a connection closed with {len(items)} zero-copy send(s) the kernel never"
-                " reported done; their memory is quarantined: never reused or unmapped"
-            ),
-            stacklevel=2,
-        )
-
-    async def aclose(self, drain_timeout: float) -> None:
-        if self.closed:
-            await trio.lowlevel.checkpoint()
-            return
-        try:
-            if self.tracker.outstanding:
-                with trio.move_on_after(drain_timeout):
-                    await self.wait_drained()
-        finally:
-            # Also when cancelled: force the rest, then close.
-            try:
-                await self.settle_or_quarantine()
-            finally:
-                self.close_transport()
-        await trio.lowlevel.checkpoint()
+        return len(items)

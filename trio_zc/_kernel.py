@@ -27,8 +27,10 @@ Background work (a completion reaper) runs in the pool's nursery via
 from __future__ import annotations
 
 import abc
+import ctypes
 import errno
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar, NoReturn
@@ -39,9 +41,29 @@ from ._arena import PAGE_SIZE
 from ._stats import Counters
 
 if TYPE_CHECKING:
+    from ._arena import Arena
     from ._lease import _Slot
 
 _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_connect = _libc.connect
+_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_connect.restype = ctypes.c_int
+_AF_UNSPEC_ADDR = struct.pack("=H14x", socket.AF_UNSPEC)
+
+
+def abort_connection(fd: int) -> None:
+    """Reset a TCP connection but keep its socket open.
+
+    ``connect(AF_UNSPEC)`` makes Linux drop the queued data and send a reset,
+    and the kernel reports the zero-copy sends it dropped as complete --
+    which it could not do for a closed socket.
+    """
+    if _connect(fd, _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.ENOTCONN, errno.EBADF):  # pragma: no cover - defensive
+            raise OSError(err, f"aborting the connection failed: {errno.errorcode.get(err)}")
 
 
 def broken(exc: OSError) -> NoReturn:
@@ -122,6 +144,12 @@ class Kernel(abc.ABC):
     async def run(self) -> None:
         """Background work for the pool's lifetime (a completion reaper)."""
         await trio.sleep_forever()
+
+    def attach(self, arena: Arena) -> None:
+        """The pool's arena exists (io_uring registers it here)."""
+
+    def close(self) -> None:
+        """The pool is closing: release what the kernel holds (after draining)."""
 
     def allocation_granule(self) -> int:
         """The unit, in bytes, in which the pool must hand out memory for this kernel."""

@@ -28,12 +28,10 @@ kernel's rules and the mistakes this avoids.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import resource
 import select
 import socket
-import struct
 from collections.abc import Iterator
 from typing import Final
 
@@ -41,7 +39,7 @@ import trio
 
 from ._completion_channel import Ancdata, CompletionChannel
 from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
-from ._kernel import Channel, Kernel, SocketChannel
+from ._kernel import Channel, Kernel, SocketChannel, abort_connection
 from ._stats import Counters
 
 #: Room for one error-queue record: the 16-byte extended error plus the
@@ -51,11 +49,6 @@ _ANCBUF: Final = socket.CMSG_SPACE(64)
 _UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL})
 _CAP_IPC_LOCK: Final = 14
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_connect = _libc.connect
-_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_connect.restype = ctypes.c_int
-_AF_UNSPEC_ADDR: Final = struct.pack("=H14x", socket.AF_UNSPEC)
 
 
 def _in_initial_user_namespace() -> bool:
@@ -142,10 +135,7 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
     # -- closing ----------------------------------------------------------------
 
     def abort(self) -> None:
-        if _connect(self.fd, _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
-            err = ctypes.get_errno()
-            if err not in (errno.ENOTCONN, errno.EBADF):  # pragma: no cover - defensive
-                raise OSError(err, f"aborting the connection failed: {errno.errorcode.get(err)}")
+        abort_connection(self.fd)
 
     def close_transport(self) -> None:
         self.kernel.unregister(self)

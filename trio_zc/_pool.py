@@ -25,12 +25,11 @@ import trio
 from ._allocator import Allocator
 from ._arena import PAGE_SIZE, Arena
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
-from ._kernel import CopyKernel, Kernel
+from ._choice import make_kernel
+from ._kernel import Kernel
 from ._lease import SealedLease, WritableLease, _Slot
 from ._lifecycle import LeaseState
-from ._msg_zerocopy import MsgZeroCopyKernel
 from ._policy import ZeroCopyPolicy
-from ._sendfile import SendfileKernel
 from ._stats import Counters, SendStatistics
 
 #: How long closing a pool waits, by default, for sends in flight to complete.
@@ -480,28 +479,6 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
-_KERNELS: Final[dict[str, type[Kernel]]] = {
-    "copy": CopyKernel,
-    "msg_zerocopy": MsgZeroCopyKernel,
-    "sendfile": SendfileKernel,
-    # Until the io_uring and sendfile kernels exist, "auto" is MSG_ZEROCOPY
-    # with the policy's fallbacks, which copies where zero-copy cannot win.
-    "auto": MsgZeroCopyKernel,
-}
-
-
-def _make_kernel(kernel: object) -> Kernel:
-    if isinstance(kernel, Kernel):
-        return kernel
-    if isinstance(kernel, str):
-        try:
-            return _KERNELS[kernel]()
-        except KeyError:
-            pass
-        raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(_KERNELS))}")
-    raise TypeError(f"kernel must be a name or a Kernel, not {type(kernel).__name__}")
-
-
 @asynccontextmanager
 async def open_pool(
     *,
@@ -516,9 +493,12 @@ async def open_pool(
 
     *max_bytes* is rounded down to whole pages and is the most memory the
     pool's leases ever use. *kernel* says how its streams send: ``"copy"``
-    (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"sendfile"``
-    (sendfile from the arena, with page replacement) or ``"auto"``
-    (the default: zero-copy where it can win, copying elsewhere). *policy*
+    (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"io_uring"``
+    (SEND_ZC from the arena registered as fixed buffers; falls back to
+    msg_zerocopy where io_uring is not usable), ``"sendfile"`` (sendfile
+    from the arena, with page replacement), ``"auto"`` (the default:
+    io_uring or msg_zerocopy where zero-copy can win, copying elsewhere),
+    or a :class:`~trio_zc.testing.MockKernel`. *policy*
     tunes when streams copy anyway (:class:`ZeroCopyPolicy`). When the block ends, the pool waits up to
     *drain_timeout* seconds (even if the block was cancelled) for the
     kernel to finish every send in flight, releases and reports (with
@@ -539,7 +519,7 @@ async def open_pool(
         policy = ZeroCopyPolicy()
     elif not isinstance(policy, ZeroCopyPolicy):
         raise TypeError(f"policy must be a ZeroCopyPolicy, not {type(policy).__name__}")
-    the_kernel = _make_kernel(kernel)
+    the_kernel = make_kernel(kernel)
     granule = the_kernel.allocation_granule()
     if max_bytes < granule:
         raise ValueError(
@@ -548,8 +528,10 @@ async def open_pool(
         )
     arena = Arena(max_bytes - max_bytes % granule)
     try:
+        the_kernel.attach(arena)
         pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
     except BaseException:
+        the_kernel.close()
         arena.close()
         raise
     try:
@@ -562,5 +544,6 @@ async def open_pool(
                 await pool._close()
                 nursery.cancel_scope.cancel()
     finally:
+        the_kernel.close()
         if not arena.closed:  # pragma: no cover - only if _close itself failed
             arena.close(keep_mapping=True)

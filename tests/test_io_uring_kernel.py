@@ -1,0 +1,184 @@
+"""The io_uring kernel, its probe's fallbacks, and what "auto" picks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import trio
+
+import trio_zc
+from trio_zc import ZeroCopyPolicy, open_pool
+from trio_zc._io_uring import IoUringKernel
+from trio_zc._msg_zerocopy import MsgZeroCopyKernel
+from trio_zc._uring import Probe, Ring, probe, probe_uncached
+
+from .streams import stream_pair
+
+MiB = 1 << 20
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BLOCKED_CHILD = REPO / "tests" / "children" / "io_uring_blocked.py"
+HERE = probe()
+needs_io_uring = pytest.mark.skipif(not (HERE.available and HERE.send_zc), reason=HERE.reason)
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(n - len(buf))
+        assert chunk
+        buf += chunk
+    return bytes(buf)
+
+
+@needs_io_uring
+async def test_auto_picks_io_uring_here_and_says_why() -> None:
+    async with open_pool(max_bytes=8 * MiB) as pool:
+        stats = pool.statistics()
+        assert stats.kernel == "io_uring"
+        assert stats.kernel_note is not None and stats.kernel_note.startswith("auto: io_uring: ")
+        assert isinstance(pool._kernel, IoUringKernel) and pool._kernel.fixed
+
+
+@needs_io_uring
+async def test_registered_and_adopted_buffers_and_copied_reports() -> None:
+    async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=ZeroCopyPolicy(copied_streak=0)) as pool:
+        a, b = await stream_pair(pool)
+        async with a, b:
+            image = os.urandom(3 * MiB)
+            frame = bytearray(os.urandom(MiB))
+            text = b"read-only bytes " * 4096
+            received: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    received.append(await receive_exactly(b, len(image) + len(frame) + len(text)))
+
+                nursery.start_soon(receive)
+                async with pool.lease(len(image)) as lease:
+                    lease.write(image)
+                    await a.send_lease(lease.seal())  # from the registered arena
+                adopted = pool.adopt(frame)
+                await a.send_lease(adopted)  # an ordinary SEND_ZC from the application's memory
+                readonly = pool.adopt(text)
+                await a.send_lease(readonly)
+            assert received == [image + bytes(frame) + text]
+            await adopted.wait_reusable()
+            await readonly.wait_reusable()
+            sent = a.statistics().sent
+            assert sent.zerocopy_calls == sent.completions >= 3
+            # REPORT_USAGE: loopback copies every send, and the kernel says so.
+            assert sent.bytes_kernel_copied == len(image) + len(frame) + 65536
+            assert sent.bytes_zerocopy == 0
+
+
+@needs_io_uring
+async def test_sends_that_are_ready_together_are_submitted_together() -> None:
+    async with open_pool(max_bytes=32 * MiB, kernel="io_uring", policy=ZeroCopyPolicy(copied_streak=0)) as pool:
+        kernel = pool._kernel
+        assert isinstance(kernel, IoUringKernel)
+        pairs = [await stream_pair(pool) for _ in range(6)]
+        image = os.urandom(256 * 1024)
+        async with pool.lease(len(image)) as lease:
+            lease.write(image)
+            sealed = lease.seal()
+            async with trio.open_nursery() as nursery:
+                for a, b in pairs:
+                    nursery.start_soon(a.send_lease, sealed)
+                    nursery.start_soon(receive_exactly, b, len(image))
+        assert kernel.submitted >= 6 and kernel.submit_calls < kernel.submitted
+        for a, b in pairs:
+            await a.aclose()
+            await b.aclose()
+
+
+@needs_io_uring
+async def test_registration_failure_falls_back_to_unregistered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Ring, iovecs: object) -> None:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(Ring, "register_buffers", refuse)
+    async with open_pool(max_bytes=8 * MiB, kernel="io_uring") as pool:
+        kernel = pool._kernel
+        assert isinstance(kernel, IoUringKernel) and not kernel.fixed
+        assert "without registered buffers" in (pool.statistics().kernel_note or "")
+        a, b = await stream_pair(pool)
+        async with a, b:
+            image = os.urandom(MiB)
+            async with pool.lease(len(image)) as lease:
+                lease.write(image)
+                await a.send_lease(lease.seal())
+            assert await receive_exactly(b, len(image)) == image
+
+
+@pytest.mark.parametrize("kernel", ["auto", "io_uring"])
+@pytest.mark.parametrize("blocked", [errno.EPERM, errno.ENOSYS])
+def test_io_uring_blocked_by_seccomp_falls_back_cleanly(kernel: str, blocked: int) -> None:
+    """A real seccomp filter in a child process, as a container's profile would set."""
+    child = subprocess.run(
+        [sys.executable, str(BLOCKED_CHILD), str(blocked), "pool", kernel],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout)
+    assert result["intact"] is True
+    assert result["kernel"] == "msg_zerocopy"
+    prefix = "auto: " if kernel == "auto" else ""
+    assert result["note"].startswith(f"{prefix}msg_zerocopy, because io_uring is not usable: ")
+    assert errno.errorcode[blocked] in result["note"]
+    assert result["sent"]["zerocopy_calls"] == result["sent"]["completions"] > 0
+
+
+def test_io_uring_disabled_by_the_sysctl_falls_back() -> None:
+    """``kernel.io_uring_disabled=2`` for a moment (root only), and back."""
+    path = pathlib.Path("/proc/sys/kernel/io_uring_disabled")
+    try:
+        before = path.read_text()
+        path.write_text("2")
+    except OSError:
+        pytest.skip("cannot set kernel.io_uring_disabled here (needs root)")
+    try:
+        found = probe_uncached()
+
+        async def open_one() -> tuple[str, str | None]:
+            probe.cache_clear()
+            try:
+                async with open_pool(max_bytes=MiB, kernel="auto") as pool:
+                    return pool.statistics().kernel, pool.statistics().kernel_note
+            finally:
+                probe.cache_clear()
+
+        kernel, note = trio.run(open_one)
+    finally:
+        path.write_text(before)
+    assert not found.available and "io_uring_disabled" in found.reason
+    assert kernel == "msg_zerocopy" and note is not None and "io_uring_disabled" in note
+
+
+async def test_a_probe_that_finds_no_send_zc_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = Probe(False, "this kernel is too old for SEND_ZC (Linux 6.0)", False, False, False)
+    monkeypatch.setattr("trio_zc._choice.probe", lambda: old)
+    async with open_pool(max_bytes=MiB, kernel="io_uring") as pool:
+        assert isinstance(pool._kernel, MsgZeroCopyKernel)
+        assert pool.statistics().kernel_note == (
+            "msg_zerocopy, because io_uring is not usable: this kernel is too old for SEND_ZC (Linux 6.0)"
+        )
+
+
+async def test_explicit_kernel_names() -> None:
+    for name in ["copy", "msg_zerocopy", "sendfile"]:
+        async with open_pool(max_bytes=MiB, kernel=name) as pool:
+            assert pool.statistics().kernel == name
+            assert pool.statistics().kernel_note is None
+    with pytest.raises(ValueError, match="auto, copy, io_uring, msg_zerocopy, sendfile"):
+        async with open_pool(max_bytes=MiB, kernel="uring"):
+            pass
+    assert trio_zc.open_pool  # the public name
