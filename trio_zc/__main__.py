@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--images", type=int, default=100, help="images per client (default 100)")
     demo.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     bench = sub.add_parser("bench", help="measure each kernel's throughput and CPU per GB on loopback")
-    bench.add_argument("--kernels", default="copy,msg_zerocopy,sendfile", help="comma-separated")
+    bench.add_argument(
+        "--kernels", default="copy,msg_zerocopy,io_uring,sendfile,auto", help="comma-separated; the first is the baseline"
+    )
     bench.add_argument("--sizes", default="64K,1M,4M,16M", help="comma-separated image sizes")
     bench.add_argument("--bytes", default="512M", help="bytes sent per case and repetition")
     bench.add_argument("--repeat", type=int, default=3, help="repetitions per case (median reported)")

@@ -7,10 +7,11 @@ the pool falls back to MSG_ZEROCOPY and says why in its statistics
 (``kernel_note``), never raising to the application.
 
 ``"auto"`` picks per pool io_uring where the probe succeeded and
-MSG_ZEROCOPY otherwise; per stream, the policy then copies sends below the
-size threshold, sends where zero-copy cannot work (RLIMIT_MEMLOCK of zero,
-non-TCP sockets), and every send once the stream's completions show the
-kernel copies anyway (loopback): on such paths copying is the cheapest
+MSG_ZEROCOPY otherwise; per stream, it copies to peers on loopback (the
+kernel copies zero-copy sends to local sockets anyway), and the policy then
+copies sends below the size threshold, sends where zero-copy cannot work
+(RLIMIT_MEMLOCK of zero, non-TCP sockets), and every send once the stream's
+completions show the kernel copies anyway: on such paths copying is the cheapest
 (see docs/kernels.rst for the measurements that chose copy over sendfile
 there). ``stream.statistics().fallbacks`` says when and why.
 """
@@ -53,7 +54,9 @@ def make_kernel(kernel: object) -> Kernel:
     if not isinstance(kernel, str):
         raise TypeError(f"kernel must be a name or a Kernel, not {type(kernel).__name__}")
     if kernel == "auto":
-        return _io_uring_or_fallback("auto: ")
+        chosen = _io_uring_or_fallback("auto: ")
+        chosen.copy_local_peers = True
+        return chosen
     if kernel == "io_uring":
         return _io_uring_or_fallback("")
     if kernel == "msg_zerocopy":

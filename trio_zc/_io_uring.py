@@ -39,7 +39,7 @@ import trio
 
 from ._address import buffer_address
 from ._completion_channel import DrainingChannel
-from ._kernel import Channel, Kernel, SocketChannel, abort_connection, broken
+from ._kernel import Channel, Kernel, SocketChannel, abort_connection, broken, local_peer
 from ._stats import Counters
 from ._uring import Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
@@ -82,6 +82,8 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         self._orphan: _Call | None = None
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             self.unavailable = f"not a TCP socket (family {sock.family.name})"
+        elif kernel.copy_local_peers:
+            self.unavailable = local_peer(sock)
 
     @property
     def sends_in_flight(self) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import ctypes
 import errno
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterator
@@ -51,6 +52,20 @@ _connect = _libc.connect
 _connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _connect.restype = ctypes.c_int
 _AF_UNSPEC_ADDR = struct.pack("=H14x", socket.AF_UNSPEC)
+
+
+def local_peer(sock: socket.socket) -> str | None:
+    """Why zero-copy cannot win to this socket's peer, if the peer is loopback."""
+    try:
+        host = sock.getpeername()[0]
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "the peer is on loopback, where the kernel copies every zero-copy send anyway"
+    return None
 
 
 def abort_connection(fd: int) -> None:
@@ -136,6 +151,9 @@ class Kernel(abc.ABC):
 
     #: The name applications pass to ``open_pool(kernel=...)``.
     name: ClassVar[str]
+    #: Copy to peers on this machine (set by "auto"): the kernel copies
+    #: zero-copy sends delivered to a local socket anyway.
+    copy_local_peers: bool = False
 
     @abc.abstractmethod
     def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:

@@ -39,7 +39,7 @@ import trio
 
 from ._completion_channel import Ancdata, CompletionChannel
 from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
-from ._kernel import Channel, Kernel, SocketChannel, abort_connection
+from ._kernel import Channel, Kernel, SocketChannel, abort_connection, local_peer
 from ._stats import Counters
 
 #: Room for one error-queue record: the 16-byte extended error plus the
@@ -94,7 +94,11 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
         SocketChannel.__init__(self, sock, counters)
         self.init_tracking()
         self.kernel = kernel
-        self.unavailable = kernel.unavailable or self._enable(sock)
+        self.unavailable = (
+            kernel.unavailable
+            or (local_peer(sock) if kernel.copy_local_peers else None)
+            or self._enable(sock)
+        )
 
     @staticmethod
     def _enable(sock: socket.socket) -> str | None:
