@@ -7,16 +7,14 @@ import hashlib
 import trio_zc
 
 
-def send_somewhere(lease: trio_zc.SealedLease) -> None:
-    """Stands for any sending API: they all take SealedLease only."""
-
-
-async def misuse(pool: trio_zc.BufferPool) -> None:
+async def misuse(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStream) -> None:
     writable = await pool.acquire(4096)
     sealed = writable.seal()
 
     # Sending a writable lease.
-    send_somewhere(writable)  # type: ignore[arg-type]
+    await stream.send_lease(writable)  # type: ignore[arg-type]
+    # Sending anything else as a lease.
+    await stream.send_lease(b"bytes")  # type: ignore[arg-type]
 
     # Writing through a sealed lease: it has no write API...
     sealed.write(b"new image")  # type: ignore[attr-defined]
@@ -39,7 +37,7 @@ async def misuse(pool: trio_zc.BufferPool) -> None:
     # What must keep type-checking: reading a sealed lease and sending it.
     hashlib.sha256(sealed.view()).hexdigest()
     bytes(sealed.view())
-    send_somewhere(sealed)
-    send_somewhere(adopted)
+    await stream.send_lease(sealed)
+    await stream.send_lease(adopted, offset=1, nbytes=4)
     sealed.release()
     await adopted.wait_reusable()
