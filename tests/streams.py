@@ -95,3 +95,14 @@ async def _clog_mock(stream: Peer) -> None:
         await stream.send_all(b"x" * conn.room)
         # The kernel's task moves bytes to the receive buffer; let it.
         await trio.testing.wait_all_tasks_blocked()
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    """Receive exactly *n* bytes; fail on EOF first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.receive_some(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)

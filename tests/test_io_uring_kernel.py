@@ -18,22 +18,13 @@ from trio_zc._io_uring import IoUringKernel
 from trio_zc._msg_zerocopy import MsgZeroCopyKernel
 from trio_zc._uring import Probe, Ring, probe, probe_uncached
 
-from .streams import stream_pair
+from .streams import receive_exactly, stream_pair
 
 MiB = 1 << 20
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BLOCKED_CHILD = REPO / "tests" / "children" / "io_uring_blocked.py"
 HERE = probe()
 needs_io_uring = pytest.mark.skipif(not (HERE.available and HERE.send_zc), reason=HERE.reason)
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.receive_some(n - len(buf))
-        assert chunk
-        buf += chunk
-    return bytes(buf)
 
 
 @needs_io_uring

@@ -14,7 +14,7 @@ from trio_zc import open_pool
 from trio_zc._sendfile import SendfileKernel
 from trio_zc._thp import THP_DIR, shmem_folios
 
-from .streams import stream_pair
+from .streams import receive_exactly, stream_pair
 
 KiB = 1024
 MiB = 1 << 20
@@ -36,7 +36,7 @@ def loopback_pair() -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
-def receive_exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
@@ -56,7 +56,7 @@ def test_the_race_is_real_sendfile_then_overwrite_sends_the_new_bytes() -> None:
         # The reader is paused: the bytes sit in socket buffers, by reference.
         assert os.sendfile(client.fileno(), fd, 0, size) == size
         os.pwrite(fd, b"B" * size, 0)  # "reuse the buffer" right after sendfile returned
-        received = receive_exactly(server, size)
+        received = recv_exactly(server, size)
     finally:
         os.close(fd)
         client.close()
@@ -81,21 +81,12 @@ async def test_through_the_library_reused_memory_never_changes_what_was_sent() -
                 async with pool.lease(size) as lease:
                     lease.write(second)
                     await a.send_lease(lease.seal())
-                got = await receive_all(b, 2 * size)
+                got = await receive_exactly(b, 2 * size)
                 assert got[:size] == first, f"round {round_}: the first image changed in flight"
                 assert got[size:] == second
             stats = a.statistics()
             assert stats.sent.bytes_zerocopy == 40 * size and stats.sent.bytes_copied == 0
             assert pool.statistics().leases_total == 40
-
-
-async def receive_all(stream: trio.abc.ReceiveStream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.receive_some(n - len(buf))
-        assert chunk
-        buf += chunk
-    return bytes(buf)
 
 
 async def test_sendfile_releases_at_once_and_a_cancelled_send_is_still_safe() -> None:
@@ -130,7 +121,7 @@ async def test_adopted_buffers_are_copied() -> None:
             sealed = pool.adopt(frame)
             await a.send_lease(sealed)
             await sealed.wait_reusable()
-            assert await receive_all(b, len(frame)) == frame
+            assert await receive_exactly(b, len(frame)) == frame
             assert a.statistics().sent.bytes_copied == len(frame)
 
 
@@ -223,7 +214,7 @@ async def test_with_huge_pages_on_leases_are_aligned_to_whole_folios() -> None:
                 async with pool.lease(size) as lease:
                     lease.write(b"z" * size)
                     lease.seal()
-                assert await receive_all(b, size) == first
+                assert await receive_exactly(b, size) == first
     with pytest.raises(ValueError, match="allocation unit"):
         async with open_pool(max_bytes=MiB, kernel=SendfileKernel()):
             pass

@@ -16,23 +16,13 @@ import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
 from trio_zc._msg_zerocopy import ZeroCopyChannel
 
-from .streams import KERNELS, kernel, socket_pair, stop_reading, stream_pair
+from .streams import KERNELS, kernel, receive_exactly, socket_pair, stop_reading, stream_pair
 
 #: Kernels whose zero-copy sends can stay in flight.
 ZC_KERNELS = ["msg_zerocopy", "io_uring", "mock"]
 MiB = 1 << 20
 # Keep zero-copy on although loopback reports every send COPIED.
 ALWAYS_ZC = ZeroCopyPolicy(copied_streak=0)
-
-
-async def receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.receive_some(min(n - len(buf), MiB))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 async def sealed_with(pool: trio_zc.BufferPool, data: bytes) -> trio_zc.SealedLease:
