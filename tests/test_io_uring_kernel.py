@@ -199,3 +199,19 @@ async def test_auto_copies_to_loopback_peers_from_the_start() -> None:
         a, b = await stream_pair(pool)
         async with a, b:
             assert a.statistics().zerocopy_enabled
+
+
+@pytest.mark.parametrize("name", ["auto", "copy", "msg_zerocopy", "io_uring", "sendfile"])
+async def test_pools_give_back_every_file_descriptor(name: str) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        async with open_pool(max_bytes=MiB, kernel=name) as pool:
+            a, b = await stream_pair(pool)
+            async with a, b:
+                async with pool.lease(100_000) as lease:
+                    await a.send_lease(lease.seal())
+                await receive_exactly(b, 100_000)
+    with pytest.raises(ValueError):
+        async with open_pool(max_bytes=MiB, kernel=name, drain_timeout=-1):
+            pass
+    assert set(os.listdir("/proc/self/fd")) == before

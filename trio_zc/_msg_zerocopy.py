@@ -184,6 +184,9 @@ class MsgZeroCopyKernel(Kernel):
             trio.lowlevel.notify_closing(self._epoll.fileno())
             self._epoll.close()
 
+    def close(self) -> None:
+        self._epoll.close()  # idempotent; run() closes it too when it ends
+
     async def abort_in_flight(self) -> None:
         for channel in list(self._channels.values()):
             await channel.settle_or_quarantine()

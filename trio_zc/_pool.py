@@ -520,19 +520,22 @@ async def open_pool(
     elif not isinstance(policy, ZeroCopyPolicy):
         raise TypeError(f"policy must be a ZeroCopyPolicy, not {type(policy).__name__}")
     the_kernel = make_kernel(kernel)
-    granule = the_kernel.allocation_granule()
-    if max_bytes < granule:
-        raise ValueError(
-            f"max_bytes must be at least one allocation unit of the {the_kernel.name!r} kernel"
-            f" ({granule} bytes{': ' + the_kernel.note if the_kernel.note else ''}), not {max_bytes}"
-        )
-    arena = Arena(max_bytes - max_bytes % granule)
+    arena: Arena | None = None
     try:
+        granule = the_kernel.allocation_granule()
+        if max_bytes < granule:
+            raise ValueError(
+                f"max_bytes must be at least one allocation unit of the {the_kernel.name!r} kernel"
+                f" ({granule} bytes{': ' + the_kernel.note if the_kernel.note else ''}), not {max_bytes}"
+            )
+        arena = Arena(max_bytes - max_bytes % granule)
         the_kernel.attach(arena)
         pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
     except BaseException:
+        # Nothing was handed out: release the kernel's ring or epoll and the memory.
         the_kernel.close()
-        arena.close()
+        if arena is not None:
+            arena.close()
         raise
     try:
         async with trio.open_nursery() as nursery:
