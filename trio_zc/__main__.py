@@ -26,9 +26,12 @@ def _write_lifecycle_docs(page: pathlib.Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trio_zc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="serve generated images over loopback and verify every byte")
-    demo.add_argument("--images", type=int, default=100, help="images per client (default 100)")
-    demo.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    demo = sub.add_parser("demo", help="serve processed images over loopback and verify every byte")
+    demo.add_argument("--images", type=int, default=10, help="images per client (default 10)")
+    demo.add_argument("--clients", type=int, default=8, help="concurrent clients per kernel (default 8)")
+    demo.add_argument(
+        "--kernels", default="auto,io_uring,msg_zerocopy,sendfile,copy", help="comma-separated kernels to run"
+    )
     bench = sub.add_parser("bench", help="measure each kernel's throughput and CPU per GB on loopback")
     bench.add_argument(
         "--kernels", default="copy,msg_zerocopy,io_uring,sendfile,auto", help="comma-separated; the first is the baseline"
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ._demo import run_demo
 
-    status: int = run_demo(images=args.images, clients=args.clients)
+    kernels = tuple(k for k in args.kernels.split(",") if k)
+    status: int = run_demo(images=args.images, clients=args.clients, kernels=kernels)
     return status
 
 
