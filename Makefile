@@ -1,6 +1,6 @@
 # The two commands a newcomer needs (see README.md):
 #   make demo   run the main job
-#   make test   run every test, type checks included
+#   make test   run every test, type checks and the documentation build included
 # Both create (or reuse) the project's own virtual environment in .venv and
 # install what they need into it; nothing else is required but Python and make.
 
@@ -9,17 +9,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test typecheck pytest venv clean
+.PHONY: demo test typecheck pytest docs venv clean
 
 demo: $(STAMP)
 	$(BIN)/python -m trio_zc demo
 
-test: typecheck pytest
+test: typecheck docs pytest
 
 typecheck: $(STAMP)
 	$(BIN)/python -m ruff check trio_zc tests examples benchmarks
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mypy --config-file tests/typing/mypy.ini tests/typing
+
+# The documentation, built with warnings as errors.
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
