@@ -36,3 +36,33 @@ def test_the_example_application_tests_on_the_mock_kernel_pass() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout
+
+
+def test_image_server_self_test_fetches_images_over_http() -> None:
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / "image_server.py"), "--self-test"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET / -> 200" in result.stdout
+    for n in range(4):
+        assert f"GET /image/{n}.jpg -> 200" in result.stdout
+    assert (
+        "keep-alive: 4 requests on one connection: /image/4.jpg 200, /image/5.jpg 200,"
+        " /image/99.jpg 404, /nothing-here 404" in result.stdout
+    )
+    assert "served 9 requests over 6 connections; 6 images" in result.stdout
+    assert "0 sends in flight" in result.stdout
+    assert "self-test passed" in result.stdout
+    assert result.stderr == ""
+
+
+def test_broadcast_example_sends_one_lease_to_every_client() -> None:
+    result = run_example("broadcast.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "50/50 clients received intact copies (SHA-256)" in result.stdout
+    assert "pool after the streams closed: 8388608 of 8388608 bytes free" in result.stdout
+    assert "all memory back in the pool" in result.stdout
+    assert result.stderr == ""

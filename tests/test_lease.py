@@ -248,3 +248,24 @@ async def test_ndarray_checks_its_size() -> None:
         sealed = lease.seal()
         assert np.frombuffer(sealed.view(), np.float32)[:25].tolist() == [1.5] * 25
         sealed.release()
+
+
+async def test_sealing_short_gives_the_unused_pages_back_zeroed() -> None:
+    async with open_pool(max_bytes=16 * PAGE) as pool:
+        lease = await pool.acquire(10 * PAGE)
+        lease.write(b"\xee" * (10 * PAGE))
+        sealed = lease.seal(PAGE + 10)
+        assert sealed.nbytes == PAGE + 10
+        assert pool.statistics().free_bytes == 14 * PAGE  # two pages kept, eight back
+        tail = await pool.acquire(8 * PAGE)
+        view = tail.view()
+        assert view.tobytes() == bytes(8 * PAGE)  # nothing of the first image
+        view.release()
+        tail.release()
+        assert bytes(sealed.view()) == b"\xee" * (PAGE + 10)
+        sealed.release()
+        again = await pool.acquire(16 * PAGE)
+        view = again.view()
+        assert view.tobytes() == bytes(16 * PAGE)
+        view.release()
+        again.release()

@@ -295,7 +295,8 @@ class WritableLease:
         """Make the lease read-only and sendable; this handle goes stale.
 
         *nbytes* (default: all of it) is how many bytes, from the start, the
-        sealed lease holds and sends. Every writable mapping of the lease is
+        sealed lease holds and sends; whole pages past it go back to the pool
+        at once. Every writable mapping of the lease is
         unmapped first; if a view is still alive nothing changes and
         :class:`LiveViewsError` says how many.
         """
@@ -315,6 +316,14 @@ class WritableLease:
                 alive,
             )
         slot.views = None
+        if nbytes < slot.capacity:
+            # Clear what will never be sent, and give whole unused pages back.
+            arena = slot.pool._arena
+            arena.zero(slot.offset + nbytes, slot.capacity - nbytes)
+            old_block = slot.block_length
+            slot.capacity = nbytes
+            if slot.block_length < old_block:
+                slot.pool._give_back(slot.offset + slot.block_length, old_block - slot.block_length)
         # From here on the process has no writable mapping of these pages.
         slot.pool._arena.protect(slot.offset, slot.block_length, writable=False)
         slot.lifecycle.seal()

@@ -346,6 +346,11 @@ class BufferPool:
                 _graveyard.append(slot.adopted)
             slot.wake_reusable()
 
+    def _give_back(self, offset: int, length: int) -> None:
+        """Return zeroed, writable pages a lease no longer needs (the tail past its seal)."""
+        self._allocator.free(offset, length)
+        self._serve_waiters()
+
     def _serve_waiters(self) -> None:
         while self._waiters:
             waiter = self._waiters[0]
