@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
 from ._lease import SealedLease, WritableLease, _Slot
 from ._policy import SendDecider
@@ -49,24 +50,6 @@ def _take_socket(transport: object) -> socket.socket:
         except OSError:  # pragma: no cover - not fatal
             pass
     return sock
-
-
-class _ConflictDetector:
-    """Raise BusyResourceError when two tasks use one direction at once."""
-
-    __slots__ = ("_message", "_held")
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._held = False
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(self._message)
-        self._held = True
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._held = False
 
 
 def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
@@ -139,10 +122,10 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             pool._policy, unavailable=self._channel.unavailable, notify=pool._note_fallback
         )
         self._channel.on_completions = self._decider.on_completions  # type: ignore[method-assign]
-        self._send_conflict = _ConflictDetector(
+        self._send_conflict = ConflictDetector(
             "another task is currently sending on this ZeroCopyStream"
         )
-        self._receive_conflict = _ConflictDetector(
+        self._receive_conflict = ConflictDetector(
             "another task is currently receiving on this ZeroCopyStream"
         )
         self._closed = False

@@ -54,7 +54,8 @@ from .._completion_channel import Ancdata, CompletionChannel
 from .._errqueue import ZeroCopyCompletion, pack_zerocopy_record
 from .._kernel import Channel, Kernel
 from .._stats import Counters
-from .._stream import ZeroCopyStream, _ConflictDetector
+from .._conflict import ConflictDetector
+from .._stream import ZeroCopyStream
 
 if TYPE_CHECKING:
     from .._lease import _Slot
@@ -462,8 +463,8 @@ class MockPeer(trio.abc.HalfCloseableStream):
         self._conn = conn
         self._closed = False
         self._eof_sent = False
-        self._receive_conflict = _ConflictDetector("another task is receiving on this MockPeer")
-        self._send_conflict = _ConflictDetector("another task is sending on this MockPeer")
+        self._receive_conflict = ConflictDetector("another task is receiving on this MockPeer")
+        self._send_conflict = ConflictDetector("another task is sending on this MockPeer")
 
     def __repr__(self) -> str:
         return f"<trio_zc.testing.MockPeer {self._conn.name}>"
