@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
+import pytest
+
+import trio_zc._bench as bench
 import trio_zc._lifecycle as lifecycle
+from trio_zc._bench_cases import ALL_CASES, KERNEL_CASES
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,10 +36,36 @@ def test_lifecycle_command_prints_the_generated_diagram() -> None:
     assert lifecycle.render_table() in result.stdout
 
 
-def test_bench_smoke_runs_every_kernel_and_verifies_every_image() -> None:
-    result = run("bench", "--kernels", "copy,msg_zerocopy,sendfile", "--sizes", "64K,1M",
-                 "--bytes", "2M", "--repeat", "1")
+def test_bench_smoke_runs_every_case_verifies_every_image_and_saves_its_figures(tmp_path: pathlib.Path) -> None:
+    image_module = pytest.importorskip("PIL.Image")
+    figures, chart = tmp_path / "runs.json", tmp_path / "chart.png"
+    result = run(
+        "bench", "--cases", ",".join(ALL_CASES), "--sizes", "64K,1M", "--bytes", "1M", "--repeat", "1",
+        "--cycles", "2000", "--stalled", "0", "--json", str(figures), "--chart", str(chart),
+    )
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.strip().endswith(("yes", "NO"))]
-    assert len(rows) == 6 and all(line.endswith("yes") for line in rows)
-    assert "ratios to 'copy'" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[2:3] and line.split()[2] in ALL_CASES]
+    assert {(r[0], r[2]) for r in rows} == {(size, case) for size in ("64", "1") for case in ALL_CASES}
+    for r in rows:
+        if r[2] in KERNEL_CASES:
+            assert r[-1] == "all", r  # every image of trio_zc's own cases arrived intact
+    # Progress on stderr, one line per run.
+    assert result.stderr.count(" rep 1:") == 2 * len(ALL_CASES)
+    assert "lease overhead:" in result.stdout and "targets:" in result.stdout
+    saved = bench.from_json(figures.read_text())
+    assert len(saved) == 2 * len(ALL_CASES)
+    assert all(r.received == r.images for r in saved)
+    assert all(0 < r.p50_latency <= r.p99_latency for r in saved)
+    with image_module.open(chart) as image:
+        assert image.format == "PNG"
+    # The saved figures give the same table without running anything.
+    again = run("bench", "--from-json", str(figures), "--cycles", "0", "--stalled", "0")
+    assert again.returncode == 0, again.stderr
+    assert bench.table(bench.summarize(saved)) in again.stdout
+
+
+def test_bench_refuses_unknown_cases_and_bad_sizes() -> None:
+    result = run("bench", "--cases", "copy,warp-drive")
+    assert result.returncode == 2 and "warp-drive" in result.stderr
+    result = run("bench", "--sizes", "12Q")
+    assert result.returncode == 2 and "not a size" in result.stderr

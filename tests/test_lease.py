@@ -19,8 +19,8 @@ PAGE = mmap.PAGESIZE
 MiB = 1 << 20
 
 
-async def test_seal_leaves_no_writable_mapping_in_the_process() -> None:
-    async with open_pool(max_bytes=MiB) as pool:
+async def test_protect_sealed_leaves_no_writable_mapping_in_the_process() -> None:
+    async with open_pool(max_bytes=MiB, protect_sealed=True) as pool:
         lease = await pool.acquire(3 * PAGE)
         offset = slot_of(lease).offset
         view = lease.view()
@@ -35,6 +35,30 @@ async def test_seal_leaves_no_writable_mapping_in_the_process() -> None:
         data = sealed.view().tobytes()
         assert data[0] == 3 and data[1] == 1 and data[-1] == 2
         sealed.release()
+        # Released memory is writable (and zero) again for the next lease.
+        assert writable_mappings_of(pool, offset, 3 * PAGE)
+        again = await pool.acquire(3 * PAGE)
+        again.write(b"\x07" * (3 * PAGE))
+        resealed = again.seal()
+        assert bytes(resealed.view()) == b"\x07" * (3 * PAGE)
+        resealed.release()
+
+
+async def test_without_protect_sealed_the_mapping_stays_writable_but_views_are_read_only() -> None:
+    async with open_pool(max_bytes=MiB) as pool:
+        lease = await pool.acquire(PAGE)
+        offset = slot_of(lease).offset
+        sealed = lease.seal()
+        assert writable_mappings_of(pool, offset, PAGE)
+        with sealed.view() as view:
+            assert view.readonly
+        sealed.release()
+
+
+async def test_protect_sealed_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="protect_sealed must be a bool"):
+        async with open_pool(max_bytes=MiB, protect_sealed=1):  # type: ignore[arg-type]
+            pass
 
 
 async def test_sealed_view_is_read_only_at_run_time() -> None:

@@ -23,6 +23,7 @@ from ._lease import WritableLease as WritableLease
 from ._lifecycle import LeaseState as LeaseState
 from ._pool import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from ._pool import BufferPool as BufferPool
+from ._pool import LeaseScope as LeaseScope
 from ._pool import PoolStatistics as PoolStatistics
 from ._pool import open_pool as open_pool
 from ._policy import ZeroCopyPolicy as ZeroCopyPolicy

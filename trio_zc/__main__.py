@@ -32,13 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--kernels", default="auto,io_uring,msg_zerocopy,sendfile,copy", help="comma-separated kernels to run"
     )
-    bench = sub.add_parser("bench", help="measure each kernel's throughput and CPU per GB on loopback")
-    bench.add_argument(
-        "--kernels", default="copy,msg_zerocopy,io_uring,sendfile,auto", help="comma-separated; the first is the baseline"
+    from . import _bench_cli
+
+    bench = sub.add_parser(
+        "bench", help="measure how fast each way of sending large buffers is, on loopback (see docs/benchmarks)"
     )
-    bench.add_argument("--sizes", default="64K,1M,4M,16M", help="comma-separated image sizes")
-    bench.add_argument("--bytes", default="512M", help="bytes sent per case and repetition")
-    bench.add_argument("--repeat", type=int, default=3, help="repetitions per case (median reported)")
+    _bench_cli.add_arguments(bench)
     life = sub.add_parser("lifecycle", help="print the lease life cycle (Mermaid and table)")
     life.add_argument(
         "--write-docs",
@@ -59,14 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "bench":
-        from . import _bench
-
-        code: int = _bench.main(
-            [k for k in args.kernels.split(",") if k],
-            [_bench.parse_size(x) for x in args.sizes.split(",") if x],
-            _bench.parse_size(args.bytes),
-            args.repeat,
-        )
+        code: int = _bench_cli.main(args)
         return code
 
     from ._demo import run_demo

@@ -1,54 +1,60 @@
-"""``python -m trio_zc bench``: what sending large buffers costs, kernel by kernel.
+"""``python -m trio_zc bench``: the fastest way to write large buffers to a socket, measured.
 
-Each case sends images of one size through one kernel to a receiver in a
-separate process (``_bench_receiver``) over loopback TCP, which checks the
-SHA-256 of every image. The sender's side of each image is what an
-application does: take a lease, write the image into it, seal it, send it,
-let it go. Measured per case: throughput, and the sender process's CPU time
-(user + system) per GB. Each case is repeated and the median reported, and
-results are compared as ratios within the run: absolute figures on a shared
-machine are noise.
+Every case (:mod:`trio_zc._bench_cases`: trio_zc's kernels and the
+baselines a user would otherwise write) sends images of one size to a
+receiver in a separate process (:mod:`trio_zc._bench_receiver`) over
+loopback TCP, which compares every byte with the image expected. Measured
+per case and size: throughput, the sender's CPU time (user + system, every
+thread) per GB, per-image latency (from the sender starting on the image to
+its last byte arriving; p50 and p99), and the share of bytes the kernel
+sent without copying. Each case runs several times, interleaved with the
+others so that drift in the machine's speed hits every case alike; the
+table gives medians (and the throughput's min and max), and the targets are
+ratios of medians from the same run: absolute figures on a shared machine
+are noise.
 
 Loopback cannot show what zero-copy saves on a real network card: the
-kernel copies every zero-copy send at delivery to a local socket.
+kernel copies every zero-copy send when it delivers it to a local socket.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import resource
+import json
+import math
 import statistics
-import struct
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Final
 
 import attrs
-import trio
 
-from ._bench_receiver import HEADER
-from ._policy import ZeroCopyPolicy
-from ._pool import open_pool
-from ._stream import ZeroCopyStream
+from ._bench_cases import ALL_CASES, KERNEL_CASES, Job, Sent, is_unsafe, run_case
+from ._bench_protocol import patterns
 
 #: How many distinct images each case cycles through.
-PATTERNS = 4
-DEFAULT_SIZES = (64 << 10, 1 << 20, 4 << 20, 16 << 20)
-DEFAULT_KERNELS = ("copy", "msg_zerocopy", "io_uring", "sendfile", "auto")
+PATTERNS: Final = 4
+DEFAULT_SIZES: Final = (16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
+#: At least this many images per case, however large.
+MIN_IMAGES: Final = 8
+#: The cases the targets compare (see :func:`targets`).
+REFERENCE: Final = "trio-send_all"
 
 
 @attrs.frozen
 class CaseResult:
-    """One kernel at one size, one repetition."""
+    """One case at one size, one repetition."""
 
-    kernel: str
+    case: str
     size: int
     images: int
     intact: int
+    received: int
     seconds: float
     cpu_seconds: float
+    p50_latency: float
+    p99_latency: float
+    zerocopy_share: float
 
     @property
     def gbytes(self) -> float:
@@ -64,130 +70,235 @@ class CaseResult:
         """Sender CPU seconds per GB."""
         return self.cpu_seconds / self.gbytes
 
+    @classmethod
+    def of(cls, case: str, job: Job, sent: Sent) -> CaseResult:
+        latencies = sorted(a - s for a, s in zip(sent.arrivals, sent.starts))
+        return cls(
+            case,
+            job.size,
+            job.count,
+            sent.intact,
+            sent.received,
+            sent.seconds,
+            sent.cpu_seconds,
+            _quantile(latencies, 0.50) / 1e9,
+            _quantile(latencies, 0.99) / 1e9,
+            sent.zerocopy_share,
+        )
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
-
-def _images(size: int) -> list[bytes]:
-    block = os.urandom(min(size, 1 << 20))
-    return [
-        bytes([k]) + (block * (size // len(block) + 1))[k + 1 : size + k] for k in range(PATTERNS)
-    ]
-
-
-async def run_case(port: int, kernel: str, size: int, total_bytes: int) -> CaseResult:
-    images = _images(size)
-    count = max(total_bytes // size, 2 * PATTERNS)
-    header = HEADER.pack(size, count, PATTERNS) + b"".join(hashlib.sha256(i).digest() for i in images)
-    # Room for a few images in flight.
-    pool_bytes = max(4 * size, 16 << 20)
-    # "auto" runs as shipped; the named kernels keep zero-copy on although
-    # loopback reports every send COPIED, since measuring them is the point.
-    policy = ZeroCopyPolicy() if kernel == "auto" else ZeroCopyPolicy(copied_streak=0)
-    async with open_pool(max_bytes=pool_bytes, kernel=kernel, policy=policy) as pool:
-        stream = ZeroCopyStream(await trio.open_tcp_stream("127.0.0.1", port), pool=pool)
-        async with stream:
-            await stream.send_all(header)
-            cpu0, t0 = _cpu(), time.perf_counter()
-            for i in range(count):
-                async with pool.lease(size) as lease:
-                    lease.write(images[i % PATTERNS])
-                    await stream.send_lease(lease.seal())
-            answer = b""
-            while len(answer) < 8:
-                chunk = await stream.receive_some(8 - len(answer))
-                if not chunk:
-                    raise RuntimeError("the receiver closed without answering")
-                answer += chunk
-            seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
-    (intact,) = struct.unpack("!Q", answer)
-    return CaseResult(kernel, size, count, intact, seconds, cpu)
+def _quantile(values: Sequence[int], q: float) -> float:
+    if not values:
+        return math.nan
+    return float(values[min(len(values) - 1, int(q * len(values)))])
 
 
 @attrs.frozen
 class Summary:
-    kernel: str
+    """The repetitions of one case at one size, summarized."""
+
+    case: str
     size: int
+    runs: int
     throughput: float
+    throughput_min: float
+    throughput_max: float
     cpu_per_gb: float
-    intact: bool
+    p50_latency: float
+    p99_latency: float
+    zerocopy_share: float
+    images: int
+    intact: int
+
+    @property
+    def all_intact(self) -> bool:
+        return self.intact == self.images
 
 
 def summarize(results: Sequence[CaseResult]) -> list[Summary]:
-    keys = sorted({(r.size, r.kernel) for r in results})
+    """Medians per (case, size), in the order cases and sizes first appear."""
+    keys = list(dict.fromkeys((r.size, r.case) for r in results))
+    keys.sort(key=lambda k: k[0])
     out = []
-    for size, kernel in keys:
-        mine = [r for r in results if (r.size, r.kernel) == (size, kernel)]
+    for size, case in keys:
+        mine = [r for r in results if (r.size, r.case) == (size, case)]
+        throughputs = [r.throughput for r in mine]
         out.append(
             Summary(
-                kernel,
+                case,
                 size,
-                statistics.median(r.throughput for r in mine),
+                len(mine),
+                statistics.median(throughputs),
+                min(throughputs),
+                max(throughputs),
                 statistics.median(r.cpu_per_gb for r in mine),
-                all(r.intact == r.images for r in mine),
+                statistics.median(r.p50_latency for r in mine),
+                statistics.median(r.p99_latency for r in mine),
+                statistics.median(r.zerocopy_share for r in mine),
+                sum(r.images for r in mine),
+                sum(r.intact for r in mine),
             )
         )
     return out
 
 
-def _size_name(size: int) -> str:
-    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+def size_name(size: int) -> str:
+    """``16 KiB``, ``4 MiB``..."""
+    if size >= 1 << 20 and size % (1 << 20) == 0:
+        return f"{size >> 20} MiB"
+    if size >= 1 << 10 and size % (1 << 10) == 0:
+        return f"{size >> 10} KiB"
+    return f"{size} B"
 
 
-def table(summaries: Sequence[Summary], baseline: str) -> str:
-    lines = [
-        f"{'size':>8}  {'kernel':<13} {'GB/s':>6} {'ratio':>6}  {'CPU s/GB':>8} {'ratio':>6}  intact",
-    ]
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}" if seconds < 10 else f"{seconds * 1e3:.0f}"
+
+
+def table(summaries: Sequence[Summary], reference: str = REFERENCE) -> str:
+    """The results as a plain-text table, ratios to *reference* at the same size."""
+    head = (
+        f"{'size':>7}  {'case':<16} {'GB/s':>5} {'(min-max)':>11} {'x ref':>5}"
+        f"  {'CPU s/GB':>8} {'x ref':>5}  {'p50 ms':>7} {'p99 ms':>7}  {'zc':>4}  intact"
+    )
+    lines = [head, "-" * len(head)]
+    previous = None
     for s in summaries:
-        base = next((b for b in summaries if b.size == s.size and b.kernel == baseline), s)
+        if previous is not None and s.size != previous:
+            lines.append("")
+        previous = s.size
+        ref = next((b for b in summaries if b.size == s.size and b.case == reference), None)
+        tput_ratio = f"{s.throughput / ref.throughput:5.2f}" if ref else "    -"
+        cpu_ratio = f"{s.cpu_per_gb / ref.cpu_per_gb:5.2f}" if ref else "    -"
+        intact = "all" if s.all_intact else f"{s.intact}/{s.images}" + (" (race)" if is_unsafe(s.case) else "")
         lines.append(
-            f"{_size_name(s.size):>8}  {s.kernel:<13} {s.throughput:6.2f} {s.throughput / base.throughput:6.2f}"
-            f"  {s.cpu_per_gb:8.3f} {s.cpu_per_gb / base.cpu_per_gb:6.2f}  {'yes' if s.intact else 'NO'}"
+            f"{size_name(s.size):>7}  {s.case:<16} {s.throughput:5.2f} "
+            f"{f'{s.throughput_min:.2f}-{s.throughput_max:.2f}':>11} {tput_ratio}"
+            f"  {s.cpu_per_gb:8.3f} {cpu_ratio}  {_ms(s.p50_latency):>7} {_ms(s.p99_latency):>7}"
+            f"  {s.zerocopy_share * 100:3.0f}%  {intact}"
         )
     return "\n".join(lines)
 
 
-async def run(
-    kernels: Sequence[str], sizes: Sequence[int], total_bytes: int, repeat: int, progress: bool
-) -> list[CaseResult]:
+@attrs.frozen
+class Target:
+    """One performance target and how this run did against it."""
+
+    name: str
+    ratio: float
+    limit: float
+    #: True when the ratio must be at least *limit*, False when at most.
+    at_least: bool
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.limit if self.at_least else self.ratio <= self.limit
+
+    def describe(self) -> str:
+        sign = ">=" if self.at_least else "<="
+        return f"{'met ' if self.met else 'MISS'}  {self.name}: {self.ratio:.2f} (target {sign} {self.limit})"
+
+
+def targets(summaries: Sequence[Summary]) -> list[Target]:
+    """The issue's throughput and CPU targets that this run has the cases for."""
+    by = {(s.case, s.size): s for s in summaries}
+    out = []
+
+    def ratio(size: int, case: str, ref: str, get: Callable[[Summary], float]) -> float | None:
+        a, b = by.get((case, size)), by.get((ref, size))
+        return None if a is None or b is None else get(a) / get(b)
+
+    def tput(s: Summary) -> float:
+        return s.throughput
+
+    def cpu(s: Summary) -> float:
+        return s.cpu_per_gb
+
+    for size, ref, limit in ((4 << 20, "blocking", 1.0), (4 << 20, REFERENCE, 1.4), (64 << 10, REFERENCE, 1.0)):
+        r = ratio(size, "auto", ref, tput)
+        if r is not None:
+            out.append(Target(f"{size_name(size)} auto throughput / {ref}", r, limit, True))
+    for size in sorted({s.size for s in summaries if s.size >= 1 << 20}):
+        r = ratio(size, "auto", REFERENCE, cpu)
+        if r is not None:
+            out.append(Target(f"{size_name(size)} auto CPU per GB / {REFERENCE}", r, 0.8, False))
+    return out
+
+
+def _receiver() -> tuple[subprocess.Popen[str], int]:
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "trio_zc._bench_receiver"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "trio_zc._bench_receiver"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    assert receiver.stdout is not None
+    return receiver, int(receiver.stdout.readline())
+
+
+def _stop(receiver: subprocess.Popen[str]) -> None:
+    assert receiver.stdin is not None and receiver.stdout is not None
+    receiver.stdin.close()  # the receiver exits when its stdin closes
     try:
-        assert receiver.stdout is not None
-        port = int(receiver.stdout.readline())
+        receiver.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a wedged receiver
+        receiver.kill()
+        receiver.wait()
+    receiver.stdout.close()
+
+
+def run(
+    cases: Sequence[str],
+    sizes: Sequence[int],
+    total_bytes: int,
+    repeat: int,
+    progress: Callable[[str], None] | None = None,
+    seed: int = 2026,
+) -> list[CaseResult]:
+    """Run every case at every size *repeat* times, interleaved; return each run."""
+    for case in cases:
+        if case not in ALL_CASES:
+            raise ValueError(f"unknown case {case!r}; the cases are {', '.join(ALL_CASES)}")
+    receiver, port = _receiver()
+    try:
         results = []
-        cases = [(r, s, k) for r in range(repeat) for s in sizes for k in kernels]
-        for n, (rep, size, kernel) in enumerate(cases, 1):
-            result = await run_case(port, kernel, size, total_bytes)
+        plan = [(rep, size, case) for rep in range(repeat) for size in sizes for case in cases]
+        images: dict[int, list[bytes]] = {}
+        for n, (rep, size, case) in enumerate(plan, 1):
+            if size not in images:
+                images.clear()  # one size at a time in memory: 64 MiB images add up
+                images[size] = patterns(size, PATTERNS, seed)
+            job = Job(port, size, max(total_bytes // size, MIN_IMAGES), seed, images[size])
+            result = CaseResult.of(case, job, run_case(case, job))
             results.append(result)
-            if progress:
-                print(
-                    f"[{n}/{len(cases)}] {kernel:<13} {_size_name(size):>7} rep {rep + 1}:"
-                    f" {result.throughput:.2f} GB/s, {result.cpu_per_gb:.3f} CPU s/GB,"
-                    f" {result.intact}/{result.images} intact",
-                    file=sys.stderr,
-                    flush=True,
+            if progress is not None:
+                progress(
+                    f"[{n}/{len(plan)}] {size_name(size):>7} {case:<16} rep {rep + 1}:"
+                    f" {result.throughput:5.2f} GB/s, {result.cpu_per_gb:.3f} CPU s/GB,"
+                    f" p99 {_ms(result.p99_latency)} ms, {result.intact}/{result.images} intact"
                 )
         return results
     finally:
-        receiver.terminate()
-        receiver.wait(timeout=10)
+        _stop(receiver)
 
 
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+def to_json(results: Sequence[CaseResult]) -> str:
+    """Every run's figures, for keeping and charting later."""
+    return json.dumps([attrs.asdict(r) for r in results], indent=1)
 
 
-def main(kernels: Sequence[str], sizes: Sequence[int], total_bytes: int, repeat: int) -> int:
-    results = trio.run(run, kernels, sizes, total_bytes, repeat, True)
-    summaries = summarize(results)
-    print(f"median of {repeat} run(s) per case, {total_bytes >> 20} MiB per run; ratios to {kernels[0]!r}")
-    print(table(summaries, kernels[0]))
-    return 0 if all(s.intact for s in summaries) else 1
+def from_json(text: str) -> list[CaseResult]:
+    return [CaseResult(**row) for row in json.loads(text)]
+
+
+def chart_series(summaries: Sequence[Summary]) -> dict[str, dict[int, tuple[float, float]]]:
+    """What :func:`trio_zc._bench_chart.render_chart` draws: case -> size -> (GB/s, CPU s/GB)."""
+    series: dict[str, dict[int, tuple[float, float]]] = {}
+    for s in summaries:
+        series.setdefault(s.case, {})[s.size] = (s.throughput, s.cpu_per_gb)
+    return series
+
+
+def corrupt_library_cases(summaries: Sequence[Summary]) -> list[Summary]:
+    """trio_zc cases in which any image arrived wrong: a bug, always."""
+    return [s for s in summaries if s.case in KERNEL_CASES and not s.all_intact]

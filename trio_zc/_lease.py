@@ -79,6 +79,7 @@ class _Slot:
         "writable",
         "sealed",
         "needs_punch",
+        "clean",
     )
 
     def __init__(
@@ -109,6 +110,20 @@ class _Slot:
         #: Whether the kernel may hold the lease's pages after every send
         #: returned (sendfile): they must be punched out, not reused.
         self.needs_punch = False
+        #: Bytes from the start known to hold only what this lease's owner
+        #: wrote, or zeros. Pool memory comes back with an earlier lease's
+        #: bytes in it; they are cleared lazily, just before anything could
+        #: read them (a view, or sealing), and never where write() has
+        #: already overwritten them -- so an image written whole with
+        #: write() costs no clearing at all.
+        self.clean = 0 if adopted is None else capacity
+
+    def make_clean(self, upto: int | None = None) -> None:
+        """Zero whatever before *upto* (default: the whole lease) is not clean yet."""
+        end = self.capacity if upto is None else upto
+        if self.clean < end:
+            self.pool._arena.zero(self.offset + self.clean, end - self.clean)
+            self.clean = end
 
     @property
     def state(self) -> LeaseState:
@@ -129,6 +144,7 @@ class _Slot:
 
     def new_view(self) -> memoryview:
         """A writable byte view of the lease, counted by :attr:`views`."""
+        self.make_clean()
         if self.views is None:
             self.views = ViewCounter(self.pool._arena.exporter(self.offset, self.capacity))
         exporter = self.views.exporter
@@ -186,6 +202,8 @@ class _Slot:
 
 
 def _check_shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
+    if not isinstance(shape, (int, tuple, list)):
+        raise TypeError(f"shape must be an int or a tuple of ints, not {type(shape).__name__}")
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     for d in dims:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
@@ -286,9 +304,14 @@ class WritableLease:
                 )
             if not src.c_contiguous:
                 raise ValueError("write() needs a C-contiguous buffer")
+            # A gap between the clean part and this write must not keep
+            # an earlier lease's bytes.
+            slot.make_clean(offset)
             start = slot.offset + offset
             with src.cast("B") as flat:
                 slot.pool._arena.rw[start : start + n] = flat
+            if offset + n > slot.clean:
+                slot.clean = offset + n
         return offset + n
 
     def seal(self, nbytes: int | None = None) -> SealedLease:
@@ -296,9 +319,10 @@ class WritableLease:
 
         *nbytes* (default: all of it) is how many bytes, from the start, the
         sealed lease holds and sends; whole pages past it go back to the pool
-        at once. Every writable mapping of the lease is
-        unmapped first; if a view is still alive nothing changes and
-        :class:`LiveViewsError` says how many.
+        at once. Every writable view of the lease must be gone first: if
+        one is still alive nothing changes and :class:`LiveViewsError` says
+        how many. In a pool opened with ``protect_sealed=True`` the pages
+        also become read-only in the page tables.
         """
         slot = self._live()
         if nbytes is None:
@@ -316,16 +340,17 @@ class WritableLease:
                 alive,
             )
         slot.views = None
+        slot.make_clean(nbytes)
         if nbytes < slot.capacity:
-            # Clear what will never be sent, and give whole unused pages back.
-            arena = slot.pool._arena
-            arena.zero(slot.offset + nbytes, slot.capacity - nbytes)
+            # Give whole unused pages back; the rest of the last page is
+            # never sent nor shown, and the next lease clears it.
             old_block = slot.block_length
-            slot.capacity = nbytes
+            slot.capacity = slot.clean = nbytes
             if slot.block_length < old_block:
                 slot.pool._give_back(slot.offset + slot.block_length, old_block - slot.block_length)
-        # From here on the process has no writable mapping of these pages.
-        slot.pool._arena.protect(slot.offset, slot.block_length, writable=False)
+        if slot.pool._protect_sealed:
+            # From here on the process has no writable mapping of these pages.
+            slot.pool._arena.protect(slot.offset, slot.block_length, writable=False)
         slot.lifecycle.seal()
         slot.nbytes = nbytes
         sealed = SealedLease(slot)

@@ -53,6 +53,10 @@ from typing import Final
 class LeaseState(enum.Enum):
     """Where a lease is in its life cycle."""
 
+    # Members are singletons, so identity hashing is right, and it is done
+    # in C: Enum's own __hash__ is Python code, run on every transition.
+    __hash__ = object.__hash__
+
     #: The owner holds write access; the lease has never been sent.
     WRITABLE = "writable"
     #: Read-only, held by its owner, no send in flight.
@@ -71,6 +75,8 @@ class LeaseState(enum.Enum):
 
 class Event(enum.Enum):
     """Something that happens to a lease."""
+
+    __hash__ = object.__hash__  # as for LeaseState
 
     #: The owner sealed the lease (no writable view was alive).
     SEAL = "seal"
