@@ -155,6 +155,7 @@ class CompletionChannel(DrainingChannel):
         for slot, n in items:
             nbytes += n
             slot.end_send()
+        self.counters.count("bytes_in_flight", -nbytes)
         self.counters.count("completions", len(items))
         self.counters.count("bytes_kernel_copied" if record.copied else "bytes_zerocopy", nbytes)
         self.on_completions(len(items), record.copied)
@@ -168,6 +169,7 @@ class CompletionChannel(DrainingChannel):
         self.tracker.record(item)
         slot.begin_send()
         self.counters.count("zerocopy_calls")
+        self.counters.count("bytes_in_flight", nbytes)
         return item
 
     # -- sending ----------------------------------------------------------------
@@ -223,7 +225,8 @@ class CompletionChannel(DrainingChannel):
 
     def forget_outstanding(self) -> int:
         items = self.tracker.items_outstanding()
-        for slot, _ in items:
+        for slot, n in items:
             slot.quarantine_send()
+            self.counters.count("bytes_in_flight", -n)
         self.tracker = CompletionTracker(self.tracker.next_counter)
         return len(items)

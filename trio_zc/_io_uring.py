@@ -124,6 +124,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             self.calls.add(call)
             slot.begin_send()
             self.counters.count("zerocopy_calls")
+            self.counters.count("bytes_in_flight", length)
             # The entry is the kernel's now: if this wait is cancelled, the
             # send goes on, and its notification still releases the lease.
             try:
@@ -153,8 +154,12 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         """The kernel is done with *call*'s memory."""
         self.calls.discard(call)
         call.slot.end_send()
+        self.counters.count("bytes_in_flight", -call.nbytes)
         self.counters.count("completions")
-        self.counters.count("bytes_kernel_copied" if copied else "bytes_zerocopy", call.nbytes)
+        # The bytes the kernel took (the result came first), not the bytes
+        # asked for: a short or failed send (a reset) moved fewer, or none.
+        taken = max(call.res or 0, 0)
+        self.counters.count("bytes_kernel_copied" if copied else "bytes_zerocopy", taken)
         self.on_completions(1, copied)
         if self._drained is not None and not self.calls:
             self._drained.set()
@@ -173,6 +178,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         for call in calls:
             call.quarantined = True
             call.slot.quarantine_send()
+            self.counters.count("bytes_in_flight", -call.nbytes)
         return len(calls)
 
     def close_transport(self) -> None:

@@ -145,6 +145,10 @@ class Channel(abc.ABC):
     def on_completions(self, calls: int, copied: bool) -> None:
         """Hook for the stream's policy; replaced by the stream."""
 
+    def abort(self) -> None:
+        """Reset the connection (the peer sees a reset); completions may still arrive."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset its connection")
+
 
 class Kernel(abc.ABC):
     """A way of sending, chosen per pool (``open_pool(kernel=...)``)."""
@@ -196,6 +200,9 @@ class SocketChannel(Channel):
         self.fd = sock.fileno()
         self.eof_sent = False
         self.closed = False
+
+    def abort(self) -> None:
+        abort_connection(self.fd)
 
     def before_wait(self) -> None:
         """Called before the channel waits on its socket (kernels drain here)."""

@@ -29,6 +29,8 @@ from ._choice import make_kernel
 from ._kernel import Kernel
 from ._lease import SealedLease, WritableLease, _Slot
 from ._lifecycle import LeaseState
+from ._limits import check_max_in_flight as _check_max_in_flight
+from ._limits import check_send_timeout as _check_send_timeout
 from ._policy import ZeroCopyPolicy
 from ._stats import Counters, SendStatistics
 
@@ -166,6 +168,9 @@ class BufferPool:
         self._closed = False
         #: Whether sealed leases' pages are read-only in the page tables too.
         self._protect_sealed = False
+        # Defaults for the pool's streams (see open_pool).
+        self._send_timeout: float | None = None
+        self._stream_max_in_flight = max(_arena.size // 4, PAGE_SIZE)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -514,6 +519,8 @@ async def open_pool(
     kernel: str | Kernel = "auto",
     policy: ZeroCopyPolicy | None = None,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    send_timeout: float | None = None,
+    stream_max_in_flight: int | None = None,
     protect_sealed: bool = False,
 ) -> AsyncIterator[BufferPool]:
     """Open a pool of *max_bytes* of shared memory for the duration of a block.
@@ -536,6 +543,15 @@ async def open_pool(
     reported done. Afterwards every method raises
     :class:`trio.ClosedResourceError` and every lease handle is stale.
 
+    Slow peers: *send_timeout* (seconds, default None: no limit) is the
+    default :attr:`ZeroCopyStream.send_timeout` of the pool's streams -- a
+    send that takes longer resets its connection, which gives its memory
+    back -- and *stream_max_in_flight* (bytes, default a quarter of the
+    pool) their :attr:`ZeroCopyStream.max_in_flight`, the most zero-copy
+    bytes one stream may have in flight before its sends wait. Together they
+    keep peers that stop reading from holding the pool's memory for long;
+    see the "Slow and stalled clients" recipe.
+
     With *protect_sealed*, sealing a lease also makes its pages read-only
     in the process's page tables (``mprotect``), so that even native code
     writing through a pointer it kept from a released view faults instead
@@ -546,6 +562,9 @@ async def open_pool(
     much as sending 64 KiB costs (see the benchmarks page). Good for test
     suites and debugging.
     """
+    send_timeout = _check_send_timeout(send_timeout)
+    if stream_max_in_flight is not None:
+        stream_max_in_flight = _check_max_in_flight(stream_max_in_flight)
     if not isinstance(protect_sealed, bool):
         raise TypeError(f"protect_sealed must be a bool, not {type(protect_sealed).__name__}")
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
@@ -573,6 +592,8 @@ async def open_pool(
         the_kernel.attach(arena)
         pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
         pool._protect_sealed = protect_sealed
+        pool._send_timeout = send_timeout
+        pool._stream_max_in_flight = stream_max_in_flight or max(pool.max_bytes // 4, PAGE_SIZE)
     except BaseException:
         # Nothing was handed out: release the kernel's ring or epoll and the memory.
         the_kernel.close()

@@ -16,6 +16,7 @@ COUNTER_NAMES: Final = (
     "enobufs",
     "quarantined_sends",
     "malformed_records",
+    "bytes_in_flight",
 )
 
 
@@ -23,6 +24,9 @@ class Counters:
     """Mutable counters; each change is also made to the parent's (the pool's)."""
 
     __slots__ = (*COUNTER_NAMES, "parent")
+
+    # Read directly on hot paths (the rest go through count() and snapshot()).
+    bytes_in_flight: int
 
     def __init__(self, parent: Counters | None = None) -> None:
         for name in COUNTER_NAMES:
@@ -59,6 +63,9 @@ class SendStatistics:
     quarantined_sends: int
     #: Completion records that made no sense and were ignored (never acted on).
     malformed_records: int
+    #: Bytes of zero-copy sends the kernel has not reported done yet (a
+    #: gauge, not a total): memory this stream or pool keeps from reuse.
+    bytes_in_flight: int = 0
 
     @classmethod
     def of(cls, counters: Counters) -> SendStatistics:

@@ -8,8 +8,9 @@ kernel through a :class:`~trio_zc._kernel.Channel`.
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -17,21 +18,32 @@ import trio
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
 from ._lease import SealedLease, WritableLease, _Slot
+from ._limits import check_max_in_flight as _check_max_in_flight
+from ._limits import check_send_timeout as _check_send_timeout
 from ._policy import SendDecider
+from ._pool import BufferPool
 from ._stats import Counters, SendStatistics, StreamStatistics
 
 if TYPE_CHECKING:
     from ._kernel import Channel
-    from ._pool import BufferPool
 
 #: What ``receive_some()`` asks for when given no size, as in Trio.
 DEFAULT_RECEIVE_SIZE = 65536
+#: The most ``receive_some()`` asks the OS for in one call: Python allocates
+#: the whole size up front, so ``receive_some(2**40)`` would otherwise fail
+#: with a bare MemoryError. Returning fewer bytes than asked is always allowed.
+MAX_RECEIVE_SIZE = 16 * 2**20
 
 
 def _take_socket(transport: object) -> socket.socket:
     """Take the OS socket out of a Trio SocketStream or Trio socket."""
     if isinstance(transport, trio.SocketStream):
         transport = transport.socket
+    if isinstance(transport, socket.socket):
+        raise TypeError(
+            "ZeroCopyStream wraps a Trio socket, not a standard-library socket.socket;"
+            " convert it with trio.socket.from_stdlib_socket()"
+        )
     if not isinstance(transport, trio.socket.SocketType):
         raise TypeError(
             "ZeroCopyStream wraps a trio.SocketStream or a Trio socket,"
@@ -55,7 +67,9 @@ def _take_socket(transport: object) -> socket.socket:
 def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
     if drain_timeout is None:
         return pool._drain_timeout
-    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool) or not drain_timeout >= 0:
+    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
+        raise TypeError(f"drain_timeout must be a number or None, not {type(drain_timeout).__name__}")
+    if not drain_timeout >= 0:
         raise ValueError(f"drain_timeout must be a non-negative number, not {drain_timeout!r}")
     return float(drain_timeout)
 
@@ -89,6 +103,8 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         pool: BufferPool,
         drain_timeout: float | None = None,
     ) -> None:
+        if not isinstance(pool, BufferPool):
+            raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
         pool._check_open()
         timeout = _check_drain_timeout(pool, drain_timeout)
         sock = _take_socket(transport)
@@ -121,7 +137,13 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self._decider = SendDecider(
             pool._policy, unavailable=self._channel.unavailable, notify=pool._note_fallback
         )
-        self._channel.on_completions = self._decider.on_completions  # type: ignore[method-assign]
+        self._channel.on_completions = self._on_completions  # type: ignore[method-assign]
+        self._send_timeout: float | None = pool._send_timeout
+        self._max_in_flight: int = pool._stream_max_in_flight
+        # Set when completions arrive, for a send waiting under max_in_flight.
+        self._room: trio.Event | None = None
+        # Why the stream gave up on its peer (a send timed out), if it did.
+        self._broken: str | None = None
         self._send_conflict = ConflictDetector(
             "another task is currently sending on this ZeroCopyStream"
         )
@@ -142,7 +164,48 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     # -- sending ----------------------------------------------------------------
 
+    def _on_completions(self, calls: int, copied: bool) -> None:
+        self._decider.on_completions(calls, copied)
+        if self._room is not None:
+            self._room.set()
+
+    @property
+    def send_timeout(self) -> float | None:
+        """The longest one :meth:`send_lease` or :meth:`send_all` may take, in seconds (None: no limit).
+
+        A peer that stops reading makes sends wait, and keeps their memory
+        (and the lease being sent) from the pool. When a send takes longer
+        than this, the stream resets the connection -- the kernel then drops
+        what it still holds and reports those sends done, so the memory
+        comes back -- and the send raises :class:`trio.BrokenResourceError`,
+        as does every later send. Defaults to the pool's ``send_timeout``.
+        Waiting under :attr:`max_in_flight` counts as part of the send.
+        """
+        return self._send_timeout
+
+    @send_timeout.setter
+    def send_timeout(self, value: float | None) -> None:
+        self._send_timeout = _check_send_timeout(value)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most bytes of zero-copy sends this stream may have in flight.
+
+        A :meth:`send_lease` that would go past it waits (backpressure)
+        until completions bring the stream under it; a send is never
+        refused for its size alone: with nothing in flight any lease goes.
+        This keeps one slow peer from pinning an unbounded share of the
+        pool. Defaults to the pool's ``stream_max_in_flight``.
+        """
+        return self._max_in_flight
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        self._max_in_flight = _check_max_in_flight(value)
+
     def _check_sendable(self) -> None:
+        if self._broken is not None:
+            raise trio.BrokenResourceError(self._broken)
         if self._closed:
             raise trio.ClosedResourceError("this stream was closed")
         if self._eof_sent:
@@ -150,13 +213,16 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send *data* by copying it (for headers and other small things)."""
+        if isinstance(data, (SealedLease, WritableLease)):
+            raise TypeError("send_all() copies bytes; send a SealedLease with send_lease()")
         with self._send_conflict:
             self._check_sendable()
             with memoryview(data) as view, view.cast("B") as flat:
                 if not flat:
                     await trio.lowlevel.checkpoint()
                     return
-                await self._channel.send_copy(flat)
+                with self._time_limit("send_all()"):
+                    await self._channel.send_copy(flat)
 
     def _lease_slot(self, lease: object, offset: object, nbytes: object) -> tuple[_Slot, int, int]:
         if isinstance(lease, WritableLease):
@@ -200,19 +266,51 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             # kernel may complete every earlier call while this one waits.
             slot.begin_send()
             try:
-                with slot.readonly_view() as whole, whole[start : start + length] as data:
-                    if self._channel.accepts(slot) and self._decider.use_zerocopy(length):
-                        sent = await self._channel.send_zerocopy(data, slot, start)
-                        if sent < length:
-                            self._decider.on_enobufs()
-                            with data[sent:] as rest:
-                                await self._channel.send_copy(rest)
-                        else:
-                            self._decider.on_zerocopy_sent()
-                    else:
-                        await self._channel.send_copy(data)
+                with self._time_limit("send_lease()"):
+                    await self._send_slot(slot, start, length)
             finally:
                 slot.end_send()
+
+    async def _send_slot(self, slot: _Slot, start: int, length: int) -> None:
+        zerocopy = self._channel.accepts(slot) and self._decider.use_zerocopy(length)
+        if zerocopy:
+            counters = self._counters
+            while counters.bytes_in_flight and counters.bytes_in_flight + length > self._max_in_flight:
+                self._room = trio.Event()
+                await self._room.wait()
+            self._room = None
+        with slot.readonly_view() as whole, whole[start : start + length] as data:
+            if zerocopy:
+                sent = await self._channel.send_zerocopy(data, slot, start)
+                if sent < length:
+                    self._decider.on_enobufs()
+                    with data[sent:] as rest:
+                        await self._channel.send_copy(rest)
+                else:
+                    self._decider.on_zerocopy_sent()
+            else:
+                await self._channel.send_copy(data)
+
+    @contextlib.contextmanager
+    def _time_limit(self, what: str) -> Iterator[None]:
+        timeout = self._send_timeout
+        if timeout is None:
+            yield
+            return
+        with trio.move_on_after(timeout) as scope:
+            yield
+        if scope.cancelled_caught:
+            self._broken = (
+                f"{what} took longer than send_timeout ({timeout} s): the peer is not reading;"
+                " the connection was reset"
+            )
+            # The kernel drops what it holds for this connection and reports
+            # those sends done: their memory comes back to the pool.
+            try:
+                self._channel.abort()
+            except OSError:  # pragma: no cover - the connection is gone anyway
+                pass
+            raise trio.BrokenResourceError(self._broken)
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
@@ -236,6 +334,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         max_bytes = _index("max_bytes", max_bytes)
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
+        max_bytes = min(max_bytes, MAX_RECEIVE_SIZE)
         with self._receive_conflict:
             if self._closed:
                 raise trio.ClosedResourceError("this stream was closed")

@@ -227,8 +227,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     policy = trio_zc.ZeroCopyPolicy(copied_streak=0, enobufs_backoff=args.backoff)
     with trio.fail_after(args.timeout):
+        # No per-stream limit on bytes in flight: it keeps the stream under
+        # the locked-memory limit, and this test wants the kernel to refuse.
         async with trio_zc.open_pool(
-            max_bytes=args.pool_bytes, kernel="msg_zerocopy", policy=policy
+            max_bytes=args.pool_bytes, kernel="msg_zerocopy", policy=policy,
+            stream_max_in_flight=args.pool_bytes,
         ) as pool:
             stream = trio_zc.ZeroCopyStream(client, pool=pool)
             initial = snapshot(stream)

@@ -1,0 +1,23 @@
+"""Checks for the limits a stream puts on a slow peer (see ZeroCopyStream.send_timeout)."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_send_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"send_timeout must be a number of seconds or None, not {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"send_timeout must be a positive number of seconds or None, not {value}")
+    return float(value)
+
+
+def check_max_in_flight(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"max_in_flight must be an int (bytes), not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"max_in_flight must be at least 1 byte, not {value}")
+    return value
