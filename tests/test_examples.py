@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -66,3 +67,26 @@ def test_broadcast_example_sends_one_lease_to_every_client() -> None:
     assert "pool after the streams closed: 8388608 of 8388608 bytes free" in result.stdout
     assert "all memory back in the pool" in result.stdout
     assert result.stderr == ""
+
+
+def test_slow_clients_example_keeps_serving_while_100_clients_stall() -> None:
+    result = run_example("slow_clients.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "readers verified 24/24 images (SHA-256)" in result.stdout
+    served = re.search(r"served: (\d+), cut off by send_timeout: (\d+), gone before their turn: (\d+)", result.stdout)
+    assert served is not None, result.stdout
+    # The 64 that held leases (16 MiB / 256 KiB) are cut off; the rest never got memory.
+    assert int(served[1]) == 3 and int(served[2]) > 0 and int(served[2]) + int(served[3]) == 100
+    assert "pool at the end: 16384 of 16384 KiB free" in result.stdout
+
+
+def test_slow_clients_example_without_the_timeout_shows_the_starvation() -> None:
+    """The control: the same program with send_timeout off starves its readers."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / "slow_clients.py"), "--timeout", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the readers were starved" in result.stdout
