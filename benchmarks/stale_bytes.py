@@ -1,12 +1,14 @@
 """What "no stale bytes" costs, measured as ratios within one run.
 
-trio_zc zeroes a lease's bytes when its memory returns to the pool, so the
-next lease never shows (or sends) an earlier image's bytes. This measures a
-full lease cycle -- acquire, write a whole image, seal, release -- three ways:
+trio_zc clears the parts of a new lease that its owner has not overwritten
+with write(), just before a view or a seal could expose them, so a lease
+never shows (or sends) an earlier image's bytes. (It first zeroed memory on
+release; see docs/lifecycle.rst.) This measures a full lease cycle --
+acquire, write a whole image, seal, release -- three ways:
 
 - plain:     write the image into one reused bytearray (no pool; the floor)
 - unscrubbed: the pool cycle with zeroing switched off (unsafe; for comparison)
-- pool:      the real pool cycle (zeroing on release)
+- pool:      the real pool cycle (with a whole-image write, nothing to clear)
 
 and, for the record, the alternative of punching the pages out of the memfd
 (``fallocate(PUNCH_HOLE)``) so the next writer faults in fresh zero pages.

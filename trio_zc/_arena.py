@@ -3,11 +3,12 @@
 Why a memfd: it is shared memory with a file descriptor, so later kernels
 can ``sendfile`` from it or register it with io_uring.
 
-How "after seal no writable mapping of that memory exists" is kept: the
-arena is mapped once, and sealing a lease ``mprotect``\\ s its pages to
-read-only, so the process's only mapping of sealed memory cannot be written
-(a stray write would fault rather than corrupt an image in flight). Free
-and writable memory is read-write.
+The arena is mapped once. In pools opened with ``protect_sealed=True``,
+sealing a lease ``mprotect``\\ s its pages to read-only, so the process's only
+mapping of sealed memory cannot be written (a stray write from native code
+would fault rather than corrupt an image in flight); it is opt-in because the
+two calls and TLB flush per lease cost as much as sending 64 KiB. Free and
+writable memory is read-write.
 
 Why not one ``mmap`` object per view: measured on this kind of machine
 (``benchmarks/stale_bytes.py``), mapping a fresh range per lease costs page
