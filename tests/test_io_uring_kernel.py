@@ -215,3 +215,21 @@ async def test_pools_give_back_every_file_descriptor(name: str) -> None:
         async with open_pool(max_bytes=MiB, kernel=name, drain_timeout=-1):
             pass
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_completion_for_no_request_is_counted_in_the_pool_statistics_and_releases_nothing() -> None:
+    async with trio_zc.open_pool(max_bytes=1 << 20, kernel="io_uring") as pool:
+        if pool.statistics().kernel != "io_uring":
+            pytest.skip(f"io_uring is not usable here: {pool.statistics().kernel_note}")
+        kernel = pool._kernel
+        lease = await pool.acquire(4096)
+        free_before = pool.statistics().free_bytes
+        # A real CQE from the kernel whose user_data names no send of ours.
+        kernel.ring.prep_nop(0xDEAD_BEEF)
+        kernel.ring.submit()
+        with trio.fail_after(5):
+            while pool.statistics().sent.malformed_records == 0:
+                await trio.sleep(0.01)
+        assert pool.statistics().sent.malformed_records == 1
+        assert pool.statistics().free_bytes == free_before
+        lease.release()

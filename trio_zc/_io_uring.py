@@ -198,7 +198,7 @@ class IoUringKernel(Kernel):
         self.fixed = False
         self.arena_address = 0
         self._submit_wanted = trio.Event()
-        self.malformed = 0
+        self.malformed_records = 0
         #: io_uring_enter calls made, and entries they handed over (batching).
         self.submit_calls = 0
         self.submitted = 0
@@ -272,7 +272,7 @@ class IoUringKernel(Kernel):
                     events = self.tracker.on_cqe(cqe)
                 except UnexpectedCqeError:
                     # Garbage must never release memory.
-                    self.malformed += 1
+                    self.malformed_records += 1
                     continue
                 for event in events:
                     call = event.item

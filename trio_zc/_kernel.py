@@ -179,6 +179,9 @@ class Kernel(abc.ABC):
 
     #: Why this kernel runs as it does (a fallback, an alignment), or None.
     note: str | None = None
+    #: Completions this kernel refused that belong to no stream (an io_uring
+    #: CQE for an unknown request); the pool's statistics add them in.
+    malformed_records: int = 0
 
     async def abort_in_flight(self) -> None:
         """The pool is closing past its deadline: make in-flight sends end.

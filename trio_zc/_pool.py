@@ -504,7 +504,10 @@ class BufferPool:
             closed=self._closed,
             kernel=self._kernel.name,
             kernel_note=self._kernel.note,
-            sent=SendStatistics.of(self._counters),
+            sent=attrs.evolve(
+                SendStatistics.of(self._counters),
+                malformed_records=self._counters.malformed_records + self._kernel.malformed_records,
+            ),
             fallbacks=tuple(self._fallbacks.items()),
         )
 

@@ -27,6 +27,7 @@ class Counters:
 
     # Read directly on hot paths (the rest go through count() and snapshot()).
     bytes_in_flight: int
+    malformed_records: int
 
     def __init__(self, parent: Counters | None = None) -> None:
         for name in COUNTER_NAMES:
