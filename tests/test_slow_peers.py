@@ -212,3 +212,28 @@ async def test_without_a_send_timeout_stalled_clients_do_starve_the_others() -> 
             for sock in stalled:
                 sock.close()
             nursery.cancel_scope.cancel()
+
+
+async def test_closing_the_stream_ends_a_send_waiting_for_room(mock_kernel: trio_zc.testing.MockKernel) -> None:
+    policy = trio_zc.ZeroCopyPolicy(min_zerocopy_bytes=0)
+    async with trio_zc.open_pool(
+        max_bytes=MiB, kernel=mock_kernel, policy=policy, stream_max_in_flight=PAGE, drain_timeout=0.1
+    ) as pool:
+        stream, peer = mock_kernel.open_stream(pool)
+        peer.lose_completions()
+        await _send(stream, pool, b"a" * PAGE)
+        outcome: list[str] = []
+
+        async def waiting_send() -> None:
+            try:
+                await _send(stream, pool, b"b" * PAGE)
+            except trio.ClosedResourceError:
+                outcome.append("closed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting_send)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == []  # waiting: a page is in flight and its completion is lost
+            with pytest.warns(trio_zc.QuarantineWarning):
+                await stream.aclose()
+        assert outcome == ["closed"]

@@ -297,8 +297,15 @@ class PoolMachine(RuleBasedStateMachine):
         bound = trio.CancelScope()
         try:
             with bound:
+                # No per-stream in-flight limit here: with completions lost on
+                # purpose, it would (rightly) hold sends back for good, which
+                # this model does not follow; tests/test_slow_peers.py covers it.
                 async with trio_zc.open_pool(
-                    max_bytes=POOL_BYTES, kernel=kernel, policy=policy, drain_timeout=DRAIN_TIMEOUT
+                    max_bytes=POOL_BYTES,
+                    kernel=kernel,
+                    policy=policy,
+                    drain_timeout=DRAIN_TIMEOUT,
+                    stream_max_in_flight=1 << 40,
                 ) as pool:
                     try:
                         self._pool = pool

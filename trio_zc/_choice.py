@@ -51,6 +51,8 @@ def make_kernel(kernel: object) -> Kernel:
     """The kernel for ``open_pool(kernel=...)``."""
     if isinstance(kernel, Kernel):
         return kernel
+    if isinstance(kernel, type) and issubclass(kernel, Kernel):
+        raise TypeError(f"kernel must be a Kernel instance, not the class itself: pass {kernel.__name__}()")
     if not isinstance(kernel, str):
         raise TypeError(f"kernel must be a name or a Kernel, not {type(kernel).__name__}")
     if kernel == "auto":

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
+from ._pool import BufferPool
 from ._stream import ZeroCopyStream
 
-if TYPE_CHECKING:
-    from ._pool import BufferPool
+
+def _check_pool(pool: object) -> None:
+    """Refuse what is not an open pool, before any connection or listener is made."""
+    if not isinstance(pool, BufferPool):
+        raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
+    pool._check_open()
 
 
 async def open_tcp_stream(
@@ -20,6 +25,7 @@ async def open_tcp_stream(
 
     Extra keyword arguments go to :func:`trio.open_tcp_stream`.
     """
+    _check_pool(pool)
     stream = await trio.open_tcp_stream(host, port, **kwargs)
     try:
         return ZeroCopyStream(stream, pool=pool)
@@ -34,6 +40,7 @@ class ZeroCopyListener(trio.abc.Listener[ZeroCopyStream]):
     def __init__(self, listener: trio.SocketListener, *, pool: BufferPool) -> None:
         if not isinstance(listener, trio.SocketListener):
             raise TypeError(f"ZeroCopyListener wraps a trio.SocketListener, not {type(listener).__name__}")
+        _check_pool(pool)
         self.listener = listener
         self.pool = pool
 
@@ -53,6 +60,7 @@ async def open_tcp_listeners(
     port: int, *, pool: BufferPool, host: str | bytes | None = None, backlog: int | None = None
 ) -> list[ZeroCopyListener]:
     """Like :func:`trio.open_tcp_listeners`, for :class:`ZeroCopyStream` connections."""
+    _check_pool(pool)
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     return [ZeroCopyListener(listener, pool=pool) for listener in listeners]
 

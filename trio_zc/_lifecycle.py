@@ -122,6 +122,10 @@ TRANSITIONS: Final[dict[tuple[LeaseState, Event], LeaseState]] = {
     # completions); the lease's other sends may still complete, and change
     # nothing.
     (S.QUARANTINED, E.COMPLETE): S.QUARANTINED,
+    # A send already running (waiting for room) when another stream's close
+    # quarantined the lease may still hand it to the kernel: quarantined
+    # memory is never reused, so its bytes stay the sealed ones for good.
+    (S.QUARANTINED, E.SEND): S.QUARANTINED,
     (S.QUARANTINED, E.LAST_COMPLETE): S.QUARANTINED,
     (S.QUARANTINED, E.QUARANTINE): S.QUARANTINED,
 }

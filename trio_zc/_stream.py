@@ -286,6 +286,8 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             while counters.bytes_in_flight and counters.bytes_in_flight + length > self._max_in_flight:
                 self._room = trio.Event()
                 await self._room.wait()
+                # Woken by completions, or by aclose() (then this raises).
+                self._check_sendable()
             self._room = None
         with slot.readonly_view() as whole, whole[start : start + length] as data:
             if zerocopy:
@@ -361,6 +363,8 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        if self._room is not None:
+            self._room.set()  # a send waiting for room gives up: the stream is closed
         await self._channel.aclose(self._drain_timeout)
 
     # -- introspection ----------------------------------------------------------

@@ -658,7 +658,9 @@ class MockPeer(trio.abc.HalfCloseableStream):
         _check_count("lo", lo, None)
         _check_count("hi", hi, None)
         conn = self._conn
-        held = [r for r in conn.records if not _overlaps(r, lo, hi)]
+        # Held records keep what this one does not report (each call is
+        # reported once), even where they wrap or overlap it only in part.
+        held = [part for r in conn.records for part in _outside(r, lo, hi)]
         conn.records.clear()
         conn.records.append([lo & _MASK, hi & _MASK, copied])
         hold, conn.hold_completions = conn.hold_completions, False
@@ -710,10 +712,20 @@ def _check_count(name: str, value: object, minimum: int | None) -> None:
         raise ValueError(f"{name} must be at least {minimum}, not {value}")
 
 
-def _overlaps(record: list[object], lo: int, hi: int) -> bool:
-    rlo, rhi = record[0], record[1]
+def _outside(record: list[object], lo: int, hi: int) -> list[list[object]]:
+    """The parts of a record ``[rlo, rhi, copied]`` outside ``[lo, hi]``, modulo 2**32."""
+    rlo, rhi, copied = record
     assert isinstance(rlo, int) and isinstance(rhi, int)
-    return not (rhi < lo or rlo > hi)
+    # Offsets from rlo: the record is [0, n); the range may wrap past 2**32.
+    n = ((rhi - rlo) & _MASK) + 1
+    start = (lo - rlo) & _MASK
+    end = start + ((hi - lo) & _MASK) + 1
+    keep = [(0, n)]
+    for a, b in ((start, min(end, _MASK + 1)), (0, max(end - _MASK - 1, 0))):
+        keep = [(k0, k1) for k0, k1 in ((k, min(e, a)) for k, e in keep) if k0 < k1] + [
+            (k0, k1) for k0, k1 in ((max(k, b), e) for k, e in keep) if k0 < k1
+        ]
+    return [[(rlo + k0) & _MASK, (rlo + k1 - 1) & _MASK, copied] for k0, k1 in sorted(keep)]
 
 
 def _coalesce(records: list[list[object]]) -> list[list[object]]:
