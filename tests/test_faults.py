@@ -10,8 +10,11 @@ What is covered where (kernels: the real ones over loopback TCP on
    - ``test_peer_process_killed_mid_image``: the receiver is a child process
      started here (plain sockets, loopback only), killed with SIGKILL by its
      own PID; every real kernel (the mock has no processes).
-   In both, ``send_lease`` raises :class:`trio.BrokenResourceError`, what
-   arrived is a prefix of the image, and the in-flight leases are *drained*,
+   In both, ``send_lease`` raises :class:`trio.BrokenResourceError`, the
+   receiver's bytes are the image's first ones, the statistics count no more
+   bytes sent than part of that image (a regression check: io_uring counted
+   every request's full length, even for a request the reset cut short), and
+   the in-flight leases are *drained*,
    not quarantined: a reset makes Linux free the socket's queued data, which
    reports those zero-copy sends complete while the socket is still open
    (MSG_ZEROCOPY queues the completions on the error queue, io_uring posts
@@ -31,7 +34,8 @@ What is covered where (kernels: the real ones over loopback TCP on
      receiver checks every whole image against its digest and the cut one as
      a prefix. Afterwards: only Cancelled was raised, no lease was reused
      early (the mock's PrematureReuseError would surface; real kernels would
-     corrupt an image), every send completed, and the pool is whole again.
+     corrupt an image), every zero-copy call completed, and the pool is
+     whole again.
 
 3. Closing with sends in flight (mock kernel, autojump clock)
    - ``test_close_with_held_completions_waits_then_quarantines``: completions
@@ -47,19 +51,26 @@ What is covered where (kernels: the real ones over loopback TCP on
      LeaseQuarantinedError), the others come back.
    - ``test_cancelled_close_skips_the_wait_not_the_safety``.
    - ``test_io_uring_close_quarantines_a_completion_that_never_comes``: the
-     real io_uring kernel (test_stream.py has the msg_zerocopy case).
+     real io_uring kernel (test_stream.py has the msg_zerocopy case); the
+     notification that turns up after the quarantine changes nothing.
+   - ``test_close_drains_cleanly_when_the_peer_catches_up``: the real
+     msg_zerocopy and io_uring kernels, real time: ``aclose`` is waiting when
+     the peer starts reading, and returns without a reset.
 
 4. The zero-copy counter wrapping at 2**32
    - ``test_counter_wraps_in_a_long_running_stream`` (mock): thousands of
      calls across the wrap, with completions coalesced, reversed, split into
      shuffled sub-ranges (some crossing the wrap) and deferred; every lease
      is freed exactly once, only after its last call completed.
+   - ``test_mock_complete_keeps_the_rest_of_held_records``: regression test
+     for the bug the test above found in :meth:`MockPeer.complete`.
    - ``test_msg_zerocopy_counter_continuity``: the real kernel's counter
      cannot be made to wrap in a test. It starts at 0 on every socket, and
      Linux offers no way to set it; reaching 2**32 takes 4.3 billion
      successful ``send(MSG_ZEROCOPY)`` calls, each pinning pages and queuing
-     a notification -- at a generous million calls a second, over an hour
-     and a quarter of one core. The wrap logic lives in the parser and the
+     a notification: days at the few tens of thousands of calls a second
+     this suite makes from Python, and over 70 minutes of a core even at a
+     million a second. The wrap logic lives in the parser and the
      tracker, which are the same code for the mock's records, so the mock
      test covers it; against the real kernel this test checks that the
      tracker's counter follows the kernel's over a few thousand calls (every
