@@ -230,10 +230,12 @@ async def test_closing_the_stream_ends_a_send_waiting_for_room(mock_kernel: trio
             except trio.ClosedResourceError:
                 outcome.append("closed")
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(waiting_send)
-            await trio.testing.wait_all_tasks_blocked()
-            assert outcome == []  # waiting: a page is in flight and its completion is lost
-            with pytest.warns(trio_zc.QuarantineWarning):
-                await stream.aclose()
+        # Bounded, so that a regression fails here instead of hanging the suite.
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiting_send)
+                await trio.testing.wait_all_tasks_blocked()
+                assert outcome == []  # waiting: a page is in flight and its completion is lost
+                with pytest.warns(trio_zc.QuarantineWarning):
+                    await stream.aclose()
         assert outcome == ["closed"]
