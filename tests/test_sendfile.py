@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import pathlib
 import socket
 
@@ -54,7 +55,15 @@ def test_the_race_is_real_sendfile_then_overwrite_sends_the_new_bytes() -> None:
         big_receive_buffer(server)
         os.write(fd, b"A" * size)
         # The reader is paused: the bytes sit in socket buffers, by reference.
-        assert os.sendfile(client.fileno(), fd, 0, size) == size
+        # sendfile may take them in more than one call while the buffers grow.
+        sent = 0
+        for _ in range(1000):  # bounded; each call moves a buffer's worth
+            if sent == size:
+                break
+            _, writable, _ = select.select([], [client], [], 10)
+            assert writable, f"the socket buffers took only {sent} of {size} bytes"
+            sent += os.sendfile(client.fileno(), fd, sent, size - sent)
+        assert sent == size
         os.pwrite(fd, b"B" * size, 0)  # "reuse the buffer" right after sendfile returned
         received = recv_exactly(server, size)
     finally:
