@@ -10,9 +10,9 @@ import sys
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(name: str) -> subprocess.CompletedProcess[str]:
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLES / name)],
+        [sys.executable, "-W", "error", str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -82,11 +82,6 @@ def test_slow_clients_example_keeps_serving_while_100_clients_stall() -> None:
 
 def test_slow_clients_example_without_the_timeout_shows_the_starvation() -> None:
     """The control: the same program with send_timeout off starves its readers."""
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLES / "slow_clients.py"), "--timeout", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_example("slow_clients.py", "--timeout", "0")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the readers were starved" in result.stdout

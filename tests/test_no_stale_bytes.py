@@ -46,7 +46,7 @@ from trio_zc._lease import _Slot
 from trio_zc._thp import shmem_folios
 from trio_zc.testing import MockKernel, MockPeer
 
-from .streams import socket_pair
+from .streams import receive_exactly, socket_pair
 
 PAGE: Final = mmap.PAGESIZE
 KiB: Final = 1 << 10
@@ -338,21 +338,12 @@ class Receiver:
         ]
 
     async def run(self, stream: trio.abc.ReceiveStream) -> None:
-        async def exactly(n: int) -> bytes:
-            buf = bytearray()
-            while len(buf) < n:
-                chunk = await stream.receive_some(min(n - len(buf), 1 << 20))
-                if not chunk:
-                    raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
-                buf += chunk
-            return bytes(buf)
-
         cache: dict[int, tuple[bytes, npt.NDArray[np.bool_]]] = {}
         for k, (index, copy, nbytes) in enumerate(self.expected_sequence()):
             await self.progress.wait_for(k + 1 + self.scenario.lag)
-            header = HEADER.unpack(await exactly(HEADER.size))
+            header = HEADER.unpack(await receive_exactly(stream, HEADER.size))
             assert header == (MAGIC, index, copy, nbytes), (header, (index, copy, nbytes))
-            got = await exactly(nbytes)
+            got = await receive_exactly(stream, nbytes)
             if index not in cache:
                 cache[index] = expected_bytes(self.scenario, index)
             want, written = cache[index]

@@ -140,6 +140,20 @@ async def _stalled_server(
     return port, outcome
 
 
+async def _stall(pool: trio_zc.BufferPool, port: int, count: int, size: int) -> list[trio.socket.SocketType]:
+    """Connect *count* clients that never read, and give them time to take the pool."""
+    stalled = []
+    for _ in range(count):
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        stalled.append(sock)
+    with trio.move_on_after(0.5):
+        while pool.statistics().free_bytes > size:
+            await trio.sleep(0.01)
+    return stalled
+
+
 @pytest.mark.parametrize("name", ["auto", "msg_zerocopy"])
 async def test_hundreds_of_stalled_clients_do_not_starve_the_others(name: str) -> None:
     stalled_count, good_count, size = 200, 4, 256 << 10
@@ -150,16 +164,7 @@ async def test_hundreds_of_stalled_clients_do_not_starve_the_others(name: str) -
     async with trio_zc.open_pool(max_bytes=32 * MiB, kernel=name, send_timeout=1.0) as pool:
         async with trio.open_nursery() as nursery:
             port, outcome = await _stalled_server(pool, images, nursery)
-            stalled = []
-            for _ in range(stalled_count):
-                sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                await sock.connect(("127.0.0.1", port))
-                stalled.append(sock)
-            # Let the stalled clients take the pool.
-            with trio.move_on_after(0.5):
-                while pool.statistics().free_bytes > size:
-                    await trio.sleep(0.01)
+            stalled = await _stall(pool, port, stalled_count, size)
 
             received: list[list[bytes]] = []
 
@@ -195,15 +200,7 @@ async def test_without_a_send_timeout_stalled_clients_do_starve_the_others() -> 
     async with trio_zc.open_pool(max_bytes=4 * MiB, kernel="copy", drain_timeout=0.1) as pool:
         async with trio.open_nursery() as nursery:
             port, outcome = await _stalled_server(pool, images * 64, nursery)
-            stalled = []
-            for _ in range(40):
-                sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                await sock.connect(("127.0.0.1", port))
-                stalled.append(sock)
-            with trio.move_on_after(0.5):
-                while pool.statistics().free_bytes > size:
-                    await trio.sleep(0.01)
+            stalled = await _stall(pool, port, 40, size)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             with trio.move_on_after(2) as scope:
                 await receive_exactly(stream, size)

@@ -28,7 +28,7 @@ import os
 import resource
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
 import attrs
@@ -94,29 +94,40 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class _Meter:
-    """Wall-clock and CPU time (every thread of this process) between start and stop."""
+class _Run:
+    """Times one case from its first image to the receiver's answer.
 
-    def start(self) -> None:
+    Wall clock and CPU (every thread of this process), and when the sender
+    started on each image, for the latencies.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.starts: list[int] = []
         self._t0, self._c0 = time.perf_counter(), _cpu()
+        self._elapsed: tuple[float, float] | None = None
 
-    def stop(self) -> tuple[float, float]:
-        return time.perf_counter() - self._t0, _cpu() - self._c0
+    def images(self) -> Iterator[bytes]:
+        """The images to send, in order, noting when each one's turn came."""
+        for i in range(self.job.count):
+            self.starts.append(time.monotonic_ns())
+            yield self.job.image(i)
 
+    def stop(self) -> None:
+        self._elapsed = (time.perf_counter() - self._t0, _cpu() - self._c0)
 
-def _parse_answer(job: Job, answer: bytes) -> tuple[int, int, list[int]]:
-    intact, received = ANSWER.unpack_from(answer)
-    arrivals = [stamp for (stamp,) in STAMP.iter_unpack(answer[ANSWER.size :])][:received]
-    return intact, received, arrivals
+    def result(self, answer: bytes, share: float) -> Sent:
+        """What the case measured, with the receiver's *answer*; stops the clock if still running."""
+        if self._elapsed is None:
+            self.stop()
+        assert self._elapsed is not None
+        intact, received = ANSWER.unpack_from(answer)
+        arrivals = [stamp for (stamp,) in STAMP.iter_unpack(answer[ANSWER.size :])][:received]
+        return Sent(*self._elapsed, self.starts, arrivals, intact, received, share)
 
 
 def _answer_size(job: Job) -> int:
     return ANSWER.size + STAMP.size * job.count
-
-
-def _sent(job: Job, meter: tuple[float, float], starts: list[int], answer: bytes, share: float) -> Sent:
-    intact, received, arrivals = _parse_answer(job, answer)
-    return Sent(meter[0], meter[1], starts, arrivals, intact, received, share)
 
 
 # -- blocking sockets -------------------------------------------------------------
@@ -143,15 +154,12 @@ def _connect(job: Job) -> socket.socket:
 
 def _blocking(job: Job, buffer: bytearray | mmap.mmap) -> Sent:
     with _connect(job) as sock:
-        starts = []
-        meter = _Meter()
-        meter.start()
-        for i in range(job.count):
-            starts.append(time.monotonic_ns())
-            buffer[:] = job.image(i)
+        run = _Run(job)
+        for image in run.images():
+            buffer[:] = image
             sock.sendall(buffer)
         answer = _recv_exactly(sock, _answer_size(job))
-        return _sent(job, meter.stop(), starts, answer, 0.0)
+        return run.result(answer, 0.0)
 
 
 def _memfd(size: int) -> tuple[int, mmap.mmap]:
@@ -164,18 +172,15 @@ def _sendfile_memfd(job: Job) -> Sent:
     fd, mapping = _memfd(job.size)
     try:
         with _connect(job) as sock:
-            starts = []
-            meter = _Meter()
-            meter.start()
-            for i in range(job.count):
-                starts.append(time.monotonic_ns())
+            run = _Run(job)
+            for image in run.images():
                 # Rewriting the memory as soon as sendfile returns: the race.
-                mapping[:] = job.image(i)
+                mapping[:] = image
                 offset = 0
                 while offset < job.size:
                     offset += os.sendfile(sock.fileno(), fd, offset, job.size - offset)
             answer = _recv_exactly(sock, _answer_size(job))
-            return _sent(job, meter.stop(), starts, answer, 1.0)
+            return run.result(answer, 1.0)
     finally:
         mapping.close()
         os.close(fd)
@@ -184,7 +189,7 @@ def _sendfile_memfd(job: Job) -> Sent:
 # -- Trio -------------------------------------------------------------------------
 
 
-async def _trio_receive_exactly(receive: Callable[[int], Awaitable[bytes]], n: int) -> bytes:
+async def _receive_exactly_async(receive: Callable[[int], Awaitable[bytes]], n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
         chunk = await receive(n - len(out))
@@ -198,17 +203,14 @@ async def _trio_send_all(job: Job) -> Sent:
     stream = await trio.open_tcp_stream("127.0.0.1", job.port)
     async with stream:
         await stream.send_all(job.header)
-        await _trio_receive_exactly(stream.receive_some, len(READY))
+        await _receive_exactly_async(stream.receive_some, len(READY))
         buffer = bytearray(job.size)
-        starts = []
-        meter = _Meter()
-        meter.start()
-        for i in range(job.count):
-            starts.append(time.monotonic_ns())
-            buffer[:] = job.image(i)
+        run = _Run(job)
+        for image in run.images():
+            buffer[:] = image
             await stream.send_all(buffer)
-        answer = await _trio_receive_exactly(stream.receive_some, _answer_size(job))
-        return _sent(job, meter.stop(), starts, answer, 0.0)
+        answer = await _receive_exactly_async(stream.receive_some, _answer_size(job))
+        return run.result(answer, 0.0)
 
 
 async def _trio_zc(job: Job, kernel: str) -> Sent:
@@ -221,20 +223,17 @@ async def _trio_zc(job: Job, kernel: str) -> Sent:
         stream = await open_tcp_stream("127.0.0.1", job.port, pool=pool)
         async with stream:
             await stream.send_all(job.header)
-            await _trio_receive_exactly(stream.receive_some, len(READY))
-            starts = []
-            meter = _Meter()
-            meter.start()
-            for i in range(job.count):
-                starts.append(time.monotonic_ns())
+            await _receive_exactly_async(stream.receive_some, len(READY))
+            run = _Run(job)
+            for image in run.images():
                 async with pool.lease(job.size) as lease:
-                    lease.write(job.image(i))
+                    lease.write(image)
                     await stream.send_lease(lease.seal())
-            answer = await _trio_receive_exactly(stream.receive_some, _answer_size(job))
-            measured = meter.stop()
+            answer = await _receive_exactly_async(stream.receive_some, _answer_size(job))
+            run.stop()
             sent = stream.statistics().sent
     total = sent.bytes_zerocopy + sent.bytes_kernel_copied + sent.bytes_copied
-    return _sent(job, measured, starts, answer, sent.bytes_zerocopy / total if total else 0.0)
+    return run.result(answer, sent.bytes_zerocopy / total if total else 0.0)
 
 
 # -- asyncio ----------------------------------------------------------------------
@@ -247,7 +246,7 @@ async def _asyncio_connect(job: Job) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     await loop.sock_connect(sock, ("127.0.0.1", job.port))
     await loop.sock_sendall(sock, job.header)
-    await _trio_receive_exactly(lambda n: loop.sock_recv(sock, n), len(READY))
+    await _receive_exactly_async(lambda n: loop.sock_recv(sock, n), len(READY))
     return sock
 
 
@@ -255,15 +254,12 @@ async def _asyncio_sendall(job: Job) -> Sent:
     loop = asyncio.get_running_loop()
     with await _asyncio_connect(job) as sock:
         buffer = bytearray(job.size)
-        starts = []
-        meter = _Meter()
-        meter.start()
-        for i in range(job.count):
-            starts.append(time.monotonic_ns())
-            buffer[:] = job.image(i)
+        run = _Run(job)
+        for image in run.images():
+            buffer[:] = image
             await loop.sock_sendall(sock, buffer)
-        answer = await _trio_receive_exactly(lambda n: loop.sock_recv(sock, n), _answer_size(job))
-        return _sent(job, meter.stop(), starts, answer, 0.0)
+        answer = await _receive_exactly_async(lambda n: loop.sock_recv(sock, n), _answer_size(job))
+        return run.result(answer, 0.0)
 
 
 async def _asyncio_sendfile(job: Job) -> Sent:
@@ -271,15 +267,12 @@ async def _asyncio_sendfile(job: Job) -> Sent:
     fd, mapping = _memfd(job.size)
     try:
         with await _asyncio_connect(job) as sock, open(fd, "rb", buffering=0, closefd=False) as file:
-            starts = []
-            meter = _Meter()
-            meter.start()
-            for i in range(job.count):
-                starts.append(time.monotonic_ns())
-                mapping[:] = job.image(i)  # the same race as sendfile-memfd
+            run = _Run(job)
+            for image in run.images():
+                mapping[:] = image  # the same race as sendfile-memfd
                 await loop.sock_sendfile(sock, file, 0, job.size)
-            answer = await _trio_receive_exactly(lambda n: loop.sock_recv(sock, n), _answer_size(job))
-            return _sent(job, meter.stop(), starts, answer, 1.0)
+            answer = await _receive_exactly_async(lambda n: loop.sock_recv(sock, n), _answer_size(job))
+            return run.result(answer, 1.0)
     finally:
         mapping.close()
         os.close(fd)
