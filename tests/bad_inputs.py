@@ -577,6 +577,12 @@ ROWS: list[Row] = [
       TE, "nbytes must be an int, not bool", lambda c: c.pool.acquire(True)),
     R("acquire-nowait-none", TYPES, "no size at all", "pool.acquire_nowait(None)",
       TE, "nbytes must be an int, not NoneType", sync(lambda c: c.pool.acquire_nowait(None))),  # type: ignore[arg-type]
+    R("acquire-schedule-str", TYPES, "schedule given as a string", "await pool.acquire(4096, schedule='no')",
+      TE, "schedule must be True or False, not str",
+      lambda c: c.pool.acquire(PAGE, schedule="no")),  # type: ignore[arg-type]
+    R("lease-schedule-int", TYPES, "schedule given as an int", "pool.lease(4096, schedule=0)",
+      TE, "schedule must be True or False, not int",
+      sync(lambda c: c.pool.lease(PAGE, schedule=0))),  # type: ignore[arg-type]
     R("seal-float", TYPES, "sealing at a float length", "lease.seal(100.0)",
       TE, "nbytes must be an int or None, not float", sync(lambda c: c.lease.seal(100.0))),  # type: ignore[arg-type]
     R("seal-bool", TYPES, "sealing at a bool length", "lease.seal(True)",

@@ -85,3 +85,14 @@ def test_slow_clients_example_without_the_timeout_shows_the_starvation() -> None
     result = run_example("slow_clients.py", "--timeout", "0")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the readers were starved" in result.stdout
+
+
+def test_tight_loop_example_verifies_every_image_and_shares_the_thread() -> None:
+    result = run_example("tight_loop.py", "--images", "300", "--size", "65536")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "receiver verified 300/300 images (SHA-256)" in result.stdout
+    assert "pool whole again: True" in result.stdout
+    # One schedule point per image is still there: send_lease's.
+    ticks = int(re.search(r"ticker task ran (\d+) times", result.stdout).group(1))  # type: ignore[union-attr]
+    assert ticks >= 100
+    assert result.stderr == ""

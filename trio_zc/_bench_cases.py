@@ -226,7 +226,10 @@ async def _trio_zc(job: Job, kernel: str) -> Sent:
             await _receive_exactly_async(stream.receive_some, len(READY))
             run = _Run(job)
             for image in run.images():
-                async with pool.lease(job.size) as lease:
+                # send_lease() is the loop's checkpoint: taking the lease need
+                # not be a second one while the pool has room (schedule=False,
+                # as the "tight send loops" recipe does).
+                async with pool.lease(job.size, schedule=False) as lease:
                     lease.write(image)
                     await stream.send_lease(lease.seal())
             answer = await _receive_exactly_async(stream.receive_some, _answer_size(job))

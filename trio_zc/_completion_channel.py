@@ -155,9 +155,7 @@ class CompletionChannel(DrainingChannel):
         for slot, n in items:
             nbytes += n
             slot.end_send()
-        self.counters.count("bytes_in_flight", -nbytes)
-        self.counters.count("completions", len(items))
-        self.counters.count("bytes_kernel_copied" if record.copied else "bytes_zerocopy", nbytes)
+        self.counters.completed(len(items), nbytes, nbytes, record.copied)
         self.on_completions(len(items), record.copied)
 
     def before_release(self, items: list[tuple[_Slot, int]]) -> None:
@@ -168,8 +166,7 @@ class CompletionChannel(DrainingChannel):
         item = (slot, nbytes)
         self.tracker.record(item)
         slot.begin_send()
-        self.counters.count("zerocopy_calls")
-        self.counters.count("bytes_in_flight", nbytes)
+        self.counters.zerocopy_call(nbytes)
         return item
 
     # -- sending ----------------------------------------------------------------

@@ -101,11 +101,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         orphan = self._orphan
         if orphan is not None:
             await orphan.done.wait()
-            self._orphan = None
-
-    async def send_copy(self, data: memoryview) -> None:
-        await self._after_orphan()
-        await SocketChannel.send_copy(self, data)
+            self._orphan = self.send_barrier = None
 
     async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -123,14 +119,14 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             self.kernel.submit_send(call, addr, index)
             self.calls.add(call)
             slot.begin_send()
-            self.counters.count("zerocopy_calls")
-            self.counters.count("bytes_in_flight", length)
+            self.counters.zerocopy_call(length)
             # The entry is the kernel's now: if this wait is cancelled, the
             # send goes on, and its notification still releases the lease.
             try:
                 await call.done.wait()
             except trio.Cancelled:
                 self._orphan = call
+                self.send_barrier = call.done  # copies wait for it too
                 raise
             res = call.res
             assert res is not None
@@ -154,12 +150,10 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         """The kernel is done with *call*'s memory."""
         self.calls.discard(call)
         call.slot.end_send()
-        self.counters.count("bytes_in_flight", -call.nbytes)
-        self.counters.count("completions")
         # The bytes the kernel took (the result came first), not the bytes
         # asked for: a short or failed send (a reset) moved fewer, or none.
         taken = max(call.res or 0, 0)
-        self.counters.count("bytes_kernel_copied" if copied else "bytes_zerocopy", taken)
+        self.counters.completed(1, call.nbytes, taken, copied)
         self.on_completions(1, copied)
         if self._drained is not None and not self.calls:
             self._drained.set()

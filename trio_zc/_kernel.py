@@ -207,6 +207,11 @@ class SocketChannel(Channel):
     def abort(self) -> None:
         abort_connection(self.fd)
 
+    #: Set while an earlier send is still in the kernel's hands after its
+    #: task was cancelled (io_uring): a copy must wait for it, or the two
+    #: sends' bytes would interleave.
+    send_barrier: trio.Event | None = None
+
     def before_wait(self) -> None:
         """Called before the channel waits on its socket (kernels drain here)."""
 
@@ -216,9 +221,20 @@ class SocketChannel(Channel):
 
     async def send_copy(self, data: memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        sent = 0
+        if self.send_barrier is not None:
+            await self.send_barrier.wait()
+            self.send_barrier = None
         waited = False
         total = len(data)
+        try:
+            # Most sends go in one call: try it before building any slice.
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+            await self.wait_writable()
+            waited = True
+        except OSError as exc:
+            broken(exc)
         while sent < total:
             try:
                 with data[sent:] as rest:
@@ -228,7 +244,7 @@ class SocketChannel(Channel):
                 waited = True
             except OSError as exc:
                 broken(exc)
-        self.counters.count("bytes_copied", total)
+        self.counters.copied(total)
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
 

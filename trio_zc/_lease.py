@@ -158,12 +158,12 @@ class _Slot:
 
     # -- for kernels --------------------------------------------------------
 
-    def readonly_view(self) -> memoryview:
-        """The sealed bytes, read-only, for a kernel to send from."""
+    def readonly_view(self, start: int = 0, length: int | None = None) -> memoryview:
+        """*length* sealed bytes from *start* (default: all), read-only, for a kernel to send from."""
+        end = self.nbytes if length is None else start + length
         if self.adopted is not None:
-            return self.adopted[: self.nbytes]
-        start = self.offset
-        return self.pool._arena.readonly[start : start + self.nbytes]
+            return self.adopted[start:end]
+        return self.pool._arena.readonly[self.offset + start : self.offset + end]
 
     def begin_send(self) -> None:
         """A kernel is about to hand this lease's memory to the kernel."""
@@ -294,8 +294,21 @@ class WritableLease:
         Leaves no view behind.
         """
         slot = self._live()
-        if not isinstance(offset, int) or isinstance(offset, bool):
-            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if offset.__class__ is not int:
+            if not isinstance(offset, int) or isinstance(offset, bool):
+                raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if data.__class__ is bytes and offset == slot.clean:
+            # The common case (an image written whole, or in order, from
+            # bytes): nothing to clear and nothing to cast.
+            end = offset + len(data)
+            if end > slot.capacity:
+                raise ValueError(
+                    f"writing {len(data)} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
+                )
+            start = slot.offset + offset
+            slot.pool._arena.rw[start : start + len(data)] = data
+            slot.clean = end
+            return end
         with memoryview(data) as src:
             n = src.nbytes
             if offset < 0 or offset + n > slot.capacity:

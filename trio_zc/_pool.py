@@ -107,17 +107,27 @@ class LeaseScope:
     # A plain class rather than @asynccontextmanager: this runs once per
     # image, and a generator-based context manager costs several
     # microseconds more per use.
-    __slots__ = ("_pool", "_nbytes", "_slot")
+    __slots__ = ("_pool", "_nbytes", "_schedule", "_slot")
 
-    def __init__(self, pool: BufferPool, nbytes: int) -> None:
+    def __init__(self, pool: BufferPool, nbytes: int, schedule: bool) -> None:
         self._pool = pool
         self._nbytes = nbytes
+        self._schedule = schedule
         self._slot: _Slot | None = None
 
     async def __aenter__(self) -> WritableLease:
         if self._slot is not None:
             raise RuntimeError("this pool.lease() scope was already entered; call pool.lease() again")
-        lease = await self._pool.acquire(self._nbytes)
+        # acquire(), inlined: this runs once per image.
+        pool = self._pool
+        pool._check_open()
+        nbytes = pool._check_nbytes(self._nbytes)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lease = pool._take(nbytes)
+        if lease is None:
+            lease = await pool._wait_for(nbytes)
+        elif self._schedule:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         self._slot = lease._slot
         return lease
 
@@ -225,33 +235,50 @@ class BufferPool:
         are already waiting for it: they come first.
         """
         self._check_open()
-        nbytes = self._check_nbytes(nbytes)
-        if not self._waiters:
-            self._sweep()
-            slot = self._new_slot(nbytes)
-            if slot is not None:
-                assert slot.writable is not None
-                return slot.writable
-        raise trio.WouldBlock
+        lease = self._take(self._check_nbytes(nbytes))
+        if lease is None:
+            raise trio.WouldBlock
+        return lease
 
-    async def acquire(self, nbytes: int) -> WritableLease:
+    def _take(self, nbytes: int) -> WritableLease | None:
+        """A lease of *nbytes* (already checked) if one can be had now, without waiting."""
+        if self._waiters:
+            return None
+        if self._abandoned:
+            self._sweep()
+        slot = self._new_slot(nbytes)
+        return None if slot is None else slot.writable
+
+    async def acquire(self, nbytes: int, *, schedule: bool = True) -> WritableLease:
         """Take a lease of *nbytes*, waiting while the pool is full.
 
         Waiters are served first-come first-served. Cancelling the wait
         leaves nothing behind. Every request of at most :attr:`max_bytes` is
         served once enough leases come back: freed memory is merged, so
         fragmentation delays a request but never refuses it.
+
+        Like every Trio checkpoint, it lets other tasks run even when the
+        memory is there at once. With ``schedule=False`` it is still a cancel
+        point, but yields to other tasks only when it has to wait: for loops
+        whose every turn already yields elsewhere (``send_lease`` is a
+        checkpoint), this saves one pass through Trio's scheduler per image
+        (see the "tight send loops" recipe). Never use it in a loop that
+        has no other checkpoint.
         """
         self._check_open()
         nbytes = self._check_nbytes(nbytes)
+        if schedule.__class__ is not bool:
+            raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            lease = self.acquire_nowait(nbytes)
-        except trio.WouldBlock:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        lease = self._take(nbytes)
+        if lease is not None:
+            if schedule:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return lease
+        return await self._wait_for(nbytes)
+
+    async def _wait_for(self, nbytes: int) -> WritableLease:
+        """Queue for a lease of *nbytes* (already checked) and wait for it."""
         waiter = _Waiter(nbytes)
         self._waiters.append(waiter)
         if self._abandoned:
@@ -272,16 +299,18 @@ class BufferPool:
         assert waiter.slot is not None and waiter.slot.writable is not None
         return waiter.slot.writable
 
-    def lease(self, nbytes: int) -> LeaseScope:
+    def lease(self, nbytes: int, *, schedule: bool = True) -> LeaseScope:
         """``async with pool.lease(n) as lease:``: a lease scoped to a block.
 
-        Entering acquires (waiting like :meth:`acquire`). When the block
-        ends, the lease is released in whatever state it reached: the
-        writable handle, or the sealed one that :meth:`WritableLease.seal`
-        returned. Its memory returns to the pool once the kernel has
-        finished every send of it.
+        Entering acquires (waiting like :meth:`acquire`, which explains
+        *schedule*). When the block ends, the lease is released in whatever
+        state it reached: the writable handle, or the sealed one that
+        :meth:`WritableLease.seal` returned. Its memory returns to the pool
+        once the kernel has finished every send of it.
         """
-        return LeaseScope(self, nbytes)
+        if schedule.__class__ is not bool:
+            raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
+        return LeaseScope(self, nbytes, schedule)
 
     def adopt(self, buffer: Any) -> SealedLease:
         """Wrap a buffer the application owns as a sealed lease, without copying.

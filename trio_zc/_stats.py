@@ -25,7 +25,11 @@ class Counters:
 
     __slots__ = (*COUNTER_NAMES, "parent")
 
-    # Read directly on hot paths (the rest go through count() and snapshot()).
+    bytes_zerocopy: int
+    bytes_kernel_copied: int
+    bytes_copied: int
+    zerocopy_calls: int
+    completions: int
     bytes_in_flight: int
     malformed_records: int
 
@@ -38,6 +42,38 @@ class Counters:
         setattr(self, name, getattr(self, name) + n)
         if self.parent is not None:
             self.parent.count(name, n)
+
+    # The three changes every send makes, spelled out rather than going
+    # through count(): they run once or twice per image, and attribute
+    # access by name (getattr/setattr) plus the recursion cost more than
+    # the rest of the bookkeeping.
+
+    def copied(self, nbytes: int) -> None:
+        """*nbytes* were sent by copying."""
+        c: Counters | None = self
+        while c is not None:
+            c.bytes_copied += nbytes
+            c = c.parent
+
+    def zerocopy_call(self, nbytes: int) -> None:
+        """A zero-copy call of *nbytes* was accepted and is now in flight."""
+        c: Counters | None = self
+        while c is not None:
+            c.zerocopy_calls += 1
+            c.bytes_in_flight += nbytes
+            c = c.parent
+
+    def completed(self, calls: int, nbytes: int, taken: int, copied: bool) -> None:
+        """*calls* zero-copy calls holding *nbytes* completed, having sent *taken* bytes."""
+        c: Counters | None = self
+        while c is not None:
+            c.bytes_in_flight -= nbytes
+            c.completions += calls
+            if copied:
+                c.bytes_kernel_copied += taken
+            else:
+                c.bytes_zerocopy += taken
+            c = c.parent
 
     def snapshot(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in COUNTER_NAMES}

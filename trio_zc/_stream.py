@@ -35,6 +35,13 @@ DEFAULT_RECEIVE_SIZE = 65536
 MAX_RECEIVE_SIZE = 16 * 2**20
 
 
+#: ``TCP_NOTSENT_LOWAT`` where Python knows it.
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+#: The most bytes a stream made from a trio.SocketStream lets the kernel hold
+#: unsent (trio's own setting is 16 KiB).
+NOTSENT_LOWAT = 1 << 20
+
+
 def _take_socket(transport: object) -> socket.socket:
     """Take the OS socket out of a Trio SocketStream or Trio socket."""
     if isinstance(transport, trio.SocketStream):
@@ -62,6 +69,26 @@ def _take_socket(transport: object) -> socket.socket:
         except OSError:  # pragma: no cover - not fatal
             pass
     return sock
+
+
+def _raise_notsent_lowat(sock: socket.socket) -> None:
+    """Let a copying stream queue more unsent bytes than trio.SocketStream's 16 KiB.
+
+    Trio caps the bytes queued but not yet sent (TCP_NOTSENT_LOWAT) at 16
+    KiB, which keeps interactive protocols responsive but makes a large
+    send go out in many short calls, each with a wait for the socket to
+    become writable again: it cost about a quarter of the throughput at
+    1-16 MiB on loopback (see docs/benchmarks.rst). 1 MiB gave most of what
+    no cap at all gave. Only for streams that always copy: the unsent bytes
+    of a zero-copy send are pool memory, and a peer that stops reading
+    would keep that much of it per connection.
+    """
+    if _NOTSENT_LOWAT is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, NOTSENT_LOWAT)
+    except OSError:  # pragma: no cover - not fatal
+        pass
 
 
 def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
@@ -113,6 +140,8 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         except BaseException:
             sock.close()
             raise
+        if isinstance(transport, trio.SocketStream) and self._channel.unavailable is not None:
+            _raise_notsent_lowat(sock)
 
     @classmethod
     def _over(
@@ -261,7 +290,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         cancelled :meth:`send_all`; the lease stays referenced by the calls
         already made, and is never released early.
         """
-        slot, start, length = self._lease_slot(lease, offset, nbytes)
+        if type(lease) is SealedLease and offset.__class__ is int and offset == 0 and nbytes is None:
+            # The common call, checked with less ceremony: it runs once per image.
+            slot = lease._live()
+            if slot.pool is not self._pool:
+                raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
+            start, length = 0, slot.nbytes
+        else:
+            slot, start, length = self._lease_slot(lease, offset, nbytes)
         with self._send_conflict:
             self._check_sendable()
             # The send itself holds the memory while it runs: the owner may
@@ -269,18 +305,23 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             # kernel may complete every earlier call while this one waits.
             slot.begin_send()
             try:
-                # Without a timeout, skip the context manager: this runs once
-                # per image, and small images feel every microsecond.
-                if self._send_timeout is None:
-                    await self._send_slot(slot, start, length)
-                else:
+                zerocopy = self._channel.accepts(slot) and self._decider.use_zerocopy(length)
+                if self._send_timeout is not None:
                     with self._time_limit("send_lease()"):
-                        await self._send_slot(slot, start, length)
+                        await self._send_slot(slot, start, length, zerocopy)
+                elif zerocopy:
+                    await self._send_slot(slot, start, length, zerocopy)
+                else:
+                    # The commonest send of all (loopback, small images),
+                    # without the extra coroutine or context manager: this
+                    # runs once per image, and small images feel every
+                    # microsecond.
+                    with slot.readonly_view(start, length) as data:
+                        await self._channel.send_copy(data)
             finally:
                 slot.end_send()
 
-    async def _send_slot(self, slot: _Slot, start: int, length: int) -> None:
-        zerocopy = self._channel.accepts(slot) and self._decider.use_zerocopy(length)
+    async def _send_slot(self, slot: _Slot, start: int, length: int, zerocopy: bool) -> None:
         if zerocopy:
             counters = self._counters
             while counters.bytes_in_flight and counters.bytes_in_flight + length > self._max_in_flight:
@@ -289,7 +330,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 # Woken by completions, or by aclose() (then this raises).
                 self._check_sendable()
             self._room = None
-        with slot.readonly_view() as whole, whole[start : start + length] as data:
+        with slot.readonly_view(start, length) as data:
             if zerocopy:
                 sent = await self._channel.send_zerocopy(data, slot, start)
                 if sent < length:

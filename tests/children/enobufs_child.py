@@ -37,6 +37,7 @@ import json
 import os
 import random
 import resource
+import socket
 import sys
 import time
 import traceback
@@ -52,6 +53,8 @@ PR_CAPBSET_DROP: Final = 24
 _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 CLONE_NEWUSER: Final = 0x10000000
 EXIT_SKIP: Final = 77
+#: Each end's receive buffer (see where the sockets are made).
+RCVBUF: Final = 256 * 1024
 
 
 class _CapHeader(ctypes.Structure):
@@ -183,9 +186,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     listener = trio.socket.socket()
     with listener:
+        # A fixed receive buffer (no autotuning): with the kernel's default
+        # of up to 32 MiB the stalled receiver's socket would take every
+        # image, and loopback frees zero-copy pages once they are delivered,
+        # so nothing would stay pinned long enough to meet the limit.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         await listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         client = trio.socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         await client.connect(listener.getsockname())
         server, _ = await listener.accept()
 

@@ -47,7 +47,6 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
-import attrs
 import trio
 
 from .._completion_channel import Ancdata, CompletionChannel
@@ -83,84 +82,173 @@ class PrematureReuseError(AssertionError):
     """
 
 
-@attrs.define(eq=False)
 class MockSend:
     """One zero-copy send call as the mock kernel saw it."""
 
-    #: The counter value the call took.
+    # A plain slotted class rather than attrs, and the two strings made only
+    # when read: one of these is built on every zero-copy send, and the
+    # strings are wanted only by a failure message or a test.
+    __slots__ = {
+        "counter": "The counter value the call took.",
+        "nbytes": "Bytes in the call.",
+        "connection": "The connection's name.",
+        "transmitted": "Whether the bytes were read from memory and put on the wire yet.",
+        "view": None,
+        "digest": None,
+        "slot": None,
+        "_as_sent": None,
+        "_site": None,
+        "_lease": None,
+        "_where": None,
+    }
+    __match_args__ = (
+        "counter",
+        "lease",
+        "nbytes",
+        "where",
+        "connection",
+        "transmitted",
+        "view",
+        "digest",
+        "slot",
+    )
+
     counter: int
-    #: The lease, as ``"lease #N (...)"``.
-    lease: str
-    #: Bytes in the call.
     nbytes: int
-    #: The application's call site that made the send (``file:line in function``).
-    where: str
-    #: The connection's name.
     connection: str
-    #: Whether the bytes were read from memory and put on the wire yet.
-    transmitted: bool = False
-    view: memoryview | None = attrs.field(default=None, repr=False)
-    digest: bytes = attrs.field(default=b"", repr=False)
-    slot: _Slot | None = attrs.field(default=None, repr=False)
+    transmitted: bool
+    view: memoryview | None
+    digest: bytes
+    slot: _Slot | None
+
+    def __init__(
+        self,
+        counter: int,
+        nbytes: int,
+        connection: str,
+        view: memoryview | None,
+        digest: bytes,
+        slot: _Slot,
+        site: tuple[str, int, str] | None,
+    ) -> None:
+        self.counter = counter
+        self.nbytes = nbytes
+        self.connection = connection
+        self.transmitted = False
+        self.view = view
+        self.digest = digest
+        self.slot = slot
+        # What the description is made of, taken now: it names the lease as
+        # it was when sent (its state then), not as it is when read.
+        self._as_sent = (slot.id, slot.adopted is not None, slot.nbytes, slot.state)
+        self._site = site
+        self._lease: str | None = None
+        self._where: str | None = None
+
+    @property
+    def lease(self) -> str:
+        """The lease, as ``"lease #N (...)"``, in the state it was sent in."""
+        if self._lease is None:
+            # The text _Slot.describe() gave at the time of the send.
+            lease_id, adopted, nbytes, state = self._as_sent
+            kind = "adopted" if adopted else "pool"
+            self._lease = f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
+        return self._lease
+
+    @property
+    def where(self) -> str:
+        """The application's call site that made the send (``file:line in function``)."""
+        if self._where is None:
+            site = self._site
+            self._where = "<unknown>" if site is None else f"{site[0]}:{site[1]} in {site[2]}"
+        return self._where
+
+    def __repr__(self) -> str:
+        return (
+            f"MockSend(counter={self.counter!r}, lease={self.lease!r}, nbytes={self.nbytes!r},"
+            f" where={self.where!r}, connection={self.connection!r}, transmitted={self.transmitted!r})"
+        )
 
 
-def _call_site() -> str:
-    # Walking frames by hand, rather than traceback.extract_stack(), keeps
-    # the cost per send to a few microseconds: extract_stack reads source
-    # lines for every frame, and this runs on every zero-copy send.
+#: Whether a source file is this package's or Trio's, by file name.
+_INSIDE: dict[str, bool] = {}
+
+
+def _call_site() -> tuple[str, int, str] | None:
+    """Where the application made the current send: file, line and function."""
+    # This runs on every zero-copy send. Walking frames by hand, rather than
+    # traceback.extract_stack(), avoids reading source lines for every frame;
+    # remembering each file's answer avoids a prefix test per frame (a send
+    # starts several frames deep in the package); and the text is made only
+    # when someone reads it.
     frame = sys._getframe(2)
+    inside = _INSIDE
     while frame is not None:
         code = frame.f_code
-        if not code.co_filename.startswith(_PACKAGE_DIRS):
-            return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+        filename = code.co_filename
+        known = inside.get(filename)
+        if known is None:
+            known = inside[filename] = filename.startswith(_PACKAGE_DIRS)
+        if not known:
+            return filename, frame.f_lineno, code.co_name
         frame = frame.f_back  # type: ignore[assignment]
-    return "<unknown>"
+    return None
 
 
-@attrs.define(eq=False)
 class _Segment:
     """Bytes queued for transmission: a zero-copy send (read lazily) or copied bytes."""
 
-    data: bytes | None
-    send: MockSend | None
-    #: Bytes of it already transmitted.
-    done: int = 0
+    __slots__ = ("data", "send", "nbytes", "done")
 
-    @property
-    def nbytes(self) -> int:
-        if self.send is not None:
-            return self.send.nbytes
-        assert self.data is not None
-        return len(self.data)
-
-    @property
-    def remaining(self) -> int:
-        return self.nbytes - self.done
-
-    def take(self, n: int) -> bytes:
-        """The next *n* bytes, read now (for a zero-copy send: from its memory)."""
-        source: bytes | memoryview | None = self.data
-        if source is None and self.send is not None:
-            source = self.send.view
-        assert source is not None
-        chunk = bytes(source[self.done : self.done + n])
-        self.done += n
-        return chunk
+    def __init__(self, data: bytes | None, send: MockSend | None, nbytes: int) -> None:
+        self.data = data
+        self.send = send
+        self.nbytes = nbytes
+        #: Bytes of it already transmitted.
+        self.done = 0
 
 
-class _Pipe:
-    """Bytes from one end to the other: a buffer, EOF and breakage."""
+class _Waiters:
+    """Tasks parked until the next :meth:`wake`.
+
+    What a fresh :class:`trio.Event` per change gives, without making one
+    and setting it on every change, most of which nobody waits for.
+    """
 
     def __init__(self) -> None:
+        self._tasks: list[trio.lowlevel.Task] = []
+
+    def wake(self) -> None:
+        """Wake every task parked in :meth:`wait`."""
+        if self._tasks:
+            tasks, self._tasks = self._tasks, []
+            for task in tasks:
+                trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Wait for the next :meth:`wake` (a checkpoint: it always blocks)."""
+        task = trio.lowlevel.current_task()
+        tasks = self._tasks
+        tasks.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+class _Pipe(_Waiters):
+    """Bytes from one end to the other: a buffer, EOF and breakage.
+
+    :meth:`wake` it when something changed; :meth:`wait` for that.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
         self.buffer = bytearray()
         self.eof = False
         self.broken = False
-        self.changed = trio.Event()
-
-    def wake(self) -> None:
-        """Something changed: wake whoever waits on this pipe."""
-        self.changed.set()
-        self.changed = trio.Event()
 
 
 class _Connection:
@@ -173,6 +261,9 @@ class _Connection:
         self.receive_buffer = receive_buffer
         # Stream -> peer: queued segments, then the peer's receive buffer.
         self.queued: collections.deque[_Segment] = collections.deque()
+        # What is left to transmit of them, kept as they change: summing the
+        # queue on every send made a deep queue cost O(segments) per call.
+        self.queued_bytes = 0
         self.to_peer = _Pipe()
         # Peer -> stream.
         self.to_stream = _Pipe()
@@ -194,10 +285,6 @@ class _Connection:
     # -- accounting -------------------------------------------------------------
 
     @property
-    def queued_bytes(self) -> int:
-        return sum(seg.remaining for seg in self.queued)
-
-    @property
     def room(self) -> int:
         """Bytes the stream may still send before its sends block."""
         return max(self.socket_buffer - self.queued_bytes, 0)
@@ -207,6 +294,14 @@ class _Connection:
         """Bytes the peer may still send before its sends block."""
         return max(self.receive_buffer - len(self.to_stream.buffer), 0)
 
+    @property
+    def busy(self) -> bool:
+        """Whether :meth:`pump` would do anything now."""
+        return bool(
+            (self.queued and not self.hold_transmission)
+            or (self.records and not self.hold_completions and self.channel is not None)
+        )
+
     # -- the wire ---------------------------------------------------------------
 
     def transmit(self, nbytes: int | None = None) -> int:
@@ -215,21 +310,34 @@ class _Connection:
         Moves at most *nbytes* (default: as much as fits); a zero-copy send
         completes once all of it was moved.
         """
+        queued = self.queued
+        buffer = self.to_peer.buffer
         moved = 0
         limit = self.receive_buffer if nbytes is None else nbytes
-        while self.queued and moved < limit:
-            n = min(limit - moved, self.receive_buffer - len(self.to_peer.buffer))
+        while queued and moved < limit:
+            n = min(limit - moved, self.receive_buffer - len(buffer))
             if n <= 0:
                 break
-            seg = self.queued[0]
-            n = min(n, seg.remaining)
-            self.to_peer.buffer += seg.take(n)
+            seg = queued[0]
+            send = seg.send
+            done = seg.done
+            n = min(n, seg.nbytes - done)
+            source: bytes | memoryview | None = seg.data
+            if source is None and send is not None:
+                source = send.view  # read from the lease's memory now
+            assert source is not None
+            if done == 0 and n == len(source):
+                buffer += source
+            else:
+                buffer += source[done : done + n]
+            seg.done = done = done + n
+            self.queued_bytes -= n
             moved += n
-            if not seg.remaining:
-                self.queued.popleft()
-                if seg.send is not None:
-                    seg.send.transmitted = True
-                    self.queue_completion(seg.send.counter)
+            if done == seg.nbytes:
+                queued.popleft()
+                if send is not None:
+                    send.transmitted = True
+                    self.queue_completion(send.counter)
         if moved:
             self.to_peer.wake()
         return moved
@@ -252,10 +360,11 @@ class _Connection:
             if seg.send is not None:
                 self.queue_completion(seg.send.counter)
         self.queued.clear()
+        self.queued_bytes = 0
 
     def pump(self) -> None:
         """Automatic progress: transmit what fits, deliver completions."""
-        if not self.hold_transmission and self.queued:
+        if self.queued and not self.hold_transmission:
             self.transmit()
         if self.records and not self.hold_completions and self.channel is not None:
             self.channel.drain()
@@ -284,9 +393,13 @@ class MockChannel(CompletionChannel):
     # -- completions ------------------------------------------------------------
 
     def read_records(self) -> Iterator[tuple[Ancdata, bool]]:
+        # A generator, not a list: each record leaves the queue only when the
+        # parser takes it, so a PrematureReuseError raised by one record
+        # leaves the rest queued, and a hold set meanwhile is respected.
         conn = self.conn
-        while conn.records and not conn.hold_completions:
-            lo, hi, copied = conn.records.popleft()
+        records = conn.records
+        while records and not conn.hold_completions:
+            lo, hi, copied = records.popleft()
             assert isinstance(lo, int) and isinstance(hi, int)
             yield [pack_zerocopy_record(lo, hi, bool(copied))], False
 
@@ -296,39 +409,42 @@ class MockChannel(CompletionChannel):
         assert view is not None and len(view) == nbytes
         conn = self.conn
         send = MockSend(
-            counter=(self.tracker.next_counter - 1) & _MASK,
-            lease=slot.describe(),
-            nbytes=nbytes,
-            where=_call_site(),
-            connection=conn.name,
-            view=view,
-            digest=hashlib.sha256(view).digest(),
-            slot=slot,
+            (self.tracker.next_counter - 1) & _MASK,
+            nbytes,
+            conn.name,
+            view,
+            hashlib.sha256(view).digest(),
+            slot,
+            _call_site(),
         )
         conn.sends[id(item)] = send
-        conn.queued.append(_Segment(None, send))
+        conn.queued.append(_Segment(None, send, nbytes))
+        conn.queued_bytes += nbytes
         conn.kernel.wake(conn)
         return item
 
     def before_release(self, items: list[tuple[_Slot, int]]) -> None:
+        sends = self.conn.sends
         stale = []
         for item in items:
-            send = self.conn.sends.pop(id(item), None)
+            send = sends.pop(id(item), None)
             if send is None:  # pragma: no cover - every call is registered
                 continue
-            assert send.view is not None
-            if hashlib.sha256(send.view).digest() != send.digest:
+            view = send.view
+            assert view is not None
+            if hashlib.sha256(view).digest() != send.digest:
                 stale.append(send)
             if not send.transmitted:
                 # Completed before it went out (a test delivered the record
                 # early): keep what it held, since the memory is about to go.
                 for seg in self.conn.queued:
                     if seg.send is send:
-                        seg.data = bytes(send.view)
-            send.view.release()
+                        seg.data = bytes(view)
+            view.release()
             send.view = None
-        # Reported after the release: the test fails, but the pool stays sound.
-        self._stale.extend(stale)
+        if stale:
+            # Reported after the release: the test fails, but the pool stays sound.
+            self._stale.extend(stale)
 
     def complete(self, record: ZeroCopyCompletion) -> None:
         super().complete(record)
@@ -392,7 +508,8 @@ class MockChannel(CompletionChannel):
             if n == 0:
                 await self.wait_writable()
                 continue
-            conn.queued.append(_Segment(bytes(data[sent : sent + n]), None))
+            conn.queued.append(_Segment(bytes(data[sent : sent + n]), None, n))
+            conn.queued_bytes += n
             sent += n
             conn.kernel.wake(conn)
         self.counters.count("bytes_copied", len(data))
@@ -406,7 +523,7 @@ class MockChannel(CompletionChannel):
             if conn.room > 0:
                 await trio.lowlevel.checkpoint()
                 return
-            await conn.to_peer.changed.wait()
+            await conn.to_peer.wait()
 
     def send_eof(self) -> None:
         if self.eof_sent:
@@ -436,7 +553,7 @@ class MockChannel(CompletionChannel):
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return b""
             self.drain()
-            await pipe.changed.wait()
+            await pipe.wait()
 
     # -- closing ----------------------------------------------------------------
 
@@ -480,8 +597,9 @@ class MockPeer(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
             max_bytes = 65536
-        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
-            raise TypeError("max_bytes must be an int")
+        elif max_bytes.__class__ is not int:
+            if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+                raise TypeError("max_bytes must be an int")
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
@@ -492,9 +610,14 @@ class MockPeer(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("this MockPeer was closed")
                 if conn.peer_reading:
-                    if pipe.buffer:
-                        data = bytes(pipe.buffer[:max_bytes])
-                        del pipe.buffer[:max_bytes]
+                    buffer = pipe.buffer
+                    if buffer:
+                        if len(buffer) <= max_bytes:
+                            data = bytes(buffer)
+                            buffer.clear()
+                        else:
+                            data = bytes(buffer[:max_bytes])
+                            del buffer[:max_bytes]
                         pipe.wake()
                         conn.kernel.wake(conn)
                         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -504,7 +627,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
                     if pipe.eof and not conn.queued:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         return b""
-                await pipe.changed.wait()
+                await pipe.wait()
 
     def _check_sendable(self) -> None:
         if self._closed:
@@ -530,7 +653,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
                         sent += n
                     if sent == len(flat):
                         return
-                    await conn.to_stream.changed.wait()
+                    await conn.to_stream.wait()
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
@@ -541,7 +664,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("this MockPeer was closed")
                 if conn.peer_room or conn.reset or (conn.channel is not None and conn.channel.closed):
                     return
-                await conn.to_stream.changed.wait()
+                await conn.to_stream.wait()
 
     async def send_eof(self) -> None:
         with self._send_conflict:
@@ -770,7 +893,9 @@ class MockKernel(Kernel):
         self.socket_buffer = socket_buffer
         self.receive_buffer = receive_buffer
         self.connections: list[_Connection] = []
-        self._work = trio.Event()
+        # Whether run() has work, and run() waiting for it.
+        self._work = False
+        self._runners = _Waiters()
         self._dirty: dict[_Connection, None] = {}
         self._names = itertools.count(1)
         self.peers: list[MockPeer] = []
@@ -808,14 +933,24 @@ class MockKernel(Kernel):
         """Something changed on *conn* (default: on every connection)."""
         if conn is None:
             self._dirty.update(dict.fromkeys(self.connections))
-        else:
+        elif conn.busy:
             self._dirty[conn] = None
-        self._work.set()
+        else:
+            # Nothing for the task to do: waking it anyway cost a task
+            # switch on most sends. Whatever later gives it work wakes it.
+            return
+        if not self._work:
+            self._work = True
+            self._runners.wake()
 
     async def run(self) -> None:
         while True:
-            await self._work.wait()
-            self._work = trio.Event()
+            # As trio.Event.wait() did: a checkpoint when work is waiting.
+            if self._work:
+                await trio.lowlevel.checkpoint()
+            else:
+                await self._runners.wait()
+            self._work = False
             # Only the connections something happened on, in the order it
             # happened: pumping every connection on every wake made a mock
             # with many connections cost O(connections) per send.
