@@ -77,9 +77,6 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         self.kernel = kernel
         self.calls: set[_Call] = set()
         self._drained: trio.Event | None = None
-        # A send whose task was cancelled while the kernel still sends it:
-        # nothing else may be sent until it is done, or bytes would interleave.
-        self._orphan: _Call | None = None
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             self.unavailable = f"not a TCP socket (family {sock.family.name})"
         elif kernel.copy_local_peers:
@@ -97,15 +94,9 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         index = offset // _MAX_FIXED_BUFFER if self.kernel.fixed else None
         return self.kernel.arena_address + offset, index
 
-    async def _after_orphan(self) -> None:
-        orphan = self._orphan
-        if orphan is not None:
-            await orphan.done.wait()
-            self._orphan = self.send_barrier = None
-
     async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
-        await self._after_orphan()
+        await self.pass_barrier()
         total = len(data)
         sent = 0
         retried = False
@@ -125,8 +116,9 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             try:
                 await call.done.wait()
             except trio.Cancelled:
-                self._orphan = call
-                self.send_barrier = call.done  # copies wait for it too
+                # The kernel still sends it: nothing else may be sent until
+                # it is done, or the bytes would interleave.
+                self.send_barrier = call.done
                 raise
             res = call.res
             assert res is not None

@@ -212,6 +212,13 @@ class SocketChannel(Channel):
     #: sends' bytes would interleave.
     send_barrier: trio.Event | None = None
 
+    async def pass_barrier(self) -> None:
+        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
+        barrier = self.send_barrier
+        if barrier is not None:
+            await barrier.wait()
+            self.send_barrier = None
+
     def before_wait(self) -> None:
         """Called before the channel waits on its socket (kernels drain here)."""
 
@@ -222,23 +229,17 @@ class SocketChannel(Channel):
     async def send_copy(self, data: memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.send_barrier is not None:
-            await self.send_barrier.wait()
-            self.send_barrier = None
+            await self.pass_barrier()
+        sent = 0
         waited = False
         total = len(data)
-        try:
-            # Most sends go in one call: try it before building any slice.
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-            await self.wait_writable()
-            waited = True
-        except OSError as exc:
-            broken(exc)
         while sent < total:
             try:
-                with data[sent:] as rest:
-                    sent += self.sock.send(rest)
+                if sent:
+                    with data[sent:] as rest:
+                        sent += self.sock.send(rest)
+                else:
+                    sent = self.sock.send(data)  # most sends: one call, no slice
             except BlockingIOError:
                 await self.wait_writable()
                 waited = True

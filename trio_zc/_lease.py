@@ -62,6 +62,12 @@ class ReadOnlyBuffer(Protocol):
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
 
+def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState) -> str:
+    """How errors and reprs name a lease: ``lease #N (pool, 4096 bytes, sealed)``."""
+    kind = "adopted" if adopted else "pool"
+    return f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
+
+
 class _Slot:
     """One lease's memory and state. Internal: applications see the handles."""
 
@@ -137,8 +143,7 @@ class _Slot:
         return self.pool._allocator.round_up(self.capacity)
 
     def describe(self) -> str:
-        kind = "adopted" if self.adopted is not None else "pool"
-        return f"lease #{self.id} ({kind}, {self.nbytes} bytes, {self.state.value})"
+        return describe_lease(self.id, self.adopted is not None, self.nbytes, self.state)
 
     # -- writable views ----------------------------------------------------
 

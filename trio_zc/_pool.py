@@ -118,16 +118,7 @@ class LeaseScope:
     async def __aenter__(self) -> WritableLease:
         if self._slot is not None:
             raise RuntimeError("this pool.lease() scope was already entered; call pool.lease() again")
-        # acquire(), inlined: this runs once per image.
-        pool = self._pool
-        pool._check_open()
-        nbytes = pool._check_nbytes(self._nbytes)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        lease = pool._take(nbytes)
-        if lease is None:
-            lease = await pool._wait_for(nbytes)
-        elif self._schedule:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        lease = await self._pool.acquire(self._nbytes, schedule=self._schedule)
         self._slot = lease._slot
         return lease
 

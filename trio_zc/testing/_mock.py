@@ -52,6 +52,7 @@ import trio
 from .._completion_channel import Ancdata, CompletionChannel
 from .._errqueue import ZeroCopyCompletion, pack_zerocopy_record
 from .._kernel import Channel, Kernel
+from .._lease import describe_lease
 from .._stats import Counters
 from .._conflict import ConflictDetector
 from .._pool import BufferPool
@@ -149,10 +150,8 @@ class MockSend:
     def lease(self) -> str:
         """The lease, as ``"lease #N (...)"``, in the state it was sent in."""
         if self._lease is None:
-            # The text _Slot.describe() gave at the time of the send.
-            lease_id, adopted, nbytes, state = self._as_sent
-            kind = "adopted" if adopted else "pool"
-            self._lease = f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
+            # What _Slot.describe() said at the time of the send.
+            self._lease = describe_lease(*self._as_sent)
         return self._lease
 
     @property
@@ -512,7 +511,7 @@ class MockChannel(CompletionChannel):
             conn.queued_bytes += n
             sent += n
             conn.kernel.wake(conn)
-        self.counters.count("bytes_copied", len(data))
+        self.counters.copied(len(data))
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_writable(self) -> None:
