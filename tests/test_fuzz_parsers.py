@@ -381,7 +381,7 @@ async def run_channel_case(case: ChannelCase) -> int:
                 assert sorted(s.counter for s in peer.sends) == sorted(model.outstanding), after
                 for slot in slots.values():
                     left = sum(1 for s, _ in model.outstanding.values() if s is slot)
-                    assert slot.lifecycle.inflight == left, after
+                    assert slot.inflight == left, after
                     assert (slot.state is LeaseState.FREE) == (left == 0), after
                 # Arena memory comes back only for leases whose every call completed.
                 freed = sum(slot.block_length for slot in slots.values() if slot.state is LeaseState.FREE)

@@ -543,10 +543,10 @@ class Sender:
             self.totals.reused += 1
         self.used.append((lo, hi))
         for a, b, other in self.in_flight_ranges:
-            if a < hi and lo < b and other.lifecycle.inflight:  # pragma: no cover - the bug itself
+            if a < hi and lo < b and other.inflight:  # pragma: no cover - the bug itself
                 raise AssertionError(f"{slot.describe()} was leased over {other.describe()}, still in flight")
         # Ranges whose sends completed are of no more interest.
-        self.in_flight_ranges = [r for r in self.in_flight_ranges if r[2].lifecycle.inflight]
+        self.in_flight_ranges = [r for r in self.in_flight_ranges if r[2].inflight]
         if self.in_flight_ranges:
             self.totals.leased_while_in_flight += 1
 

@@ -876,7 +876,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert stats.free_bytes + arena_live + stats.quarantined_bytes == stats.max_bytes, stats
         assert stats.largest_free_block <= stats.free_bytes
         ours = [i for i in self.items if i.slot is not None]
-        assert {s.id for s in live} == {i.slot.id for i in ours if i.slot and not i.slot.lifecycle.done}
+        assert {s.id for s in live} == {i.slot.id for i in ours if i.slot and not i.slot.done}
         states = [i.slot.state for i in ours if i.slot is not None]
         assert stats.writable_leases == states.count(LeaseState.WRITABLE)
         assert stats.sealed_leases == states.count(LeaseState.SEALED) + states.count(LeaseState.SENDING)
@@ -886,7 +886,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert stats.quarantined_leases == len(quarantined)
         assert stats.quarantined_bytes == sum(s.block_length for s in quarantined)
         assert not quarantined or self.quarantine_expected, "quarantine without a forced close"
-        adopted = [i for i in ours if i.kind == "adopted" and i.slot and not i.slot.lifecycle.done]
+        adopted = [i for i in ours if i.kind == "adopted" and i.slot and not i.slot.done]
         assert stats.adopted_leases == len(adopted)
         assert stats.tasks_waiting == 0
         for item in ours:
@@ -900,7 +900,7 @@ class PoolMachine(RuleBasedStateMachine):
 
         # Sends in flight: each lease's count is its zero-copy calls awaiting
         # completion, plus one for each send_lease() of it still running.
-        inflight = sum(i.slot.lifecycle.inflight for i in ours if i.slot is not None)
+        inflight = sum(i.slot.inflight for i in ours if i.slot is not None)
         assert stats.sends_in_flight == inflight, (stats.sends_in_flight, inflight)
         open_conns = self._open()
         zerocopy = 0
@@ -914,7 +914,7 @@ class PoolMachine(RuleBasedStateMachine):
         for item in ours:
             assert item.slot is not None
             refs = sum(1 for c in open_conns for s in c.peer.sends if s.slot is item.slot)
-            assert item.slot.lifecycle.inflight == refs + item.sending, (item.slot.describe(), refs)
+            assert item.slot.inflight == refs + item.sending, (item.slot.describe(), refs)
         sent = stats.sent
         assert sent.zerocopy_calls == sent.completions + sent.quarantined_sends + zerocopy, sent
         assert sent.malformed_records == 0, sent
@@ -994,7 +994,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert sent.zerocopy_calls == sent.completions + sent.quarantined_sends, sent
         for item in self.items:
             if item.slot is not None:
-                assert item.slot.lifecycle.done, item.slot.describe()
+                assert item.slot.done, item.slot.describe()
             if item.buffer is not None and item.slot is not None and item.slot.state is LeaseState.FREE:
                 item.buffer.append(0)  # BufferError if the pool still exports it
                 del item.buffer[-1]

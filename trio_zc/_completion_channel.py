@@ -179,19 +179,19 @@ class CompletionChannel(DrainingChannel):
         as the kernel would (ENOBUFS, EPIPE, ECONNRESET...).
         """
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        sent = 0
+    def zerocopy_now(self, data: memoryview, slot: _Slot) -> tuple[int, bool]:
         total = len(data)
-        waited = retried = False
+        sent = 0
+        retried = False
         while sent < total:
             try:
-                with data[sent:] as rest:
-                    n = self.zerocopy_call(rest)
+                if sent:
+                    with data[sent:] as rest:
+                        n = self.zerocopy_call(rest)
+                else:
+                    n = self.zerocopy_call(data)  # most sends: one call, no slice
             except BlockingIOError:
-                await self.wait_writable()
-                waited = True
-                continue
+                break
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     broken(exc)
@@ -199,15 +199,27 @@ class CompletionChannel(DrainingChannel):
                 # Reading completions frees the option memory that ran out.
                 self.drain()
                 if retried:
-                    break
+                    return sent, True
                 retried = True
                 continue
             # Each successful call took the next counter value.
             self.record_call(slot, n)
             sent += n
             retried = False
-        if not waited:
+        return sent, False
+
+    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        total = len(data)
+        sent, refused = self.zerocopy_now(data, slot)
+        if sent == total or refused:
             await trio.lowlevel.cancel_shielded_checkpoint()
+            return sent
+        while sent < total and not refused:
+            await self.wait_writable()  # a checkpoint
+            with data[sent:] as rest:
+                n, refused = self.zerocopy_now(rest, slot)
+            sent += n
         return sent
 
     async def wait_drained(self) -> None:

@@ -171,15 +171,16 @@ class CompletionTracker(Generic[T]):
           RuntimeError: the window already spans 2**32 - 1 counter values,
             so one more would make ranges ambiguous.
         """
-        if self._window >= _WINDOW_LIMIT:
+        slots = self._slots
+        window = len(slots) - self._head  # self._window, once per send: inlined
+        if window >= _WINDOW_LIMIT:
             raise RuntimeError(
-                f"{self._window} zero-copy sends are awaiting completion;"
+                f"{window} zero-copy sends are awaiting completion;"
                 " another would wrap the 32-bit completion counter onto them"
             )
-        value = self.next_counter
-        self._slots.append(item)
+        slots.append(item)
         self._outstanding += 1
-        return value
+        return (self._base + window) & _MASK
 
     def complete(self, lo: int, hi: int, *, copied: bool) -> list[T]:
         """The kernel reported the calls ``[lo, hi]`` complete; their items.

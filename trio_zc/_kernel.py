@@ -9,7 +9,9 @@ detection -- lives once in :class:`~trio_zc.ZeroCopyStream`.
 A channel's contract, which every kernel is tested against:
 
 - ``send_copy`` returns once every byte was handed over and the memory may
-  be reused at once (a plain send copies).
+  be reused at once (a plain send copies). It is built on ``copy_now``,
+  which takes what the kernel accepts without waiting: a send it finishes
+  has read its memory before any other task could run.
 - ``send_zerocopy`` returns once the kernel accepted every byte (or as many
   as it would take zero-copy; the stream copies the rest) and calls
   ``slot.begin_send()`` once per kernel call that may still read the
@@ -105,9 +107,52 @@ class Channel(abc.ABC):
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
 
+    #: Set while an earlier send is still in the kernel's hands after its
+    #: task was cancelled (io_uring): a copy must wait for it, or the two
+    #: sends' bytes would interleave.
+    send_barrier: trio.Event | None = None
+
+    async def pass_barrier(self) -> None:
+        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
+        barrier = self.send_barrier
+        if barrier is not None:
+            await barrier.wait()
+            self.send_barrier = None
+
     @abc.abstractmethod
+    def copy_now(self, data: memoryview) -> int:
+        """Copy what the kernel takes of *data* at once, without waiting; bytes taken.
+
+        Never blocks and never yields: 0 when nothing can be taken now (or
+        while :attr:`send_barrier` is up). A caller that gets every byte
+        taken is done with the memory before any other task can run.
+        """
+
     async def send_copy(self, data: memoryview) -> None:
         """Send every byte of *data* by copying it."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.send_barrier is not None:
+            await self.pass_barrier()
+        total = len(data)
+        sent = self.copy_now(data)  # most sends: one call, no slice
+        if sent == total:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        while sent < total:
+            await self.wait_writable()  # a checkpoint
+            with data[sent:] as rest:
+                sent += self.copy_now(rest)
+
+    def zerocopy_now(self, data: memoryview, slot: _Slot) -> tuple[int, bool]:
+        """Zero-copy calls for *data* (bytes of *slot*) without waiting.
+
+        Returns the bytes the kernel took, each call recorded with
+        ``slot.begin_send()`` (so the lease stays held by them), and whether
+        the kernel refused zero-copy (ENOBUFS after a retry): the caller
+        copies the rest then. Never blocks and never yields. Channels whose
+        sends always wait (io_uring, sendfile) take nothing: ``(0, False)``.
+        """
+        return 0, False
 
     async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         """Send *data* (bytes of *slot* from *start*) without copying; bytes accepted.
@@ -207,18 +252,6 @@ class SocketChannel(Channel):
     def abort(self) -> None:
         abort_connection(self.fd)
 
-    #: Set while an earlier send is still in the kernel's hands after its
-    #: task was cancelled (io_uring): a copy must wait for it, or the two
-    #: sends' bytes would interleave.
-    send_barrier: trio.Event | None = None
-
-    async def pass_barrier(self) -> None:
-        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
-        barrier = self.send_barrier
-        if barrier is not None:
-            await barrier.wait()
-            self.send_barrier = None
-
     def before_wait(self) -> None:
         """Called before the channel waits on its socket (kernels drain here)."""
 
@@ -226,28 +259,17 @@ class SocketChannel(Channel):
         self.before_wait()
         await trio.lowlevel.wait_writable(self.sock)
 
-    async def send_copy(self, data: memoryview) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+    def copy_now(self, data: memoryview) -> int:
         if self.send_barrier is not None:
-            await self.pass_barrier()
-        sent = 0
-        waited = False
-        total = len(data)
-        while sent < total:
-            try:
-                if sent:
-                    with data[sent:] as rest:
-                        sent += self.sock.send(rest)
-                else:
-                    sent = self.sock.send(data)  # most sends: one call, no slice
-            except BlockingIOError:
-                await self.wait_writable()
-                waited = True
-            except OSError as exc:
-                broken(exc)
-        self.counters.copied(total)
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            return 0  # an earlier send's bytes must go first
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            broken(exc)
+        self.counters.copied(n)
+        return n
 
     async def receive_some(self, max_bytes: int) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()

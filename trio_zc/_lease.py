@@ -6,9 +6,11 @@ sent and released. They are different classes with no common write or send
 method, so the type checker rejects the mistakes, and each handle checks the
 record's state on every use, so the program rejects them too.
 
-The record, not the handle, owns the memory and the life cycle
-(:mod:`trio_zc._lifecycle`); kernels talk to the record through the few
-methods marked "for kernels" below.
+The record, not the handle, owns the memory and the life cycle: it *is* the
+lease's :class:`~trio_zc._lifecycle.Lifecycle` (a subclass, so that the
+state every check reads is one attribute away, not two), with the memory
+added. Kernels talk to the record through the few methods marked "for
+kernels" below.
 """
 
 from __future__ import annotations
@@ -68,13 +70,16 @@ def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState)
     return f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
 
 
-class _Slot:
-    """One lease's memory and state. Internal: applications see the handles."""
+class _Slot(Lifecycle):
+    """One lease's memory and state. Internal: applications see the handles.
+
+    Its life cycle (``state``, ``inflight`` and the events) is the inherited
+    :class:`Lifecycle`; nothing here changes ``state`` but those events.
+    """
 
     __slots__ = (
         "pool",
         "id",
-        "lifecycle",
         "offset",
         "capacity",
         "nbytes",
@@ -96,9 +101,9 @@ class _Slot:
         capacity: int,
         adopted: memoryview | None = None,
     ) -> None:
+        Lifecycle.__init__(self, LeaseState.SEALED if adopted is not None else LeaseState.WRITABLE)
         self.pool = pool
         self.id = next(_ids)
-        self.lifecycle = Lifecycle(LeaseState.SEALED if adopted is not None else LeaseState.WRITABLE)
         #: Where the lease's pages start in the arena (0 for adopted buffers).
         self.offset = offset
         #: Bytes the application asked for.
@@ -130,10 +135,6 @@ class _Slot:
         if self.clean < end:
             self.pool._arena.zero(self.offset + self.clean, end - self.clean)
             self.clean = end
-
-    @property
-    def state(self) -> LeaseState:
-        return self.lifecycle.state
 
     @property
     def block_length(self) -> int:
@@ -172,12 +173,12 @@ class _Slot:
 
     def begin_send(self) -> None:
         """A kernel is about to hand this lease's memory to the kernel."""
-        self.lifecycle.send()
+        self.send()
         self.pool._sends_in_flight += 1
 
     def end_send(self) -> None:
         """The kernel reported one send of this lease complete."""
-        self.lifecycle.complete()
+        self.complete()
         self.pool._on_send_complete(self)
 
     def quarantine_send(self) -> None:
@@ -187,8 +188,8 @@ class _Slot:
         whole lease is quarantined, whatever its other sends do.
         """
         self.stale_reason = "a connection it was sent on closed before the kernel was done with it"
-        self.lifecycle.quarantine()
-        self.lifecycle.complete()
+        self.quarantine()
+        self.complete()
         self.pool._on_send_complete(self)
 
     # -- reaching the end ---------------------------------------------------
@@ -198,7 +199,7 @@ class _Slot:
             self._reusable.set()
 
     async def wait_done(self) -> None:
-        if not self.lifecycle.done:
+        if not self.done:
             if self._reusable is None:
                 self._reusable = trio.Event()
             await self._reusable.wait()
@@ -349,7 +350,7 @@ class WritableLease:
             raise TypeError(f"nbytes must be an int or None, not {type(nbytes).__name__}")
         elif not 0 < nbytes <= slot.capacity:
             raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
-        alive = slot.live_views()
+        alive = 0 if slot.views is None else slot.views.live_views()
         if alive:
             raise LiveViewsError(
                 f"cannot seal {slot.describe()}: {alive} writable view(s) of it"
@@ -358,7 +359,8 @@ class WritableLease:
                 alive,
             )
         slot.views = None
-        slot.make_clean(nbytes)
+        if slot.clean < nbytes:
+            slot.make_clean(nbytes)
         if nbytes < slot.capacity:
             # Give whole unused pages back; the rest of the last page is
             # never sent nor shown, and the next lease clears it.
@@ -369,7 +371,7 @@ class WritableLease:
         if slot.pool._protect_sealed:
             # From here on the process has no writable mapping of these pages.
             slot.pool._arena.protect(slot.offset, slot.block_length, writable=False)
-        slot.lifecycle.seal()
+        slot.seal()
         slot.nbytes = nbytes
         sealed = SealedLease(slot)
         slot.sealed = sealed
@@ -431,7 +433,7 @@ class SealedLease:
     @property
     def sends_in_flight(self) -> int:
         """Sends of this lease that the kernel has not yet reported complete."""
-        return self._live().lifecycle.inflight
+        return self._live().inflight
 
     def view(self) -> ReadOnlyBuffer:
         """A read-only view of the sealed bytes.

@@ -28,7 +28,7 @@ from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._choice import make_kernel
 from ._kernel import Kernel
 from ._lease import SealedLease, WritableLease, _Slot
-from ._lifecycle import LeaseState
+from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
 from ._policy import ZeroCopyPolicy
@@ -125,7 +125,7 @@ class LeaseScope:
     async def __aexit__(self, *exc_info: object) -> None:
         slot = self._slot
         assert slot is not None
-        if slot.lifecycle.owned:
+        if slot.state in OWNED_STATES:
             self._pool._release(slot, "its `async with pool.lease()` block ended")
 
 
@@ -256,8 +256,10 @@ class BufferPool:
         (see the "tight send loops" recipe). Never use it in a loop that
         has no other checkpoint.
         """
-        self._check_open()
-        nbytes = self._check_nbytes(nbytes)
+        if self._closed or nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
+            # The checks with their messages (an int subclass passes them).
+            self._check_open()
+            nbytes = self._check_nbytes(nbytes)
         if schedule.__class__ is not bool:
             raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -351,21 +353,23 @@ class BufferPool:
         """The owner gave *slot* up (or its scope did it for them)."""
         views_alive = slot.state is LeaseState.WRITABLE and slot.live_views() > 0
         slot.stale_reason = reason
-        slot.lifecycle.release(views_alive=views_alive)
+        slot.release(views_alive=views_alive)
         if slot.state is LeaseState.ABANDONED:
             self._abandoned.append(slot)
             self._sweep_wanted.set()
-        self._settle(slot)
+        if slot.state in TERMINAL_STATES:
+            self._settle(slot)
 
     def _on_send_complete(self, slot: _Slot) -> None:
         self._sends_in_flight -= 1
-        self._settle(slot)
+        if slot.state in TERMINAL_STATES:
+            self._settle(slot)
         if self._sends_in_flight == 0 and self._drained is not None:
             self._drained.set()
 
     def _settle(self, slot: _Slot) -> None:
         """Act on the state *slot* reached, once per lease when it ends."""
-        if not slot.lifecycle.done or self._slots.pop(slot.id, None) is None:
+        if slot.state not in TERMINAL_STATES or self._slots.pop(slot.id, None) is None:
             return
         if slot.state is LeaseState.FREE:
             if slot.adopted is not None:
@@ -383,7 +387,8 @@ class BufferPool:
                     # pages. Blocks cover whole folios (see _thp.py).
                     self._arena.punch(slot.offset, slot.block_length)
                 self._allocator.free(slot.offset, slot.capacity)
-                self._serve_waiters()
+                if self._waiters:
+                    self._serve_waiters()
             slot.wake_reusable()
         else:
             self._quarantined_leases += 1
@@ -419,7 +424,7 @@ class BufferPool:
                 still.append(slot)
             else:
                 slot.views = None
-                slot.lifecycle.views_gone()
+                slot.views_gone()
                 self._settle(slot)
         self._abandoned = still
 
@@ -441,7 +446,7 @@ class BufferPool:
             waiter.event.set()
         self._waiters.clear()
 
-        held = [slot for slot in self._slots.values() if slot.lifecycle.owned]
+        held = [slot for slot in self._slots.values() if slot.owned]
         if held:
             self._leaked_at_close = len(held)
             names = ", ".join(slot.describe() for slot in held[:10])
@@ -469,10 +474,10 @@ class BufferPool:
                     # quarantine what it cannot bring back.
                     await self._kernel.abort_in_flight()
 
-        inflight = [s for s in self._slots.values() if s.lifecycle.inflight]
+        inflight = [s for s in self._slots.values() if s.inflight]
         for slot in inflight:
             slot.stale_reason = "its pool closed"
-            slot.lifecycle.quarantine()
+            slot.quarantine()
             self._settle(slot)
         if inflight:
             warnings.warn(

@@ -299,25 +299,44 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         else:
             slot, start, length = self._lease_slot(lease, offset, nbytes)
         with self._send_conflict:
-            self._check_sendable()
-            # The send itself holds the memory while it runs: the owner may
-            # release the lease from another task at any point, and the
+            if self._broken is not None or self._closed or self._eof_sent:
+                self._check_sendable()  # raises the right error
+            # The policy first: on a stream that always copies it says no at once.
+            zerocopy = self._decider.use_zerocopy(length) and self._channel.accepts(slot)
+            in_flight = self._counters.bytes_in_flight
+            if not zerocopy or not in_flight or in_flight + length <= self._max_in_flight:
+                # What the kernel takes at once is taken before any other
+                # task can run, so before anyone could release the lease:
+                # that part needs no hold of its own (a copy is done with
+                # the memory, a zero-copy call holds it until it completes).
+                # Most sends end here, and small images feel every
+                # microsecond of bookkeeping.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                with slot.readonly_view(start, length) as data:
+                    if zerocopy:
+                        taken, refused = self._channel.zerocopy_now(data, slot)
+                    else:
+                        taken, refused = self._channel.copy_now(data), False
+                if taken == length:
+                    if zerocopy:
+                        self._decider.on_zerocopy_sent()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+                if refused:
+                    self._decider.on_enobufs()
+                    zerocopy = False  # copy the rest
+                start += taken
+                length -= taken
+            # The rest of the send holds the memory while it runs: the owner
+            # may release the lease from another task at any point, and the
             # kernel may complete every earlier call while this one waits.
             slot.begin_send()
             try:
-                zerocopy = self._channel.accepts(slot) and self._decider.use_zerocopy(length)
                 if self._send_timeout is not None:
                     with self._time_limit("send_lease()"):
                         await self._send_slot(slot, start, length, zerocopy)
-                elif zerocopy:
-                    await self._send_slot(slot, start, length, zerocopy)
                 else:
-                    # The commonest send of all (loopback, small images),
-                    # without the extra coroutine or context manager: this
-                    # runs once per image, and small images feel every
-                    # microsecond.
-                    with slot.readonly_view(start, length) as data:
-                        await self._channel.send_copy(data)
+                    await self._send_slot(slot, start, length, zerocopy)
             finally:
                 slot.end_send()
 
