@@ -75,27 +75,30 @@ class Allocator:
         end = offset + length
         if offset < 0 or offset % self.page_size or length <= 0 or end > self.size:
             raise ValueError(f"block [{offset}, {end}) is not a block of this allocator")
-        i = bisect.bisect_left(self._starts, offset)
+        starts, lengths = self._starts, self._lengths
+        i = bisect.bisect_left(starts, offset)
         # Refuse double frees and overlaps: they would hand the same memory
         # to two leases.
-        if i > 0 and self._starts[i - 1] + self._lengths[i - 1] > offset:
+        prev_end = starts[i - 1] + lengths[i - 1] if i else -1
+        if prev_end > offset:
             raise ValueError(f"block [{offset}, {end}) is already free")
-        if i < len(self._starts) and self._starts[i] < end:
+        has_next = i < len(starts)
+        if has_next and starts[i] < end:
             raise ValueError(f"block [{offset}, {end}) is already free")
-        merge_prev = i > 0 and self._starts[i - 1] + self._lengths[i - 1] == offset
-        merge_next = i < len(self._starts) and self._starts[i] == end
+        merge_prev = prev_end == offset
+        merge_next = has_next and starts[i] == end
         if merge_prev and merge_next:
-            self._lengths[i - 1] += length + self._lengths[i]
-            del self._starts[i]
-            del self._lengths[i]
+            lengths[i - 1] += length + lengths[i]
+            del starts[i]
+            del lengths[i]
         elif merge_prev:
-            self._lengths[i - 1] += length
+            lengths[i - 1] += length
         elif merge_next:
-            self._starts[i] = offset
-            self._lengths[i] += length
+            starts[i] = offset
+            lengths[i] += length
         else:
-            self._starts.insert(i, offset)
-            self._lengths.insert(i, length)
+            starts.insert(i, offset)
+            lengths.insert(i, length)
         self._free_bytes += length
 
     def free_list(self) -> list[tuple[int, int]]:

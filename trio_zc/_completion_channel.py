@@ -161,13 +161,13 @@ class CompletionChannel(DrainingChannel):
     def before_release(self, items: list[tuple[_Slot, int]]) -> None:
         """Hook: the calls in *items* are complete and about to be released."""
 
-    def record_call(self, slot: _Slot, nbytes: int) -> tuple[_Slot, int]:
-        """A zero-copy call of *nbytes* of *slot* was accepted; the tracker's item for it."""
+    def record_call(self, slot: _Slot, nbytes: int) -> tuple[tuple[_Slot, int], int]:
+        """A zero-copy call of *nbytes* of *slot* was accepted: the tracker's item for it, and its counter value."""
         item = (slot, nbytes)
-        self.tracker.record(item)
+        counter = self.tracker.record(item)
         slot.begin_send()
         self.counters.zerocopy_call(nbytes)
-        return item
+        return item, counter
 
     # -- sending ----------------------------------------------------------------
 

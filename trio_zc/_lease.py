@@ -24,6 +24,9 @@ from ._arena import ViewCounter
 from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
 from ._lifecycle import LeaseState, Lifecycle
 
+# Module globals for the per-image checks below (cheaper than LeaseState.X).
+_WRITABLE, _SEALED, _SENDING = LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING
+
 if TYPE_CHECKING:
     import numpy
     import numpy.typing
@@ -101,7 +104,10 @@ class _Slot(Lifecycle):
         capacity: int,
         adopted: memoryview | None = None,
     ) -> None:
-        Lifecycle.__init__(self, LeaseState.SEALED if adopted is not None else LeaseState.WRITABLE)
+        # Lifecycle.__init__, spelled out: one lease per image, and the two
+        # starting states are the only ones it allows.
+        self.state = LeaseState.WRITABLE if adopted is None else LeaseState.SEALED
+        self.inflight = 0
         self.pool = pool
         self.id = next(_ids)
         #: Where the lease's pages start in the arena (0 for adopted buffers).
@@ -238,7 +244,7 @@ class WritableLease:
 
     def _live(self) -> _Slot:
         slot = self._slot
-        if slot.state is not LeaseState.WRITABLE:
+        if slot.state is not _WRITABLE:
             reason = slot.stale_reason
             if slot.sealed is not None:
                 reason = "it was sealed; use the SealedLease that seal() returned"
@@ -299,7 +305,9 @@ class WritableLease:
         Returns the offset just past what was written, so writes chain.
         Leaves no view behind.
         """
-        slot = self._live()
+        slot = self._slot
+        if slot.state is not _WRITABLE:
+            self._live()  # raises
         if offset.__class__ is not int:
             if not isinstance(offset, int) or isinstance(offset, bool):
                 raise TypeError(f"offset must be an int, not {type(offset).__name__}")
@@ -343,7 +351,9 @@ class WritableLease:
         how many. In a pool opened with ``protect_sealed=True`` the pages
         also become read-only in the page tables.
         """
-        slot = self._live()
+        slot = self._slot
+        if slot.state is not _WRITABLE:
+            self._live()  # raises
         if nbytes is None:
             nbytes = slot.capacity
         elif not isinstance(nbytes, int) or isinstance(nbytes, bool):
@@ -413,7 +423,8 @@ class SealedLease:
 
     def _live(self) -> _Slot:
         slot = self._slot
-        if slot.state is not LeaseState.SEALED and slot.state is not LeaseState.SENDING:
+        state = slot.state
+        if state is not _SEALED and state is not _SENDING:
             raise StaleLeaseError(f"this SealedLease is stale: {slot.stale_reason}")
         return slot
 
