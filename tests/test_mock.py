@@ -338,3 +338,63 @@ async def test_mock_misuse_is_refused() -> None:
             peer.accept_at_most(0)
         assert isinstance(peer, MockPeer) and "mock connection" in repr(peer)
         await stream.aclose()
+
+
+async def test_a_discarding_peer_takes_everything_and_reads_nothing() -> None:
+    mock = MockKernel(receive_buffer=64 * 1024)
+    async with open_pool(max_bytes=4 * MiB, kernel=mock, policy=ALWAYS_ZC) as pool:
+        stream, peer = mock.open_stream(pool)
+        await stream.send_all(b"x" * 1000)
+        await trio.testing.wait_all_tasks_blocked()
+        assert peer.buffered == 1000 and peer.discarded == 0
+        peer.discard()
+        assert peer.buffered == 0 and peer.discarded == 1000  # what was waiting goes too
+        # Far more than the receive buffer holds: nobody reads, nothing blocks.
+        for _ in range(8):
+            sealed = await sealed_with(pool, os.urandom(256 * 1024))
+            await stream.send_lease(sealed)
+            sealed.release()
+        await stream.send_eof()
+        assert await peer.receive_some() == b""  # only EOF comes out
+        await stream.aclose()
+        assert peer.discarded == 1000 + 8 * 256 * 1024
+        stats = stream.statistics().sent
+        assert stats.zerocopy_calls == stats.completions == 8
+        assert pool.statistics().free_bytes == pool.max_bytes
+        await peer.aclose()
+
+
+async def test_a_discarding_peer_still_catches_premature_reuse() -> None:
+    mock = MockKernel()
+    frame = bytearray(b"A" * 40000)
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with open_pool(max_bytes=MiB, kernel=mock, policy=ALWAYS_ZC) as pool:
+            stream, peer = mock.open_stream(pool)
+            peer.discard()
+            peer.hold_transmission()
+            sealed = pool.adopt(frame)
+            await stream.send_lease(sealed)
+            sealed.release()
+            frame[0] = 0  # the bug, which the dropped bytes do not hide
+            peer.transmit()
+            await trio.sleep_forever()
+    assert info.group_contains(PrematureReuseError, match=r"adopted, 40000 bytes.*test_mock\.py:\d+")
+
+
+async def test_call_sites_off_keeps_the_check_and_drops_the_place() -> None:
+    mock = MockKernel(call_sites=False)
+    frame = bytearray(b"A" * 40000)
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with open_pool(max_bytes=MiB, kernel=mock, policy=ALWAYS_ZC) as pool:
+            stream, peer = mock.open_stream(pool)
+            peer.hold_transmission()
+            sealed = pool.adopt(frame)
+            await stream.send_lease(sealed)
+            (send,) = peer.sends
+            assert send.where == "<not recorded>"
+            assert send.snapshot == bytes(frame)
+            sealed.release()
+            frame[0] = 0
+            peer.transmit()
+            await trio.sleep_forever()
+    assert info.group_contains(PrematureReuseError, match="made at <not recorded>")

@@ -323,7 +323,12 @@ class _Connection:
         queued = self.queued
         buffer = self.to_peer.buffer
         moved = 0
-        limit = self.receive_buffer if nbytes is None else nbytes
+        if nbytes is not None:
+            limit = nbytes
+        elif self.discarding:
+            limit = self.queued_bytes  # nothing fills up: everything goes
+        else:
+            limit = self.receive_buffer
         while queued and moved < limit:
             n = min(limit - moved, self.receive_buffer - len(buffer))
             if n <= 0:
