@@ -389,7 +389,8 @@ class BufferPool:
                 self._allocator.free(slot.offset, slot.capacity)
                 if self._waiters:
                     self._serve_waiters()
-            slot.wake_reusable()
+            if slot._reusable is not None:  # someone waits in wait_reusable()
+                slot.wake_reusable()
         else:
             self._quarantined_leases += 1
             self._quarantined_bytes += slot.block_length

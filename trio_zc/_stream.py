@@ -18,6 +18,7 @@ import trio
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
 from ._lease import SealedLease, WritableLease, _Slot
+from ._lifecycle import LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
 from ._policy import SendDecider
@@ -167,6 +168,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             pool._policy, unavailable=self._channel.unavailable, notify=pool._note_fallback
         )
         self._channel.on_completions = self._on_completions  # type: ignore[method-assign]
+        # A stream whose channel can never send zero-copy (a local peer
+        # under "auto", the copy kernel) skips asking the policy per send.
+        self._copy_only = self._channel.unavailable is not None
         self._send_timeout: float | None = pool._send_timeout
         self._max_in_flight: int = pool._stream_max_in_flight
         # Set when completions arrive, for a send waiting under max_in_flight.
@@ -292,7 +296,10 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         """
         if type(lease) is SealedLease and offset.__class__ is int and offset == 0 and nbytes is None:
             # The common call, checked with less ceremony: it runs once per image.
-            slot = lease._live()
+            slot = lease._slot
+            state = slot.state
+            if state is not LeaseState.SEALED and state is not LeaseState.SENDING:
+                lease._live()  # raises
             if slot.pool is not self._pool:
                 raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
             start, length = 0, slot.nbytes
@@ -301,8 +308,12 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         with self._send_conflict:
             if self._broken is not None or self._closed or self._eof_sent:
                 self._check_sendable()  # raises the right error
-            # The policy first: on a stream that always copies it says no at once.
-            zerocopy = self._decider.use_zerocopy(length) and self._channel.accepts(slot)
+            # The policy before the channel: it says no at once to most sends that copy.
+            zerocopy = (
+                not self._copy_only
+                and self._decider.use_zerocopy(length)
+                and self._channel.accepts(slot)
+            )
             in_flight = self._counters.bytes_in_flight
             if not zerocopy or not in_flight or in_flight + length <= self._max_in_flight:
                 # What the kernel takes at once is taken before any other
