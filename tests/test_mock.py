@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -35,23 +36,35 @@ async def test_fixtures_from_the_plugin(mock_kernel: MockKernel, mock_pool: trio
         assert await peer.receive_exactly(5) == b"hello"
 
 
-async def test_bytes_are_read_at_transmission_and_reuse_is_caught() -> None:
-    mock = MockKernel()
+async def overwrite_while_in_flight(
+    mock: MockKernel, *, discard: bool = False, on_sent: Callable[[MockPeer], None] | None = None
+) -> pytest.ExceptionInfo[BaseExceptionGroup[Exception]]:
+    """Send an adopted frame zero-copy, then write into it before the kernel read it."""
     frame = bytearray(b"A" * 40000)
     with pytest.raises(BaseExceptionGroup) as info:
         async with open_pool(max_bytes=MiB, kernel=mock, policy=ALWAYS_ZC) as pool:
             stream, peer = mock.open_stream(pool)
+            if discard:
+                peer.discard()
             peer.hold_transmission()
             sealed = pool.adopt(frame)
             await stream.send_lease(sealed)  # accepted, not read yet
+            if on_sent is not None:
+                on_sent(peer)
             sealed.release()
             frame[:5] = b"BBBBB"  # the bug: written before wait_reusable()
             peer.transmit()
-            # Like a real NIC, the mock read the memory late: the client got the new bytes.
-            assert (await peer.receive_exactly(40000))[:6] == b"BBBBBA"
+            if not discard:
+                # Like a real NIC, the mock read the memory late: the client got the new bytes.
+                assert (await peer.receive_exactly(40000))[:6] == b"BBBBBA"
             await trio.sleep_forever()  # the kernel's task reports the reuse
+    return info
+
+
+async def test_bytes_are_read_at_transmission_and_reuse_is_caught() -> None:
+    info = await overwrite_while_in_flight(MockKernel())
     assert info.group_contains(
-        PrematureReuseError, match=r"lease #\d+ \(adopted, 40000 bytes.*test_mock\.py:\d+ in test_bytes"
+        PrematureReuseError, match=r"lease #\d+ \(adopted, 40000 bytes.*test_mock\.py:\d+ in overwrite_"
     )
 
 
@@ -365,36 +378,15 @@ async def test_a_discarding_peer_takes_everything_and_reads_nothing() -> None:
 
 
 async def test_a_discarding_peer_still_catches_premature_reuse() -> None:
-    mock = MockKernel()
-    frame = bytearray(b"A" * 40000)
-    with pytest.raises(BaseExceptionGroup) as info:
-        async with open_pool(max_bytes=MiB, kernel=mock, policy=ALWAYS_ZC) as pool:
-            stream, peer = mock.open_stream(pool)
-            peer.discard()
-            peer.hold_transmission()
-            sealed = pool.adopt(frame)
-            await stream.send_lease(sealed)
-            sealed.release()
-            frame[0] = 0  # the bug, which the dropped bytes do not hide
-            peer.transmit()
-            await trio.sleep_forever()
+    info = await overwrite_while_in_flight(MockKernel(), discard=True)
     assert info.group_contains(PrematureReuseError, match=r"adopted, 40000 bytes.*test_mock\.py:\d+")
 
 
 async def test_call_sites_off_keeps_the_check_and_drops_the_place() -> None:
-    mock = MockKernel(call_sites=False)
-    frame = bytearray(b"A" * 40000)
-    with pytest.raises(BaseExceptionGroup) as info:
-        async with open_pool(max_bytes=MiB, kernel=mock, policy=ALWAYS_ZC) as pool:
-            stream, peer = mock.open_stream(pool)
-            peer.hold_transmission()
-            sealed = pool.adopt(frame)
-            await stream.send_lease(sealed)
-            (send,) = peer.sends
-            assert send.where == "<not recorded>"
-            assert send.snapshot == bytes(frame)
-            sealed.release()
-            frame[0] = 0
-            peer.transmit()
-            await trio.sleep_forever()
+    def check(peer: MockPeer) -> None:
+        (send,) = peer.sends
+        assert send.where == "<not recorded>"
+        assert send.snapshot == b"A" * 40000
+
+    info = await overwrite_while_in_flight(MockKernel(call_sites=False), on_sent=check)
     assert info.group_contains(PrematureReuseError, match="made at <not recorded>")
