@@ -104,10 +104,7 @@ class _Slot(Lifecycle):
         capacity: int,
         adopted: memoryview | None = None,
     ) -> None:
-        # Lifecycle.__init__, spelled out: one lease per image, and the two
-        # starting states are the only ones it allows.
-        self.state = LeaseState.WRITABLE if adopted is None else LeaseState.SEALED
-        self.inflight = 0
+        Lifecycle.__init__(self, LeaseState.SEALED if adopted is not None else LeaseState.WRITABLE)
         self.pool = pool
         self.id = next(_ids)
         #: Where the lease's pages start in the arena (0 for adopted buffers).

@@ -137,11 +137,6 @@ TERMINAL_STATES: Final = frozenset({S.FREE, S.QUARANTINED})
 
 del S, E
 
-# Module globals for the hot paths below (a global is cheaper than Event.X).
-_NEXT = TRANSITIONS
-_SEAL, _SEND, _COMPLETE, _LAST_COMPLETE = Event.SEAL, Event.SEND, Event.COMPLETE, Event.LAST_COMPLETE
-_RELEASE, _ABANDON = Event.RELEASE, Event.ABANDON
-
 
 class LifecycleError(RuntimeError):
     """An event that the life cycle does not allow in the current state."""
@@ -165,53 +160,43 @@ class Lifecycle:
         self.inflight = 0
 
     def _fire(self, event: Event) -> LeaseState:
-        new = _NEXT.get((self.state, event))
+        new = TRANSITIONS.get((self.state, event))
         if new is None:
             raise LifecycleError(self.state, event)
         self.state = new
         return new
 
-    # The four events every image goes through look the table up themselves
-    # rather than through _fire(): they run several times per image, and a
-    # Python call costs as much as the lookup. The table still decides.
-
     def seal(self) -> LeaseState:
-        new = _NEXT.get((self.state, _SEAL))
-        if new is None:
-            raise LifecycleError(self.state, _SEAL)
-        self.state = new
-        return new
+        return self._fire(Event.SEAL)
+
+    # send() and complete() run for every send and every completion, so they
+    # look the table up themselves: a call to _fire() costs as much as the
+    # lookup. The table still decides.
 
     def send(self) -> LeaseState:
-        new = _NEXT.get((self.state, _SEND))
+        new = TRANSITIONS.get((self.state, Event.SEND))
         if new is None:
-            raise LifecycleError(self.state, _SEND)
+            raise LifecycleError(self.state, Event.SEND)
         self.state = new
         self.inflight += 1
         return new
 
     def complete(self) -> LeaseState:
         """Record that the kernel finished one send of this lease."""
-        inflight = self.inflight
-        if inflight == 0:
+        if self.inflight == 0:
             # Not in the table on purpose: a completion with nothing in flight
             # means the caller's accounting is wrong, whatever the state.
             raise LifecycleError(self.state, Event.COMPLETE)
-        event = _LAST_COMPLETE if inflight == 1 else _COMPLETE
-        new = _NEXT.get((self.state, event))
+        event = Event.LAST_COMPLETE if self.inflight == 1 else Event.COMPLETE
+        new = TRANSITIONS.get((self.state, event))
         if new is None:
             raise LifecycleError(self.state, event)
         self.state = new
-        self.inflight = inflight - 1
+        self.inflight -= 1
         return new
 
     def release(self, *, views_alive: bool = False) -> LeaseState:
-        event = _ABANDON if views_alive else _RELEASE
-        new = _NEXT.get((self.state, event))
-        if new is None:
-            raise LifecycleError(self.state, event)
-        self.state = new
-        return new
+        return self._fire(Event.ABANDON if views_alive else Event.RELEASE)
 
     def views_gone(self) -> LeaseState:
         return self._fire(Event.VIEWS_GONE)
