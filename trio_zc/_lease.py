@@ -90,7 +90,6 @@ class _Slot(Lifecycle):
         "views",
         "_reusable",
         "stale_reason",
-        "writable",
         "sealed",
         "needs_punch",
         "clean",
@@ -99,7 +98,6 @@ class _Slot(Lifecycle):
     def __init__(
         self,
         pool: BufferPool,
-        *,
         offset: int,
         capacity: int,
         adopted: memoryview | None = None,
@@ -119,8 +117,11 @@ class _Slot(Lifecycle):
         self.views: ViewCounter | None = None
         self._reusable: trio.Event | None = None
         self.stale_reason = ""
-        self.writable: WritableLease | None = None
-        self.sealed: SealedLease | None = None
+        #: Whether the lease was sealed. A flag, not the handle: a slot that
+        #: referred to its handles would make a reference cycle per lease,
+        #: left for the cyclic garbage collector, whose passes then cost
+        #: more than anything else the pool does.
+        self.sealed = adopted is not None
         #: Whether the kernel may hold the lease's pages after every send
         #: returned (sendfile): they must be punched out, not reused.
         self.needs_punch = False
@@ -243,7 +244,7 @@ class WritableLease:
         slot = self._slot
         if slot.state is not _WRITABLE:
             reason = slot.stale_reason
-            if slot.sealed is not None:
+            if slot.sealed:
                 reason = "it was sealed; use the SealedLease that seal() returned"
             raise StaleLeaseError(f"this WritableLease is stale: {reason}")
         return slot
@@ -380,10 +381,8 @@ class WritableLease:
             slot.pool._arena.protect(slot.offset, slot.block_length, writable=False)
         slot.seal()
         slot.nbytes = nbytes
-        sealed = SealedLease(slot)
-        slot.sealed = sealed
-        slot.writable = None
-        return sealed
+        slot.sealed = True
+        return SealedLease(slot)
 
     def release(self) -> None:
         """Give the lease back unsent; this handle goes stale.

@@ -153,7 +153,7 @@ class Lifecycle:
     __slots__ = ("state", "inflight")
 
     def __init__(self, state: LeaseState = LeaseState.WRITABLE) -> None:
-        if state not in (LeaseState.WRITABLE, LeaseState.SEALED):
+        if state is not LeaseState.WRITABLE and state is not LeaseState.SEALED:
             raise ValueError(f"a lease starts writable or sealed, not {state.value}")
         self.state: LeaseState = state
         #: Sends handed to the kernel and not yet reported complete.

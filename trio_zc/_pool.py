@@ -118,7 +118,17 @@ class LeaseScope:
     async def __aenter__(self) -> WritableLease:
         if self._slot is not None:
             raise RuntimeError("this pool.lease() scope was already entered; call pool.lease() again")
-        lease = await self._pool.acquire(self._nbytes, schedule=self._schedule)
+        # BufferPool.acquire() inlined (nbytes was checked by pool.lease()):
+        # a second coroutine per image costs more than these lines.
+        pool = self._pool
+        if pool._closed:
+            pool._check_open()  # raises
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lease = pool._take(self._nbytes)
+        if lease is None:
+            lease = await pool._wait_for(self._nbytes)
+        elif self._schedule:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         self._slot = lease._slot
         return lease
 
@@ -213,8 +223,7 @@ class BufferPool:
         offset = self._allocator.allocate(nbytes)
         if offset is None:
             return None
-        slot = _Slot(self, offset=offset, capacity=nbytes)
-        slot.writable = WritableLease(slot)
+        slot = _Slot(self, offset, nbytes)  # positional: once per image
         self._slots[slot.id] = slot
         self._leases_total += 1
         return slot
@@ -238,7 +247,7 @@ class BufferPool:
         if self._abandoned:
             self._sweep()
         slot = self._new_slot(nbytes)
-        return None if slot is None else slot.writable
+        return None if slot is None else WritableLease(slot)
 
     async def acquire(self, nbytes: int, *, schedule: bool = True) -> WritableLease:
         """Take a lease of *nbytes*, waiting while the pool is full.
@@ -289,8 +298,8 @@ class BufferPool:
             raise
         if waiter.closed:
             raise trio.ClosedResourceError("the pool closed while waiting for memory")
-        assert waiter.slot is not None and waiter.slot.writable is not None
-        return waiter.slot.writable
+        assert waiter.slot is not None
+        return WritableLease(waiter.slot)
 
     def lease(self, nbytes: int, *, schedule: bool = True) -> LeaseScope:
         """``async with pool.lease(n) as lease:``: a lease scoped to a block.
@@ -303,6 +312,8 @@ class BufferPool:
         """
         if schedule.__class__ is not bool:
             raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
+        if nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
+            nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes)
         return LeaseScope(self, nbytes, schedule)
 
     def adopt(self, buffer: Any) -> SealedLease:
@@ -331,11 +342,10 @@ class BufferPool:
             raise ValueError("adopt() needs a non-empty buffer")
         flat = view.cast("B")
         view.release()
-        slot = _Slot(self, offset=0, capacity=flat.nbytes, adopted=flat)
-        slot.sealed = SealedLease(slot)
+        slot = _Slot(self, 0, flat.nbytes, flat)
         self._slots[slot.id] = slot
         self._leases_total += 1
-        return slot.sealed
+        return SealedLease(slot)
 
     def release(self, lease: WritableLease | SealedLease) -> None:
         """Release *lease*, which must come from this pool.
@@ -351,14 +361,15 @@ class BufferPool:
 
     def _release(self, slot: _Slot, reason: str) -> None:
         """The owner gave *slot* up (or its scope did it for them)."""
-        views_alive = slot.state is LeaseState.WRITABLE and slot.live_views() > 0
         slot.stale_reason = reason
-        slot.release(views_alive=views_alive)
-        if slot.state is LeaseState.ABANDONED:
+        views = slot.views
+        if views is not None and slot.state is LeaseState.WRITABLE and views.live_views():
+            slot.release(views_alive=True)
             self._abandoned.append(slot)
             self._sweep_wanted.set()
-        if slot.state in TERMINAL_STATES:
+        elif slot.release() is LeaseState.FREE:
             self._settle(slot)
+        # Otherwise DRAINING: the last completion settles it.
 
     def _on_send_complete(self, slot: _Slot) -> None:
         self._sends_in_flight -= 1
@@ -379,7 +390,7 @@ class BufferPool:
                 # its owner does not overwrite before anyone can see it
                 # (see _Slot.clean), which costs nothing when the whole
                 # lease is written with write().
-                if slot.sealed is not None and self._protect_sealed:
+                if self._protect_sealed and slot.sealed:
                     self._arena.protect(slot.offset, slot.block_length, writable=True)
                 if slot.needs_punch:
                     # A socket may still hold these pages (sendfile): give

@@ -440,7 +440,10 @@ class MockChannel(CompletionChannel):
         conn.sends[id(item)] = send
         conn.queued.append(_Segment(None, send, nbytes))
         conn.queued_bytes += nbytes
-        conn.kernel.wake(conn)
+        if conn.hold_transmission:
+            conn.kernel.wake(conn)
+        else:
+            conn.kernel.wake_busy(conn)  # what wake() decides, known here: it has work
         return item, counter
 
     def before_release(self, items: list[tuple[_Slot, int]]) -> None:
@@ -499,7 +502,8 @@ class MockChannel(CompletionChannel):
 
     def zerocopy_call(self, data: memoryview) -> int:
         conn = self.conn
-        self._check_open()
+        if self.closed or conn.reset or conn.to_peer.broken:
+            self._check_open()  # raises
         if conn.failures and conn.fail_after == 0:
             err = conn.failures.popleft()
             if err == errno_module.EAGAIN:
@@ -509,7 +513,7 @@ class MockChannel(CompletionChannel):
             raise OSError(err, os.strerror(err))
         if conn.fail_after:
             conn.fail_after -= 1
-        n = min(len(data), conn.room)
+        n = min(len(data), conn.socket_buffer - conn.queued_bytes)  # conn.room, less a call
         if conn.accept_limit is not None:
             n = min(n, conn.accept_limit)
         if n <= 0:
@@ -980,15 +984,21 @@ class MockKernel(Kernel):
         """Something changed on *conn* (default: on every connection)."""
         if conn is None:
             self._dirty.update(dict.fromkeys(self.connections))
+            self._start()
         elif conn.busy:
-            self._dirty[conn] = None
-        else:
-            # Nothing for the task to do: waking it anyway cost a task
-            # switch on most sends. Whatever later gives it work wakes it.
-            return
+            self.wake_busy(conn)
+        # Otherwise nothing for the task to do: waking it anyway cost a task
+        # switch on most sends. Whatever later gives it work wakes it.
+
+    def wake_busy(self, conn: _Connection) -> None:
+        """:meth:`wake` for a connection known to be busy (every send's case)."""
+        self._dirty[conn] = None
         if not self._work:
-            self._work = True
-            self._runners.wake()
+            self._start()
+
+    def _start(self) -> None:
+        self._work = True
+        self._runners.wake()
 
     async def run(self) -> None:
         while True:
