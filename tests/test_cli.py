@@ -46,6 +46,8 @@ def test_bench_smoke_runs_every_case_verifies_every_image_and_saves_its_figures(
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[2:3] and line.split()[2] in ALL_CASES]
     assert {(r[0], r[2]) for r in rows} == {(size, case) for size in ("64", "1") for case in ALL_CASES}
+    # The runs came in a shuffled order; the table lists the cases in the usual one.
+    assert [r[2] for r in rows] == list(ALL_CASES) * 2
     for r in rows:
         if r[2] in KERNEL_CASES:
             assert r[-1] == "all", r  # every image of trio_zc's own cases arrived intact
@@ -59,9 +61,10 @@ def test_bench_smoke_runs_every_case_verifies_every_image_and_saves_its_figures(
     with image_module.open(chart) as image:
         assert image.format == "PNG"
     # The saved figures give the same table without running anything.
-    again = run("bench", "--from-json", str(figures), "--cycles", "0", "--stalled", "0")
+    again = run("bench", "--from-json", str(figures), "--repeat", "3", "--cycles", "0", "--stalled", "0")
     assert again.returncode == 0, again.stderr
     assert bench.table(bench.summarize(saved)) in again.stdout
+    assert "median of 1 run(s)" in again.stdout  # what the figures hold, not --repeat
 
 
 def test_bench_refuses_unknown_cases_and_bad_sizes() -> None:

@@ -117,9 +117,14 @@ class Summary:
 
 
 def summarize(results: Sequence[CaseResult]) -> list[Summary]:
-    """Medians per (case, size), in the order cases and sizes first appear."""
+    """Medians per (case, size), by size, then in the order of ALL_CASES.
+
+    Not in the order the runs came: each repetition runs the cases in its
+    own order (see _order), and a table should not change with it.
+    """
+    rank = {case: i for i, case in enumerate(ALL_CASES)}
     keys = list(dict.fromkeys((r.size, r.case) for r in results))
-    keys.sort(key=lambda k: k[0])
+    keys.sort(key=lambda k: (k[0], rank.get(k[1], len(rank))))
     out = []
     for size, case in keys:
         mine = [r for r in results if (r.size, r.case) == (size, case)]
