@@ -86,9 +86,9 @@ def main(args: argparse.Namespace) -> int:
     if summaries:
         # From the figures, not --repeat: --from-json reports runs made with any.
         counts = sorted({s.runs for s in summaries})
-        runs = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        reps = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
         print(
-            f"Loopback TCP, median of {runs} run(s) per case; ratios (x ref) to {args.reference!r}"
+            f"Loopback TCP, median of {reps} run(s) per case; ratios (x ref) to {args.reference!r}"
             " at the same size; latency from starting on an image to its last byte arriving."
         )
         print(_bench.table(summaries, args.reference))
