@@ -22,7 +22,7 @@ import trio
 import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
 
-from .streams import KERNELS, Peer, kernel, stream_pair
+from .streams import KERNELS, kernel, receive_exactly, stream_pair
 
 IMAGES = 12
 SIZE = 20_000
@@ -68,15 +68,6 @@ def collector_off() -> Iterator[CollectorOff]:
         yield off
 
 
-async def read(peer: Peer, nbytes: int) -> bytes:
-    got = bytearray()
-    while len(got) < nbytes:
-        chunk = await peer.receive_some(nbytes - len(got))
-        assert chunk, "the peer saw the end of the stream early"
-        got += chunk
-    return bytes(got)
-
-
 async def use_leases(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStream) -> bytes:
     """Every way of filling and sending a lease, once or more each; the bytes sent."""
     sent = bytearray()
@@ -120,14 +111,14 @@ async def test_leases_leave_no_cycles(kernel_name: str, collector_off: Collector
             warm = pool.adopt(b"warm")
             await stream.send_lease(warm)
             await warm.wait_reusable()
-            assert await read(peer, 4) == b"warm"
+            assert await receive_exactly(peer, 4) == b"warm"
             del warm
             collector_off.collect()
             async with trio.open_nursery() as nursery:
                 received: list[bytes] = []
 
                 async def reader() -> None:
-                    received.append(await read(peer, (IMAGES + 3) * SIZE))
+                    received.append(await receive_exactly(peer, (IMAGES + 3) * SIZE))
 
                 nursery.start_soon(reader)
                 sent = await use_leases(pool, stream)

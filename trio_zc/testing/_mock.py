@@ -502,8 +502,7 @@ class MockChannel(CompletionChannel):
 
     def zerocopy_call(self, data: memoryview) -> int:
         conn = self.conn
-        if self.closed or conn.reset or conn.to_peer.broken:
-            self._check_open()  # raises
+        self._check_open()
         if conn.failures and conn.fail_after == 0:
             err = conn.failures.popleft()
             if err == errno_module.EAGAIN:
@@ -513,7 +512,7 @@ class MockChannel(CompletionChannel):
             raise OSError(err, os.strerror(err))
         if conn.fail_after:
             conn.fail_after -= 1
-        n = min(len(data), conn.socket_buffer - conn.queued_bytes)  # conn.room, less a call
+        n = min(len(data), conn.room)
         if conn.accept_limit is not None:
             n = min(n, conn.accept_limit)
         if n <= 0:
