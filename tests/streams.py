@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 import trio
 import trio.testing
@@ -106,3 +107,50 @@ async def receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
             raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
         buf += chunk
     return bytes(buf)
+
+
+#: Zero-copy for every send the kernel can send so (no size threshold, no
+#: switching to copies on loopback): the paths where memory stays in flight.
+ALWAYS_ZC = trio_zc.ZeroCopyPolicy(min_zerocopy_bytes=0, copied_streak=0)
+
+
+def pattern(nbytes: int, seed: int) -> bytes:
+    """*nbytes* of a pattern that differs per seed and per position."""
+    block = bytes((seed * 131 + i * 7) & 0xFF for i in range(251))
+    return (block * (nbytes // len(block) + 1))[:nbytes]
+
+
+async def sealed_with(pool: trio_zc.BufferPool, data: bytes) -> trio_zc.SealedLease:
+    """A lease of *pool* holding *data*, sealed."""
+    lease = await pool.acquire(len(data))
+    lease.write(data)
+    return lease.seal()
+
+
+async def send_while_stalled(
+    name: str, data: bytes, attack: Callable[[trio_zc.BufferPool, trio_zc.SealedLease], Awaitable[None]]
+) -> bytes:
+    """Send *data* on kernel *name* to a peer that reads nothing yet, run *attack*
+    while the send is part-way (its memory still read by the kernel or not yet
+    taken), then let the peer read: the bytes it received."""
+    async with trio_zc.open_pool(max_bytes=4 * len(data) + (1 << 20), kernel=kernel(name), policy=ALWAYS_ZC) as pool:
+        stream, peer = await stream_pair(pool)
+        if isinstance(peer, trio_zc.testing.MockPeer):
+            peer.hold_transmission()
+        else:
+            stop_reading(peer)
+        sealed = await sealed_with(pool, data)
+        got = b""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.send_lease, sealed)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.02)
+            try:
+                await attack(pool, sealed)
+            finally:
+                if isinstance(peer, trio_zc.testing.MockPeer):
+                    peer.transmit()
+                got = await receive_exactly(peer, len(data))
+        sealed.release()
+        await stream.aclose()
+        await peer.aclose()
+    return got

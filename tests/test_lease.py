@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 from collections.abc import Callable
@@ -293,3 +294,26 @@ async def test_sealing_short_gives_the_unused_pages_back_zeroed() -> None:
         assert view.tobytes() == bytes(16 * PAGE)
         view.release()
         again.release()
+
+
+async def test_a_seal_whose_page_protection_fails_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mprotect fails for real when the process runs out of mappings
+    # (vm.max_map_count): each protected range splits the arena's mapping.
+    async with trio_zc.open_pool(max_bytes=1 << 20, kernel="copy", protect_sealed=True) as pool:
+        lease = pool.acquire_nowait(5 * 4096)
+        lease.write(b"x" * 5 * 4096)
+        before = pool.statistics()
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOMEM, "mprotect failed: Cannot allocate memory")
+
+        monkeypatch.setattr(pool._arena, "protect", fail)
+        with pytest.raises(OSError, match="mprotect"):
+            lease.seal(4096)
+        assert lease.nbytes == 5 * 4096
+        assert pool.statistics() == before  # no page given back, nothing sealed
+        monkeypatch.undo()
+        sealed = lease.seal(4096)
+        assert sealed.nbytes == 4096
+        assert pool.statistics().free_bytes == before.free_bytes + 4 * 4096
+        sealed.release()

@@ -48,12 +48,40 @@ def test_quarantined_lease_absorbs_late_completions() -> None:
     lc = Lifecycle(LeaseState.SEALED)
     lc.send()
     lc.send()
+    lc.release()
     lc.quarantine()
     lc.complete()
     lc.complete()
     assert lc.state is LeaseState.QUARANTINED and lc.inflight == 0
     with pytest.raises(LifecycleError):
         lc.complete()
+
+
+def test_a_lost_send_taints_a_held_lease_which_stays_its_owners() -> None:
+    lc = Lifecycle(LeaseState.SEALED)
+    lc.send()
+    lc.send()
+    lc.quarantine()
+    assert lc.state is LeaseState.TAINTED and lc.owned and not lc.done
+    lc.complete()
+    lc.complete()
+    assert lc.state is LeaseState.TAINTED and lc.inflight == 0
+    # Still sendable (its memory is never reused, so its bytes cannot change) ...
+    lc.send()
+    lc.complete()
+    assert lc.state is LeaseState.TAINTED
+    # ... and released into quarantine, never back to the pool.
+    lc.release()
+    assert lc.state is LeaseState.QUARANTINED and lc.done
+
+
+def test_fork_ends_every_live_lease_in_the_child() -> None:
+    for start in (LeaseState.WRITABLE, LeaseState.SEALED):
+        lc = Lifecycle(start)
+        lc.fork()
+        assert lc.state is LeaseState.FORKED and lc.done and not lc.owned
+    for state in set(LeaseState) - TERMINAL_STATES:
+        assert TRANSITIONS[(state, Event.FORK)] is LeaseState.FORKED
 
 
 def test_memory_returns_only_after_release_and_last_completion() -> None:
@@ -107,6 +135,7 @@ def test_quarantine_only_with_sends_in_flight() -> None:
     with pytest.raises(LifecycleError):
         lc.quarantine()
     lc.send()
+    lc.release()
     lc.quarantine()
     assert lc.state is LeaseState.QUARANTINED and lc.done
     with pytest.raises(LifecycleError):
@@ -120,7 +149,7 @@ def test_leases_start_writable_or_sealed(state: LeaseState) -> None:
 
 
 def test_owned_states() -> None:
-    assert OWNED_STATES == {LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING}
+    assert OWNED_STATES == {LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING, LeaseState.TAINTED}
 
 
 def test_rendered_diagram_and_table_cover_every_transition() -> None:

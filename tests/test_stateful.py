@@ -86,7 +86,7 @@ PICK = st.integers(0, 255)
 RUNS = re.compile(rb"(.)\1*", re.DOTALL)
 #: States in which a lease's memory holds its sealed bytes.
 SEALED_STATES: Final = frozenset(
-    {LeaseState.SEALED, LeaseState.SENDING, LeaseState.DRAINING, LeaseState.QUARANTINED}
+    {LeaseState.SEALED, LeaseState.SENDING, LeaseState.DRAINING, LeaseState.TAINTED, LeaseState.QUARANTINED}
 )
 
 
@@ -879,13 +879,15 @@ class PoolMachine(RuleBasedStateMachine):
         assert {s.id for s in live} == {i.slot.id for i in ours if i.slot and not i.slot.done}
         states = [i.slot.state for i in ours if i.slot is not None]
         assert stats.writable_leases == states.count(LeaseState.WRITABLE)
-        assert stats.sealed_leases == states.count(LeaseState.SEALED) + states.count(LeaseState.SENDING)
+        assert stats.sealed_leases == sum(states.count(s) for s in (LeaseState.SEALED, LeaseState.SENDING, LeaseState.TAINTED))
+        assert stats.tainted_leases == states.count(LeaseState.TAINTED)
         assert stats.draining_leases == states.count(LeaseState.DRAINING)
         assert stats.abandoned_leases == 0
         quarantined = [i.slot for i in ours if i.slot is not None and i.slot.state is LeaseState.QUARANTINED]
         assert stats.quarantined_leases == len(quarantined)
         assert stats.quarantined_bytes == sum(s.block_length for s in quarantined)
         assert not quarantined or self.quarantine_expected, "quarantine without a forced close"
+        assert LeaseState.TAINTED not in states or self.quarantine_expected, "a lease tainted without a forced close"
         adopted = [i for i in ours if i.kind == "adopted" and i.slot and not i.slot.done]
         assert stats.adopted_leases == len(adopted)
         assert stats.tasks_waiting == 0
@@ -894,7 +896,8 @@ class PoolMachine(RuleBasedStateMachine):
             if item.released:
                 assert not item.held, f"{item.slot.describe()} is still owned after release"
             else:
-                assert item.slot.state in OWNED_STATES or item.slot.state is LeaseState.QUARANTINED, (
+                # A lost send taints a held lease; it never takes it from its owner.
+                assert item.slot.state in OWNED_STATES, (
                     f"{item.slot.describe()} left the application's hands without being released"
                 )
 

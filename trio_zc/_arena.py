@@ -3,12 +3,34 @@
 Why a memfd: it is shared memory with a file descriptor, so later kernels
 can ``sendfile`` from it or register it with io_uring.
 
-The arena is mapped once. In pools opened with ``protect_sealed=True``,
-sealing a lease ``mprotect``\\ s its pages to read-only, so the process's only
-mapping of sealed memory cannot be written (a stray write from native code
-would fault rather than corrupt an image in flight); it is opt-in because the
-two calls and TLB flush per lease cost as much as sending 64 KiB. Free and
-writable memory is read-write.
+The arena is mapped twice, both mappings shared (``MAP_SHARED``), so both
+show the same pages:
+
+- a read-write mapping, which only the pool and writable leases use: the
+  pool's own writes and zeroing, and the views of writable leases, whose
+  exporter is a ctypes array over its range (see below);
+- a read-only mapping (``PROT_READ``), from which every view of a sealed
+  lease is cut. The ``obj`` behind such a view (``memoryview.obj``) is that
+  read-only :class:`mmap.mmap`, so no Python object reachable from a sealed
+  lease can write, and native code that writes through a pointer into it
+  (``Image.frombuffer(...).im.paste``, say) faults instead of changing an
+  image in flight.
+
+In pools opened with ``protect_sealed=True``, sealing a lease also
+``mprotect``\\ s its pages in the read-write mapping to read-only, so that
+even a pointer into the writable mapping kept from before the seal faults;
+it is opt-in because the two calls and TLB flush per lease cost as much as
+sending 64 KiB. Free and writable memory is read-write there.
+
+Which memory is pool memory: :func:`overlaps_arena` tells whether a range
+of addresses lies in any arena's mappings in this process, so that
+``adopt()`` can refuse to make a second lease over pool memory.
+
+After ``fork()``: the child shares the memfd's pages with the parent, so a
+view it kept could write into an image the parent is sending. In the child,
+:func:`_remap_private_after_fork` replaces every arena mapping by a private
+copy-on-write mapping of the same range (the child's writes stay in the
+child), and the pools refuse to work there (see ``_pool.py``).
 
 Why not one ``mmap`` object per view: measured on this kind of machine
 (``benchmarks/stale_bytes.py``), mapping a fresh range per lease costs page
@@ -28,10 +50,20 @@ import ctypes
 import mmap
 import os
 import sys
+import weakref
+from collections.abc import Callable
+
+from ._address import buffer_address
 
 PAGE_SIZE: int = mmap.PAGESIZE
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_mmap = _libc.mmap
+_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+_mmap.restype = ctypes.c_void_p
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10
+_PROT_NONE = 0
 _mprotect = _libc.mprotect
 _mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _mprotect.restype = ctypes.c_int
@@ -59,18 +91,29 @@ class Arena:
             # arena unsafe (see _thp.py). Sizes the settings force anyway are
             # handled by aligning leases to them.
             self._map.madvise(mmap.MADV_NOHUGEPAGE)
+            self._ro_map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            self._ro_map.madvise(mmap.MADV_NOHUGEPAGE)
         except BaseException:
+            if hasattr(self, "_map"):
+                self._map.close()
             os.close(self.fd)
             raise
         # Holding one export keeps mmap.close() from unmapping under us; the
         # arena decides when unmapping is safe (see close()).
         self._anchor = ctypes.c_char.from_buffer(self._map)
+        #: Where the read-write mapping starts (io_uring registers it).
         self.address: int = ctypes.addressof(self._anchor)
-        #: The whole arena, for the pool's own writes (never handed out).
+        #: The whole arena, read-write, for the pool's own writes (never handed out).
         self.rw: memoryview = memoryview(self._map)
-        #: The whole arena, read-only: sealed leases are slices of this.
-        self.readonly: memoryview = self.rw.toreadonly()
+        #: The whole arena from the read-only mapping: sealed leases' views
+        #: are slices of this, and its ``obj`` cannot write.
+        self.readonly: memoryview = memoryview(self._ro_map)
+        self.readonly_address: int = buffer_address(self.readonly)
+        ro_map = self._ro_map
+        self._ro_alive: Callable[[], object] = lambda: None if ro_map.closed else ro_map
         self.closed = False
+        self._fd_open = True
+        _MAPPED[id(self)] = self
 
     def protect(self, offset: int, length: int, *, writable: bool) -> None:
         """Make ``[offset, offset + length)`` read-write or read-only."""
@@ -111,13 +154,75 @@ class Arena:
             del self._anchor
             self.readonly.release()
             self.rw.release()
+            self._map.close()
+            ro_map = self._ro_map
             try:
-                self._map.close()
+                ro_map.close()
             except BufferError:
                 # A sealed view escaped to the application and is still
-                # alive; the mapping goes when it does.
-                pass
+                # alive; the read-only mapping goes when the last one does.
+                # Until then it is still pool memory for overlaps_arena().
+                self._ro_alive = weakref.ref(ro_map)
+            del self._ro_map, ro_map
         os.close(self.fd)
+        self._fd_open = False
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The address ranges ``[start, end)`` of the arena's mappings that still exist."""
+        out = []
+        if not self._map.closed:
+            out.append((self.address, self.address + self.size))
+        if self._ro_alive() is not None:
+            out.append((self.readonly_address, self.readonly_address + self.size))
+        return out
+
+    def remap_private(self) -> None:
+        """Replace the mappings by private ones of the same ranges (in a forked child).
+
+        Copy-on-write mappings of the memfd while it is open (a view the
+        child kept still reads the same bytes, and its writes stay in the
+        child); zero pages once the memfd is closed.
+        """
+        for start, end in self.ranges():
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if start == self.address else 0)
+            if self._fd_open:
+                got = _mmap(start, end - start, prot, mmap.MAP_PRIVATE | _MAP_FIXED, self.fd, 0)
+            else:
+                got = _mmap(start, end - start, prot, mmap.MAP_PRIVATE | _MAP_FIXED | mmap.MAP_ANONYMOUS, -1, 0)
+            if got != start:
+                # Nothing else keeps the parent's images safe from this
+                # child's views: make the range inaccessible instead.
+                _mprotect(start, end - start, _PROT_NONE)
+
+
+#: Every arena whose mappings may still exist. Strong references: an arena
+#: kept mapped for quarantine must stay known for the life of the process.
+_MAPPED: dict[int, Arena] = {}
+
+
+def overlaps_arena(start: int, length: int) -> bool:
+    """Whether ``[start, start + length)`` touches any arena's mappings in this process."""
+    end = start + length
+    for key, arena in list(_MAPPED.items()):
+        ranges = arena.ranges()
+        if not ranges:
+            del _MAPPED[key]
+            continue
+        for lo, hi in ranges:
+            if start < hi and lo < end:
+                return True
+    return False
+
+
+def _remap_private_after_fork() -> None:
+    for arena in list(_MAPPED.values()):
+        try:
+            arena.remap_private()
+        except Exception:  # pragma: no cover - must never break the child
+            pass
+
+
+os.register_at_fork(after_in_child=_remap_private_after_fork)
 
 
 class ViewCounter:

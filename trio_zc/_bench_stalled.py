@@ -120,9 +120,9 @@ class StalledResult:
     window_seconds: float
     #: The server's resident set once listening, before any client.
     rss_idle_bytes: int
-    #: The server's resident set at the end of the window (VmRSS).
+    #: The server's resident set at the end of the window (VmRSS, pool pages counted once).
     rss_bytes: int
-    #: Its pool pages among them (RssShmem).
+    #: Its pool pages among them (RssShmem, each page counted once).
     rss_shmem_bytes: int
     #: Its private memory among them (RssAnon).
     rss_anon_bytes: int
@@ -197,14 +197,24 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _memory(pid: int) -> dict[str, int]:
-    """The Vm* and Rss* lines of /proc/<pid>/status, in bytes."""
+    """The Vm* and Rss* lines of /proc/<pid>/status, in bytes, pool pages counted once.
+
+    The pool maps its memory twice (read-write, and read-only for sealed
+    views), and RssShmem counts a page once per mapping that has touched it.
+    The proportional count (Pss_Shmem in smaps_rollup) splits a page among
+    its mappings, so it counts each of the pool's pages once.
+    """
     out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if key.startswith(("Vm", "Rss")) and len(parts) == 2 and parts[1] == "kB":
-                out[key] = int(parts[0]) * 1024
+    for name, keys in ((f"/proc/{pid}/status", ("Vm", "Rss")), (f"/proc/{pid}/smaps_rollup", ("Pss_Shmem",))):
+        with open(name) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                parts = value.split()
+                if key.startswith(keys) and len(parts) == 2 and parts[1] == "kB":
+                    out[key] = int(parts[0]) * 1024
+    if "Pss_Shmem" in out and "RssShmem" in out:
+        out["VmRSS"] -= out["RssShmem"] - out["Pss_Shmem"]
+        out["RssShmem"] = out["Pss_Shmem"]
     return out
 
 

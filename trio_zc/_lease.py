@@ -11,11 +11,34 @@ lease's :class:`~trio_zc._lifecycle.Lifecycle` (a subclass, so that the
 state every check reads is one attribute away, not two), with the memory
 added. Kernels talk to the record through the few methods marked "for
 kernels" below.
+
+Threads
+=======
+
+The rule: a :class:`WritableLease` may be *written* from any thread --
+:meth:`~WritableLease.write`, :meth:`~WritableLease.view`,
+:meth:`~WritableLease.ndarray` and :attr:`~WritableLease.nbytes`, from
+worker threads (``trio.to_thread.run_sync``) and the Trio thread at once.
+Everything that changes whom the memory belongs to -- sealing, releasing,
+acquiring, adopting, sending -- runs in the Trio thread that runs the pool
+(``trio.from_thread.run_sync(lease.seal)`` from a worker), and says so with
+a :class:`RuntimeError` when called elsewhere.
+
+How it holds: each pool lease has a :class:`threading.Lock`. A write checks
+the lease's state and copies its bytes while holding it, and a view is
+made and counted while holding it, so neither can start after a seal or a
+release, nor run across one. Sealing and releasing take the lock without
+waiting: a seal or an explicit release that finds a write running in
+another thread refuses with :class:`trio.BusyResourceError` (changing
+nothing), and a release that cannot refuse (the end of a ``pool.lease()``
+block, the pool closing) abandons the lease, which goes back to the pool
+once the write is over (rule 5 of the life cycle).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import trio
@@ -26,6 +49,7 @@ from ._lifecycle import LeaseState, Lifecycle
 
 # Module globals for the per-image checks below (cheaper than LeaseState.X).
 _WRITABLE, _SEALED, _SENDING = LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING
+_TAINTED = LeaseState.TAINTED
 
 if TYPE_CHECKING:
     import numpy
@@ -90,9 +114,11 @@ class _Slot(Lifecycle):
         "views",
         "_reusable",
         "stale_reason",
+        "quarantine_reason",
         "sealed",
         "needs_punch",
         "clean",
+        "lock",
     )
 
     def __init__(
@@ -117,6 +143,8 @@ class _Slot(Lifecycle):
         self.views: ViewCounter | None = None
         self._reusable: trio.Event | None = None
         self.stale_reason = ""
+        #: Why the memory is withheld for good, once a send was lost.
+        self.quarantine_reason = ""
         #: Whether the lease was sealed. A flag, not the handle: a slot that
         #: referred to its handles would make a reference cycle per lease,
         #: left for the cyclic garbage collector, whose passes then cost
@@ -132,6 +160,9 @@ class _Slot(Lifecycle):
         #: already overwritten them -- so an image written whole with
         #: write() costs no clearing at all.
         self.clean = 0 if adopted is None else capacity
+        #: Held while a write or a view is made (from any thread), and taken
+        #: without waiting by seal and release: see "Threads" above.
+        self.lock = threading.Lock()
 
     def make_clean(self, upto: int | None = None) -> None:
         """Zero whatever before *upto* (default: the whole lease) is not clean yet."""
@@ -189,9 +220,11 @@ class _Slot(Lifecycle):
         """One send of this lease will never be reported complete (its socket is gone).
 
         The kernel may read this memory for as long as it likes, so the
-        whole lease is quarantined, whatever its other sends do.
+        memory is never reused, whatever the lease's other sends do; an owner
+        who still holds the lease keeps a valid handle (TAINTED).
         """
-        self.stale_reason = "a connection it was sent on closed before the kernel was done with it"
+        if not self.quarantine_reason:
+            self.quarantine_reason = "a connection it was sent on closed"
         self.quarantine()
         self.complete()
         self.pool._on_send_complete(self)
@@ -233,6 +266,12 @@ class WritableLease:
 
     After :meth:`seal` or :meth:`release` this handle is stale: every use
     raises :class:`StaleLeaseError`.
+
+    Threads: :meth:`write`, :meth:`view`, :meth:`ndarray` and :attr:`nbytes`
+    may be called from any thread, also while the Trio thread uses the
+    lease; :meth:`seal` and :meth:`release` only from the pool's Trio
+    thread. A seal that finds a write running in another thread raises
+    :class:`trio.BusyResourceError` and changes nothing.
     """
 
     __slots__ = ("_slot",)
@@ -244,7 +283,7 @@ class WritableLease:
         slot = self._slot
         if slot.state is not _WRITABLE:
             reason = slot.stale_reason
-            if slot.sealed:
+            if slot.sealed and slot.state is not LeaseState.FORKED:
                 reason = "it was sealed; use the SealedLease that seal() returned"
             raise StaleLeaseError(f"this WritableLease is stale: {reason}")
         return slot
@@ -264,7 +303,9 @@ class WritableLease:
         or image built on one) is still alive: drop them or call their
         ``release()`` first.
         """
-        return self._live().new_view()
+        slot = self._slot
+        with slot.lock:
+            return self._live().new_view()
 
     def ndarray(
         self,
@@ -282,62 +323,68 @@ class WritableLease:
             raise ModuleNotFoundError(
                 "WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"
             ) from exc
-        slot = self._live()
         dims = _check_shape(shape)
         dt = numpy.dtype(dtype)
         count = 1
         for d in dims:
             count *= d
         needed = count * dt.itemsize
-        if needed > slot.capacity:
-            raise ValueError(
-                f"an array of shape {dims} and dtype {dt} needs {needed} bytes;"
-                f" the lease holds {slot.capacity}"
-            )
-        array: numpy.typing.NDArray[Any] = numpy.frombuffer(slot.new_view(), dtype=dt, count=count)
+        slot = self._slot
+        with slot.lock:
+            self._live()
+            if needed > slot.capacity:
+                raise ValueError(
+                    f"an array of shape {dims} and dtype {dt} needs {needed} bytes;"
+                    f" the lease holds {slot.capacity}"
+                )
+            view = slot.new_view()
+        array: numpy.typing.NDArray[Any] = numpy.frombuffer(view, dtype=dt, count=count)
         return array.reshape(dims)
 
     def write(self, data: Any, offset: int = 0) -> int:
         """Copy the bytes of *data* (any buffer) into the lease at *offset*.
 
         Returns the offset just past what was written, so writes chain.
-        Leaves no view behind.
+        Leaves no view behind. Safe from any thread (see the class docs).
         """
-        slot = self._slot
-        if slot.state is not _WRITABLE:
-            self._live()  # raises
         if offset.__class__ is not int:
             if not isinstance(offset, int) or isinstance(offset, bool):
                 raise TypeError(f"offset must be an int, not {type(offset).__name__}")
-        if data.__class__ is bytes and offset == slot.clean:
-            # The common case (an image written whole, or in order, from
-            # bytes): nothing to clear and nothing to cast.
-            end = offset + len(data)
-            if end > slot.capacity:
-                raise ValueError(
-                    f"writing {len(data)} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
-                )
-            start = slot.offset + offset
-            slot.pool._arena.rw[start : start + len(data)] = data
-            slot.clean = end
-            return end
-        with memoryview(data) as src:
-            n = src.nbytes
-            if offset < 0 or offset + n > slot.capacity:
-                raise ValueError(
-                    f"writing {n} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
-                )
-            if not src.c_contiguous:
-                raise ValueError("write() needs a C-contiguous buffer")
-            # A gap between the clean part and this write must not keep
-            # an earlier lease's bytes.
-            slot.make_clean(offset)
-            start = slot.offset + offset
-            with src.cast("B") as flat:
-                slot.pool._arena.rw[start : start + n] = flat
-            if offset + n > slot.clean:
-                slot.clean = offset + n
-        return offset + n
+        slot = self._slot
+        # The state is checked and the bytes copied under the lease's lock:
+        # a seal or release in another thread cannot fall between the two.
+        with slot.lock:
+            if slot.state is not _WRITABLE:
+                self._live()  # raises
+            if data.__class__ is bytes and offset == slot.clean:
+                # The common case (an image written whole, or in order, from
+                # bytes): nothing to clear and nothing to cast.
+                end = offset + len(data)
+                if end > slot.capacity:
+                    raise ValueError(
+                        f"writing {len(data)} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
+                    )
+                start = slot.offset + offset
+                slot.pool._arena.rw[start : start + len(data)] = data
+                slot.clean = end
+                return end
+            with memoryview(data) as src:
+                n = src.nbytes
+                if offset < 0 or offset + n > slot.capacity:
+                    raise ValueError(
+                        f"writing {n} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
+                    )
+                if not src.c_contiguous:
+                    raise ValueError("write() needs a C-contiguous buffer")
+                # A gap between the clean part and this write must not keep
+                # an earlier lease's bytes.
+                slot.make_clean(offset)
+                start = slot.offset + offset
+                with src.cast("B") as flat:
+                    slot.pool._arena.rw[start : start + n] = flat
+                if offset + n > slot.clean:
+                    slot.clean = offset + n
+            return offset + n
 
     def seal(self, nbytes: int | None = None) -> SealedLease:
         """Make the lease read-only and sendable; this handle goes stale.
@@ -346,58 +393,90 @@ class WritableLease:
         sealed lease holds and sends; whole pages past it go back to the pool
         at once. Every writable view of the lease must be gone first: if
         one is still alive nothing changes and :class:`LiveViewsError` says
-        how many. In a pool opened with ``protect_sealed=True`` the pages
-        also become read-only in the page tables.
+        how many; if another thread is in :meth:`write`, nothing changes and
+        :class:`trio.BusyResourceError` says so. In a pool opened with
+        ``protect_sealed=True`` the pages also become read-only in the page
+        tables. Only from the pool's Trio thread.
         """
         slot = self._slot
         if slot.state is not _WRITABLE:
             self._live()  # raises
+        pool = slot.pool
+        if threading.get_ident() != pool._thread:
+            pool._wrong_thread("WritableLease.seal()")
         if nbytes is None:
             nbytes = slot.capacity
         elif not isinstance(nbytes, int) or isinstance(nbytes, bool):
             raise TypeError(f"nbytes must be an int or None, not {type(nbytes).__name__}")
         elif not 0 < nbytes <= slot.capacity:
             raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
-        alive = 0 if slot.views is None else slot.views.live_views()
-        if alive:
-            raise LiveViewsError(
-                f"cannot seal {slot.describe()}: {alive} writable view(s) of it"
-                " are still alive (memoryviews, arrays or images from view()/ndarray());"
-                " drop them or call their release() first",
-                alive,
+        lock = slot.lock
+        if not lock.acquire(blocking=False):
+            raise trio.BusyResourceError(
+                f"cannot seal {slot.describe()}: another thread is writing into it; seal it after"
+                " that write returns"
             )
-        slot.views = None
-        if slot.clean < nbytes:
-            slot.make_clean(nbytes)
-        if nbytes < slot.capacity:
-            # Give whole unused pages back; the rest of the last page is
-            # never sent nor shown, and the next lease clears it.
+        try:
+            if slot.state is not _WRITABLE:  # pragma: no cover - only this thread changes it
+                self._live()
+            alive = 0 if slot.views is None else slot.views.live_views()
+            if alive:
+                raise LiveViewsError(
+                    f"cannot seal {slot.describe()}: {alive} writable view(s) of it"
+                    " are still alive (memoryviews, arrays or images from view()/ndarray());"
+                    " drop them or call their release() first",
+                    alive,
+                )
+            if slot.clean < nbytes:
+                slot.make_clean(nbytes)
+            block = pool._allocator.round_up(nbytes)
             old_block = slot.block_length
-            slot.capacity = slot.clean = nbytes
-            if slot.block_length < old_block:
-                slot.pool._give_back(slot.offset + slot.block_length, old_block - slot.block_length)
-        if slot.pool._protect_sealed:
-            # From here on the process has no writable mapping of these pages.
-            slot.pool._arena.protect(slot.offset, slot.block_length, writable=False)
-        slot.seal()
-        slot.nbytes = nbytes
-        slot.sealed = True
+            if pool._protect_sealed:
+                # From here on the process has no writable mapping of these
+                # pages. First, so that if it fails (vm.max_map_count, say)
+                # nothing has changed yet.
+                pool._arena.protect(slot.offset, block, writable=False)
+            slot.views = None
+            if nbytes < slot.capacity:
+                # Give whole unused pages back; the rest of the last page is
+                # never sent nor shown, and the next lease clears it.
+                slot.capacity = slot.clean = nbytes
+                if block < old_block:
+                    pool._give_back(slot.offset + block, old_block - block)
+            slot.seal()
+            slot.nbytes = nbytes
+            slot.sealed = True
+        finally:
+            lock.release()
         return SealedLease(slot)
 
     def release(self) -> None:
         """Give the lease back unsent; this handle goes stale.
 
         Refuses with :class:`LiveViewsError` (changing nothing) while a view
-        of it is alive, since the memory is about to belong to someone else.
+        of it is alive, since the memory is about to belong to someone else,
+        and with :class:`trio.BusyResourceError` while another thread is in
+        :meth:`write`. Only from the pool's Trio thread.
         """
         slot = self._live()
-        alive = slot.live_views()
-        if alive:
-            raise LiveViewsError(
-                f"cannot release {slot.describe()}: {alive} writable view(s) of it are still alive",
-                alive,
+        pool = slot.pool
+        if threading.get_ident() != pool._thread:
+            pool._wrong_thread("WritableLease.release()")
+        lock = slot.lock
+        if not lock.acquire(blocking=False):
+            raise trio.BusyResourceError(
+                f"cannot release {slot.describe()}: another thread is writing into it"
             )
-        slot.pool._release(slot, "it was released")
+        try:
+            alive = slot.live_views()
+            if alive:
+                raise LiveViewsError(
+                    f"cannot release {slot.describe()}: {alive} writable view(s) of it are still alive",
+                    alive,
+                )
+        finally:
+            lock.release()
+        pool._release(slot, "it was released")
 
 
 class SealedLease:
@@ -420,7 +499,7 @@ class SealedLease:
     def _live(self) -> _Slot:
         slot = self._slot
         state = slot.state
-        if state is not _SEALED and state is not _SENDING:
+        if state is not _SEALED and state is not _SENDING and state is not _TAINTED:
             raise StaleLeaseError(f"this SealedLease is stale: {slot.stale_reason}")
         return slot
 
@@ -457,21 +536,26 @@ class SealedLease:
         of it complete, which may be now or later.
         """
         slot = self._live()
-        slot.pool._release(slot, "it was released")
+        pool = slot.pool
+        if threading.get_ident() != pool._thread:
+            pool._wrong_thread("SealedLease.release()")
+        pool._release(slot, "it was released")
 
     async def wait_reusable(self) -> None:
         """Release the lease and wait until the kernel is done with its memory.
 
         This is how code that adopted its own buffer learns when it may
         write into it again. Raises :class:`LeaseQuarantinedError` if the
-        pool closed before the kernel confirmed (never reuse the buffer
-        then). Cancelling the wait does not undo the release.
+        kernel will never confirm (a connection it was sent on closed with
+        the send in flight, or the pool closed before the confirmation):
+        never reuse the buffer then. Cancelling the wait does not undo the
+        release.
         """
         slot = self._live()
         slot.pool._release(slot, "it was released by wait_reusable()")
         await slot.wait_done()
         if slot.state is LeaseState.QUARANTINED:
             raise LeaseQuarantinedError(
-                f"{slot.describe()}: the pool closed before the kernel confirmed"
+                f"{slot.describe()}: {slot.quarantine_reason} before the kernel confirmed"
                 " it was done reading this memory; never reuse it"
             )

@@ -14,12 +14,21 @@ Rules
    (SENDING back to SEALED).
 4. Memory the kernel may still be reading when nobody can tell us any more
    that it stopped (a socket closed with sends in flight, or the pool's
-   drain deadline passed) is QUARANTINED: never handed out again and never
-   unmapped. Quarantine is forever; later completions of the lease's other
-   sends are counted and change nothing.
-5. A lease released while writable views of it are still alive is ABANDONED:
-   it cannot go back to the pool (a forgotten view could write into the next
-   image) until the pool sees that those views are gone.
+   drain deadline passed) is never reused. Losing a send's completion is a
+   fact about the *memory*, not about its owner: a lease its owner still
+   holds becomes TAINTED, and stays sendable and releasable like any sealed
+   lease (its bytes can never change again, since its memory is never
+   reused); when it is released, or when a lease already released loses a
+   send, it ends QUARANTINED: never handed out again and never unmapped.
+   Later completions of the lease's other sends are counted and change
+   nothing.
+5. A lease released while writable views of it are still alive, or while
+   another thread is writing into it, is ABANDONED: it cannot go back to
+   the pool (a forgotten view could write into the next image) until the
+   pool sees that those views and that write are gone.
+6. After ``fork()``, the child's copies of the pool and its leases are
+   FORKED: the memory is the parent's, and nothing in the child may write,
+   send or reuse it. Every handle the child holds is stale from then on.
 
 Theory of operation
 ===================
@@ -65,12 +74,17 @@ class LeaseState(enum.Enum):
     SENDING = "sending"
     #: Released by its owner; waiting for the kernel to finish its sends.
     DRAINING = "draining"
-    #: Released while writable views were alive; waiting for them to go.
+    #: Released while writable views were alive (or a thread was writing); waiting for them to go.
     ABANDONED = "abandoned"
+    #: Held by its owner and sendable, but a send of it was lost (its
+    #: connection closed before the kernel was done): its memory is never reused.
+    TAINTED = "tainted"
     #: Back in the pool (or, for an adopted buffer, the application's again).
     FREE = "free"
     #: The kernel never confirmed it was done; the memory is withheld forever.
     QUARANTINED = "quarantined"
+    #: In a process forked from the pool's: the memory is the parent's, never used here.
+    FORKED = "forked"
 
 
 class Event(enum.Enum):
@@ -90,10 +104,13 @@ class Event(enum.Enum):
     RELEASE = "release"
     #: The owner gave up a writable lease while views of it were alive.
     ABANDON = "abandon"
-    #: The pool found that an abandoned lease's views are gone.
+    #: The pool found that an abandoned lease's views (and writing thread) are gone.
     VIEWS_GONE = "views gone"
-    #: The pool closed and its drain deadline passed with sends in flight.
+    #: One send of the lease will never be reported complete: its socket
+    #: closed first, or the pool's drain deadline passed.
     QUARANTINE = "quarantine"
+    #: The process forked, and this is the child's copy of the lease.
+    FORK = "fork"
 
 
 S = LeaseState
@@ -111,13 +128,21 @@ TRANSITIONS: Final[dict[tuple[LeaseState, Event], LeaseState]] = {
     (S.SENDING, E.COMPLETE): S.SENDING,
     (S.SENDING, E.LAST_COMPLETE): S.SEALED,
     (S.SENDING, E.RELEASE): S.DRAINING,
-    (S.SENDING, E.QUARANTINE): S.QUARANTINED,
+    # The owner still holds it: it may go on sending and must still release.
+    (S.SENDING, E.QUARANTINE): S.TAINTED,
     # A send that was already running when the owner let go goes on: it
     # holds the memory itself until it returns (see ZeroCopyStream.send_lease).
     (S.DRAINING, E.SEND): S.DRAINING,
     (S.DRAINING, E.COMPLETE): S.DRAINING,
     (S.DRAINING, E.LAST_COMPLETE): S.FREE,
     (S.DRAINING, E.QUARANTINE): S.QUARANTINED,
+    # Tainted memory is never reused, so its bytes stay the sealed ones for
+    # good: sending it again is safe, and no completion can free it.
+    (S.TAINTED, E.SEND): S.TAINTED,
+    (S.TAINTED, E.COMPLETE): S.TAINTED,
+    (S.TAINTED, E.LAST_COMPLETE): S.TAINTED,
+    (S.TAINTED, E.QUARANTINE): S.TAINTED,
+    (S.TAINTED, E.RELEASE): S.QUARANTINED,
     # Quarantine is decided per send (one socket went away with its
     # completions); the lease's other sends may still complete, and change
     # nothing.
@@ -128,12 +153,21 @@ TRANSITIONS: Final[dict[tuple[LeaseState, Event], LeaseState]] = {
     (S.QUARANTINED, E.SEND): S.QUARANTINED,
     (S.QUARANTINED, E.LAST_COMPLETE): S.QUARANTINED,
     (S.QUARANTINED, E.QUARANTINE): S.QUARANTINED,
+    # In a forked child, every lease the pool still tracked.
+    (S.WRITABLE, E.FORK): S.FORKED,
+    (S.SEALED, E.FORK): S.FORKED,
+    (S.SENDING, E.FORK): S.FORKED,
+    (S.DRAINING, E.FORK): S.FORKED,
+    (S.ABANDONED, E.FORK): S.FORKED,
+    (S.TAINTED, E.FORK): S.FORKED,
 }
 
 #: States in which the application still holds a valid handle.
-OWNED_STATES: Final = frozenset({S.WRITABLE, S.SEALED, S.SENDING})
+OWNED_STATES: Final = frozenset({S.WRITABLE, S.SEALED, S.SENDING, S.TAINTED})
+#: States in which a sealed handle is valid (it can be sent and released).
+SENDABLE_STATES: Final = frozenset({S.SEALED, S.SENDING, S.TAINTED})
 #: States that never lead anywhere else.
-TERMINAL_STATES: Final = frozenset({S.FREE, S.QUARANTINED})
+TERMINAL_STATES: Final = frozenset({S.FREE, S.QUARANTINED, S.FORKED})
 
 del S, E
 
@@ -203,6 +237,9 @@ class Lifecycle:
 
     def quarantine(self) -> LeaseState:
         return self._fire(Event.QUARANTINE)
+
+    def fork(self) -> LeaseState:
+        return self._fire(Event.FORK)
 
     @property
     def owned(self) -> bool:

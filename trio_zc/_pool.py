@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import collections
 import math
+import os
+import threading
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -22,8 +25,9 @@ from typing import Any, Final
 import attrs
 import trio
 
+from ._address import buffer_address
 from ._allocator import Allocator
-from ._arena import PAGE_SIZE, Arena
+from ._arena import PAGE_SIZE, Arena, overlaps_arena
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._choice import make_kernel
 from ._kernel import Kernel
@@ -46,6 +50,17 @@ _SWEEP_INTERVAL: Final = 0.05
 # Memory the kernel may still read when its pool closed: kept alive (mapped)
 # for the life of the process, because nobody will ever say it is free.
 _graveyard: list[object] = []
+
+# Pools not yet closed, for the fork handler below.
+_open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_open_pools):
+        pool._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @attrs.frozen
@@ -73,6 +88,9 @@ class PoolStatistics:
     draining_leases: int
     #: Leases released while writable views were alive, waiting for them to go.
     abandoned_leases: int
+    #: Leases their owner still holds whose memory will never be reused: a
+    #: send of each was lost (its connection closed before the kernel was done).
+    tainted_leases: int
     #: Leases whose completion never came before the pool closed.
     quarantined_leases: int
     #: Arena bytes withheld for good by quarantine.
@@ -158,6 +176,7 @@ class BufferPool:
         self, _arena: Arena, *, kernel: Kernel, policy: ZeroCopyPolicy, drain_timeout: float
     ) -> None:
         self._arena = _arena
+        self._pid = os.getpid()
         self._kernel = kernel
         self._granule = kernel.allocation_granule()
         self._policy = policy
@@ -179,6 +198,12 @@ class BufferPool:
         self._closed = False
         #: Whether sealed leases' pages are read-only in the page tables too.
         self._protect_sealed = False
+        #: The Trio thread that runs the pool: the one thread allowed to
+        #: change whom memory belongs to (see "Threads" in _lease.py).
+        self._thread = threading.get_ident()
+        #: Set in a forked child: why nothing of this pool may be used there.
+        self._forked: str | None = None
+        _open_pools.add(self)
         # Defaults for the pool's streams (see open_pool).
         self._send_timeout: float | None = None
         self._stream_max_in_flight = max(_arena.size // 4, PAGE_SIZE)
@@ -191,7 +216,29 @@ class BufferPool:
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked is not None:
+                raise trio.ClosedResourceError(self._forked)
             raise trio.ClosedResourceError("this pool's block has ended; open a new pool")
+
+    def _wrong_thread(self, what: str) -> None:
+        raise RuntimeError(
+            f"{what} must be called from the Trio thread that runs the pool; from a worker"
+            f" thread, call it through trio.from_thread.run_sync"
+        )
+
+    def _after_fork_in_child(self) -> None:
+        """This is a forked child's copy of the pool: make it and its leases refuse to work."""
+        self._forked = (
+            f"this pool belongs to process {self._pid}, which forked this one; a forked"
+            " child cannot use its parent's pools or leases: open a new pool in the child"
+        )
+        self._closed = True
+        self._waiters.clear()
+        for slot in self._slots.values():
+            slot.stale_reason = self._forked
+            slot.fork()
+        self._slots.clear()
+        self._abandoned.clear()
 
     def _check_nbytes(self, nbytes: object) -> int:
         if not isinstance(nbytes, int) or isinstance(nbytes, bool):
@@ -232,9 +279,12 @@ class BufferPool:
         """Take a lease of *nbytes* now, or raise :class:`trio.WouldBlock`.
 
         It raises WouldBlock also when the memory is there but other tasks
-        are already waiting for it: they come first.
+        are already waiting for it: they come first. Only from the pool's
+        Trio thread.
         """
         self._check_open()
+        if threading.get_ident() != self._thread:
+            self._wrong_thread("BufferPool.acquire_nowait()")
         lease = self._take(self._check_nbytes(nbytes))
         if lease is None:
             raise trio.WouldBlock
@@ -326,23 +376,38 @@ class BufferPool:
         read it; call :meth:`SealedLease.wait_reusable` to give the lease up
         and learn when the buffer may be written again. Adopted memory does
         not count against *max_bytes*.
+
+        Pool memory cannot be adopted (a view of a lease, of this pool or
+        another): a second lease over the same memory would keep sending
+        it after the first one gave it back. It raises :class:`ValueError`;
+        send the lease itself, or part of it with
+        :meth:`ZeroCopyStream.send_lease`'s *offset* and *nbytes*.
         """
         self._check_open()
+        if threading.get_ident() != self._thread:
+            self._wrong_thread("BufferPool.adopt()")
         try:
             view = memoryview(buffer)
         except TypeError:
             raise TypeError(
                 f"adopt() needs a buffer (bytes, bytearray, array, mmap), not {type(buffer).__name__}"
             ) from None
-        if not view.c_contiguous:
-            view.release()
-            raise ValueError("adopt() needs a C-contiguous buffer; this one is strided")
-        if view.nbytes == 0:
-            view.release()
-            raise ValueError("adopt() needs a non-empty buffer")
-        flat = view.cast("B")
-        view.release()
-        slot = _Slot(self, 0, flat.nbytes, flat)
+        with view:
+            if not view.c_contiguous:
+                raise ValueError("adopt() needs a C-contiguous buffer; this one is strided")
+            if view.nbytes == 0:
+                raise ValueError("adopt() needs a non-empty buffer")
+            if overlaps_arena(buffer_address(view), view.nbytes):
+                raise ValueError(
+                    "adopt() cannot take pool memory (a view of a lease): the lease it belongs to"
+                    " decides when that memory is reused. Send that lease instead, or a part of"
+                    " it with send_lease(lease, offset, nbytes)"
+                )
+            # Read-only: the sealed handle never writes, and neither may
+            # anything reached through it (SealedLease.view().obj).
+            with view.cast("B") as flat:
+                readonly = flat.toreadonly()
+        slot = _Slot(self, 0, readonly.nbytes, readonly)
         self._slots[slot.id] = slot
         self._leases_total += 1
         return SealedLease(slot)
@@ -362,12 +427,27 @@ class BufferPool:
     def _release(self, slot: _Slot, reason: str) -> None:
         """The owner gave *slot* up (or its scope did it for them)."""
         slot.stale_reason = reason
-        views = slot.views
-        if views is not None and slot.state is LeaseState.WRITABLE and views.live_views():
-            slot.release(views_alive=True)
-            self._abandoned.append(slot)
-            self._sweep_wanted.set()
-        elif slot.release() is LeaseState.FREE:
+        if slot.state is LeaseState.WRITABLE:
+            # A view still alive, or a write running in another thread
+            # (which holds the lock), means the memory is not ours to
+            # reuse yet: abandon it until they are gone.
+            lock = slot.lock
+            if lock.acquire(blocking=False):
+                try:
+                    busy = slot.live_views() > 0
+                    if not busy:
+                        slot.release()
+                finally:
+                    lock.release()
+            else:
+                busy = True
+            if busy:
+                slot.release(views_alive=True)
+                self._abandoned.append(slot)
+                self._sweep_wanted.set()
+            else:
+                self._settle(slot)
+        elif slot.release() in TERMINAL_STATES:
             self._settle(slot)
         # Otherwise DRAINING: the last completion settles it.
 
@@ -432,12 +512,19 @@ class BufferPool:
             return
         still = []
         for slot in self._abandoned:
-            if slot.live_views():
-                still.append(slot)
-            else:
-                slot.views = None
-                slot.views_gone()
-                self._settle(slot)
+            # The lock is free once no thread is writing into the lease.
+            if slot.lock.acquire(blocking=False):
+                try:
+                    gone = not slot.live_views()
+                    if gone:
+                        slot.views = None
+                        slot.views_gone()
+                finally:
+                    slot.lock.release()
+                if gone:
+                    self._settle(slot)
+                    continue
+            still.append(slot)
         self._abandoned = still
 
     async def _sweeper(self) -> None:
@@ -453,6 +540,7 @@ class BufferPool:
     async def _close(self) -> None:
         """Drain, report and quarantine; the end of :func:`open_pool`'s block."""
         self._closed = True
+        _open_pools.discard(self)
         for waiter in self._waiters:
             waiter.closed = True
             waiter.event.set()
@@ -489,6 +577,8 @@ class BufferPool:
         inflight = [s for s in self._slots.values() if s.inflight]
         for slot in inflight:
             slot.stale_reason = "its pool closed"
+            if not slot.quarantine_reason:
+                slot.quarantine_reason = "the pool closed"
             slot.quarantine()
             self._settle(slot)
         if inflight:
@@ -527,9 +617,10 @@ class BufferPool:
             free_bytes=self._allocator.free_bytes,
             largest_free_block=self._allocator.largest_free_block,
             writable_leases=counts[LeaseState.WRITABLE],
-            sealed_leases=counts[LeaseState.SEALED] + counts[LeaseState.SENDING],
+            sealed_leases=counts[LeaseState.SEALED] + counts[LeaseState.SENDING] + counts[LeaseState.TAINTED],
             draining_leases=counts[LeaseState.DRAINING],
             abandoned_leases=counts[LeaseState.ABANDONED],
+            tainted_leases=counts[LeaseState.TAINTED],
             quarantined_leases=self._quarantined_leases,
             quarantined_bytes=self._quarantined_bytes,
             adopted_leases=adopted_leases,
