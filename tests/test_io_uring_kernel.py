@@ -89,22 +89,37 @@ async def test_sends_that_are_ready_together_are_submitted_together() -> None:
 
 
 @needs_io_uring
-async def test_registration_failure_falls_back_to_unregistered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: Ring, iovecs: object) -> None:
+@pytest.mark.parametrize("refused", ["register_sparse_buffers", "update_buffers"])
+async def test_registration_failure_falls_back_to_unregistered_sends(
+    monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    """The buffer table, or a chunk of the arena, refused (ENOMEM): sends go unregistered."""
+
+    def refuse(self: Ring, *args: object) -> None:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(Ring, "register_buffers", refuse)
-    async with open_pool(max_bytes=8 * MiB, kernel="io_uring") as pool:
+    monkeypatch.setattr(Ring, refused, refuse)
+    async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=ZeroCopyPolicy(copied_streak=0)) as pool:
         kernel = pool._kernel
-        assert isinstance(kernel, IoUringKernel) and not kernel.fixed
-        assert "without registered buffers" in (pool.statistics().kernel_note or "")
+        assert isinstance(kernel, IoUringKernel)
+        assert kernel.fixed is (refused == "update_buffers")
         a, b = await stream_pair(pool)
         async with a, b:
             image = os.urandom(MiB)
             async with pool.lease(len(image)) as lease:
                 lease.write(image)
-                await a.send_lease(lease.seal())
-            assert await receive_exactly(b, len(image)) == image
+                with trio.fail_after(10):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(a.send_lease, lease.seal())
+                        assert await receive_exactly(b, len(image)) == image
+            assert a.statistics().sent.zerocopy_calls >= 1
+        note = pool.statistics().kernel_note or ""
+        assert note.startswith("io_uring: ")
+        if refused == "update_buffers":
+            assert kernel.refused_chunks == 1 and kernel.registered_bytes == 0
+            assert "Registering 8 MiB of the pool's memory failed ([Errno 12]" in note
+        else:
+            assert "registering a buffer table failed" in note and "each send pins its own pages" in note
 
 
 @pytest.mark.parametrize("kernel", ["auto", "io_uring"])

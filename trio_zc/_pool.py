@@ -620,6 +620,7 @@ async def open_pool(
     elif not isinstance(policy, ZeroCopyPolicy):
         raise TypeError(f"policy must be a ZeroCopyPolicy, not {type(policy).__name__}")
     the_kernel = make_kernel(kernel)
+    the_kernel.claim()
     arena: Arena | None = None
     try:
         granule = the_kernel.allocation_granule()
@@ -640,15 +641,28 @@ async def open_pool(
         if arena is not None:
             arena.close()
         raise
+    # The kernel's background work (the completion reaper, io_uring's
+    # submitter, the mock's pump) is what brings in the completions that
+    # closing waits for, so a cancelled block must not cancel it: it runs
+    # shielded until the pool has closed, and is stopped then.
+    background = trio.CancelScope(shield=True)
+
+    async def run_kernel() -> None:
+        with background:
+            await the_kernel.run()
+
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pool._sweeper)
-            nursery.start_soon(the_kernel.run)
+            nursery.start_soon(run_kernel)
             try:
                 yield pool
             finally:
-                await pool._close()
-                nursery.cancel_scope.cancel()
+                try:
+                    await pool._close()
+                finally:
+                    background.cancel()
+                    nursery.cancel_scope.cancel()
     finally:
         the_kernel.close()
         if not arena.closed:  # pragma: no cover - only if _close itself failed

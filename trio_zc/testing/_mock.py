@@ -575,6 +575,10 @@ class MockChannel(CompletionChannel):
     # -- closing ----------------------------------------------------------------
 
     def abort(self) -> None:
+        if self.closed:
+            # Closed: what is queued still goes out, then EOF (as for a real
+            # socket, whose descriptor may serve another connection by now).
+            return
         self.conn.break_connection()
         self.drain()
 
