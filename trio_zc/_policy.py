@@ -59,7 +59,7 @@ class ZeroCopyPolicy:
 #: zero-copy send (MSG_ZEROCOPY says ENOBUFS; io_uring's SEND_ZC from
 #: unregistered memory says ENOMEM).
 ENOBUFS_FALLBACK = (
-    "the kernel refused zero-copy (ENOBUFS or ENOMEM: out of locked or option memory):"
+    "ENOBUFS or ENOMEM (the kernel is out of locked or option memory for zero-copy):"
     " copying the next sends, then trying zero-copy again"
 )
 #: The most sends copied after one ENOBUFS, however many came in a row.

@@ -923,6 +923,13 @@ class MockKernel(Kernel):
     dearest habit (about 1.5 µs a send on a small machine); turning it off
     makes ``where`` read ``<not recorded>`` and changes nothing else: the
     check for premature reuse stays.
+
+    One MockKernel serves one pool, for its whole life: :func:`~trio_zc.open_pool`
+    refuses (:exc:`ValueError`) a MockKernel that already serves a pool, open
+    or closed. Its connections, their completions and its background task
+    belong to that pool, whose close forces down every connection of its
+    kernel still busy -- on a shared kernel, the other pool's too. Make one
+    MockKernel per pool (the ``mock_kernel`` fixture is a fresh one per test).
     """
 
     name = "mock"
