@@ -248,3 +248,72 @@ async def test_a_completion_for_no_request_is_counted_in_the_pool_statistics_and
         assert pool.statistics().sent.malformed_records == 1
         assert pool.statistics().free_bytes == free_before
         lease.release()
+
+
+def arena_resident_bytes(pool: trio_zc.BufferPool) -> int:
+    """Bytes of *pool*'s arena resident in this process (the Rss of its mappings in smaps)."""
+    inode = os.fstat(pool._arena.fd).st_ino
+    total = 0
+    in_arena = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+                in_arena = int(fields[4]) == inode  # a mapping's header line
+            elif in_arena and fields[:1] == ["Rss:"]:
+                total += int(fields[1]) * 1024
+    return total
+
+
+def process_shmem_bytes() -> int:
+    """RssShmem of this process (/proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+@needs_io_uring
+async def test_an_idle_io_uring_pool_pins_nothing_and_registers_chunks_as_sends_use_them() -> None:
+    """Registering pins (allocates) memory: only the 16 MiB chunks sends use are registered.
+
+    Before, opening a 256 MiB io_uring pool registered the whole arena and so
+    added 256 MiB of shared memory to the process, idle.
+    """
+    chunk = 16 * MiB
+    shmem_before = process_shmem_bytes()
+    async with open_pool(max_bytes=256 * MiB, kernel="io_uring", policy=ZeroCopyPolicy(copied_streak=0)) as pool:
+        kernel = pool._kernel
+        assert isinstance(kernel, IoUringKernel)
+        # Idle: nothing registered, nothing resident.
+        assert arena_resident_bytes(pool) < MiB
+        assert process_shmem_bytes() - shmem_before < 8 * MiB
+        assert kernel.fixed and kernel.chunk == chunk and kernel.registered_bytes == 0
+        a, b = await stream_pair(pool)
+        async with a, b:
+            for expected_chunks in (1, 2):
+                image = os.urandom(MiB)
+                filler = None
+                if expected_chunks == 2:
+                    # The next lease lands in the arena's last chunk.
+                    filler = await pool.acquire(pool.max_bytes - 2 * MiB)
+                async with trio.open_nursery() as nursery:
+                    received: list[bytes] = []
+
+                    async def receive() -> None:
+                        received.append(await receive_exactly(b, len(image)))
+
+                    nursery.start_soon(receive)
+                    async with pool.lease(len(image)) as lease:
+                        lease.write(image)
+                        await a.send_lease(lease.seal())
+                assert received == [image]
+                if filler is not None:
+                    filler.release()
+                # The chunk holding the lease was registered: pinned, so resident.
+                assert kernel.registered_bytes == expected_chunks * chunk
+                assert expected_chunks * chunk <= arena_resident_bytes(pool) < expected_chunks * chunk + 4 * MiB
+            sent = a.statistics().sent
+            assert sent.zerocopy_calls == sent.completions >= 2
+    assert process_shmem_bytes() - shmem_before < 8 * MiB

@@ -568,7 +568,12 @@ async def open_pool(
     ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
 
     *max_bytes* is rounded down to whole pages and is the most memory the
-    pool's leases ever use. *kernel* says how its streams send: ``"copy"``
+    pool's leases ever use. Pages are allocated as leases first write them
+    and stay allocated until the pool closes; with io_uring (``"io_uring"``,
+    and ``"auto"`` where it picks io_uring) sending from a 16 MiB chunk of
+    the pool for the first time registers that whole chunk with the kernel,
+    which allocates and pins it (counted against ``RLIMIT_MEMLOCK`` without
+    ``CAP_IPC_LOCK``) until the pool closes. *kernel* says how its streams send: ``"copy"``
     (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"io_uring"``
     (SEND_ZC from the arena registered as fixed buffers; falls back to
     msg_zerocopy where io_uring is not usable), ``"sendfile"`` (sendfile
