@@ -20,7 +20,9 @@ kernel does not pin pages per send; sends from it use
 page of a buffer at once, so the arena is not registered whole when the
 pool opens: the ring gets a sparse buffer table (Linux 5.13+), and each
 16 MiB chunk of the arena is registered into its slot when a send first
-uses it. An idle pool costs no memory; a busy one keeps the chunks it used
+uses it, through a second mapping of the arena's memfd that stays writable
+(registering pins for writing, which the read-only pages of sealed leases
+in a ``protect_sealed`` pool refuse). An idle pool costs no memory; a busy one keeps the chunks it used
 until it closes. A chunk the kernel refuses to register (ENOMEM: the
 locked-memory limit) is sent from as ordinary memory, which the kernel pins
 per send. Adopted buffers go as ordinary SEND_ZC.
@@ -42,7 +44,9 @@ when the pool opens; see ``_choice.py`` for the fallbacks.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -114,7 +118,9 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             return buffer_address(slot.adopted) + pos, None, _MAX_FIXED_BUFFER
         offset = slot.offset + pos
         index, room = self.kernel.buffer_for(offset)
-        return self.kernel.arena_address + offset, index, min(room, _MAX_FIXED_BUFFER)
+        # Registered chunks are named by their address in the registration mapping.
+        base = self.kernel.arena_address if index is None else self.kernel.registered_address
+        return base + offset, index, min(room, _MAX_FIXED_BUFFER)
 
     async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -220,6 +226,11 @@ class IoUringKernel(Kernel):
         self.fixed = False
         self.arena_address = 0
         self.arena_size = 0
+        # A second mapping of the arena's memfd, read-write for good, through
+        # which chunks are registered (see attach()).
+        self._registration_map: mmap.mmap | None = None
+        self._registration_anchor: ctypes.c_char | None = None
+        self.registered_address = 0
         #: The size of the arena's chunks, each registered on first use.
         self.chunk = _MAX_FIXED_BUFFER
         # Per chunk: None until first used, then whether registering it worked.
@@ -249,12 +260,21 @@ class IoUringKernel(Kernel):
         try:
             # Nothing is pinned yet: chunks are registered as sends use them.
             self.ring.register_sparse_buffers(count)
+            # Registering pins for writing, which read-only pages refuse
+            # (EFAULT), and with protect_sealed the lease a send is about to
+            # send is read-only. So chunks are registered through a mapping
+            # of their own: the same pages, always writable, never handed to
+            # anyone (the kernel only reads through it).
+            self._registration_map = mmap.mmap(arena.fd, arena.size, flags=mmap.MAP_SHARED)
         except OSError as exc:
             self._add_note(
                 f"Without registered buffers: registering a buffer table failed ({exc});"
                 " each send pins its own pages."
             )
             return
+        self._registration_map.madvise(mmap.MADV_NOHUGEPAGE)
+        self._registration_anchor = ctypes.c_char.from_buffer(self._registration_map)
+        self.registered_address = ctypes.addressof(self._registration_anchor)
         self.chunk = chunk
         self._chunks = [None] * count
         self.fixed = True
@@ -276,7 +296,7 @@ class IoUringKernel(Kernel):
         start = index * self.chunk
         length = min(self.chunk, self.arena_size - start)
         try:
-            self.ring.update_buffers(index, [(self.arena_address + start, length)])
+            self.ring.update_buffers(index, [(self.registered_address + start, length)])
         except OSError as exc:
             # Not retried: under the locked-memory limit it would fail on
             # every send, at the price of a system call each.
@@ -369,3 +389,9 @@ class IoUringKernel(Kernel):
         # Closing the ring cancels what is still in flight; the pool has
         # drained or quarantined it by now. Registered pages are unpinned.
         self.ring.close()
+        # The kernel holds its own references to pages still in flight, so
+        # unmapping the registration mapping is memory-safe at any time.
+        if self._registration_map is not None:
+            self._registration_anchor = None
+            self._registration_map.close()
+            self._registration_map = None
