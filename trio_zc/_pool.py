@@ -573,7 +573,8 @@ async def open_pool(
     and ``"auto"`` where it picks io_uring) sending from a 16 MiB chunk of
     the pool for the first time registers that whole chunk with the kernel,
     which allocates and pins it (counted against ``RLIMIT_MEMLOCK`` without
-    ``CAP_IPC_LOCK``) until the pool closes. *kernel* says how its streams send: ``"copy"``
+    ``CAP_IPC_LOCK``) until the pool closes (see docs/kernels.rst, "Memory").
+    *kernel* says how its streams send: ``"copy"``
     (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"io_uring"``
     (SEND_ZC from the arena registered as fixed buffers; falls back to
     msg_zerocopy where io_uring is not usable), ``"sendfile"`` (sendfile
