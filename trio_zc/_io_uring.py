@@ -20,9 +20,10 @@ kernel does not pin pages per send; sends from it use
 page of a buffer at once, so the arena is not registered whole when the
 pool opens: the ring gets a sparse buffer table (Linux 5.13+), and each
 16 MiB chunk of the arena is registered into its slot when a send first
-uses it, through a second mapping of the arena's memfd that stays writable
-(registering pins for writing, which the read-only pages of sealed leases
-in a ``protect_sealed`` pool refuse). An idle pool costs no memory; a busy one keeps the chunks it used
+uses it, through a mapping of that chunk made for the registration and
+unmapped right after it (registering pins for writing, which the read-only
+pages of sealed leases in a ``protect_sealed`` pool refuse; the pins
+outlive the mapping). An idle pool costs no memory; a busy one keeps the chunks it used
 until it closes. A chunk the kernel refuses to register (ENOMEM: the
 locked-memory limit) is sent from as ordinary memory, which the kernel pins
 per send. Adopted buffers go as ordinary SEND_ZC.
@@ -116,11 +117,8 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         from there."""
         if slot.adopted is not None:
             return buffer_address(slot.adopted) + pos, None, _MAX_FIXED_BUFFER
-        offset = slot.offset + pos
-        index, room = self.kernel.buffer_for(offset)
-        # Registered chunks are named by their address in the registration mapping.
-        base = self.kernel.arena_address if index is None else self.kernel.registered_address
-        return base + offset, index, min(room, _MAX_FIXED_BUFFER)
+        address, index, room = self.kernel.buffer_for(slot.offset + pos)
+        return address, index, min(room, _MAX_FIXED_BUFFER)
 
     async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -226,11 +224,10 @@ class IoUringKernel(Kernel):
         self.fixed = False
         self.arena_address = 0
         self.arena_size = 0
-        # A second mapping of the arena's memfd, read-write for good, through
-        # which chunks are registered (see attach()).
-        self._registration_map: mmap.mmap | None = None
-        self._registration_anchor: ctypes.c_char | None = None
-        self.registered_address = 0
+        self._arena_fd = -1
+        # Per registered chunk, the address it was registered at (see
+        # _register_chunk()); 0 for the others.
+        self._bases: list[int] = []
         #: The size of the arena's chunks, each registered on first use.
         self.chunk = _MAX_FIXED_BUFFER
         # Per chunk: None until first used, then whether registering it worked.
@@ -250,6 +247,7 @@ class IoUringKernel(Kernel):
     def attach(self, arena: Arena) -> None:
         self.arena_address = arena.address
         self.arena_size = arena.size
+        self._arena_fd = arena.fd
         if not self.probe.fixed_buffers:
             self._add_note("Without registered buffers: each send pins its own pages.")
             return
@@ -260,44 +258,56 @@ class IoUringKernel(Kernel):
         try:
             # Nothing is pinned yet: chunks are registered as sends use them.
             self.ring.register_sparse_buffers(count)
-            # Registering pins for writing, which read-only pages refuse
-            # (EFAULT), and with protect_sealed the lease a send is about to
-            # send is read-only. So chunks are registered through a mapping
-            # of their own: the same pages, always writable, never handed to
-            # anyone (the kernel only reads through it).
-            self._registration_map = mmap.mmap(arena.fd, arena.size, flags=mmap.MAP_SHARED)
         except OSError as exc:
             self._add_note(
                 f"Without registered buffers: registering a buffer table failed ({exc});"
                 " each send pins its own pages."
             )
             return
-        self._registration_map.madvise(mmap.MADV_NOHUGEPAGE)
-        self._registration_anchor = ctypes.c_char.from_buffer(self._registration_map)
-        self.registered_address = ctypes.addressof(self._registration_anchor)
+        self._bases = [0] * count
         self.chunk = chunk
         self._chunks = [None] * count
         self.fixed = True
 
-    def buffer_for(self, offset: int) -> tuple[int | None, int]:
-        """The fixed buffer holding arena *offset* (None: send it as ordinary
-        memory), and the bytes from *offset* to that buffer's end."""
+    def buffer_for(self, offset: int) -> tuple[int, int | None, int]:
+        """Where a send names arena *offset*, the fixed buffer holding it
+        (None: ordinary memory), and the bytes from there to that buffer's end."""
         index = offset // self.chunk
         if not self.fixed or index >= len(self._chunks):
-            return None, self.arena_size - offset
+            return self.arena_address + offset, None, self.arena_size - offset
         registered = self._chunks[index]
         if registered is None:
             registered = self._register_chunk(index)
         if not registered:
-            return None, self.arena_size - offset
-        return index, (index + 1) * self.chunk - offset
+            return self.arena_address + offset, None, self.arena_size - offset
+        start = index * self.chunk
+        return self._bases[index] + offset - start, index, start + self.chunk - offset
 
     def _register_chunk(self, index: int) -> bool:
+        """Register chunk *index*, through a mapping of its own; whether that worked.
+
+        Registering pins for writing, which read-only pages refuse (EFAULT),
+        and in a ``protect_sealed`` pool the lease about to be sent is
+        read-only in the arena's mapping. So the chunk is mapped once more,
+        read-write, for the registration only: the kernel keeps the pages
+        pinned after the mapping is gone, and a send names its bytes by
+        their address as registered (the kernel only computes an offset from
+        it). No writable mapping of sealed memory outlives this call.
+        """
         start = index * self.chunk
         length = min(self.chunk, self.arena_size - start)
         try:
-            self.ring.update_buffers(index, [(self.registered_address + start, length)])
-        except OSError as exc:
+            region = mmap.mmap(self._arena_fd, length, flags=mmap.MAP_SHARED, offset=start)
+            try:
+                # As the arena's own mapping: pages fault in as base pages.
+                region.madvise(mmap.MADV_NOHUGEPAGE)
+                anchor = ctypes.c_char.from_buffer(region)
+                base = ctypes.addressof(anchor)
+                del anchor
+                self.ring.update_buffers(index, [(base, length)])
+            finally:
+                region.close()
+        except (OSError, ValueError) as exc:
             # Not retried: under the locked-memory limit it would fail on
             # every send, at the price of a system call each.
             self._chunks[index] = False
@@ -310,6 +320,7 @@ class IoUringKernel(Kernel):
             self.refused_chunks += 1
             return False
         self._chunks[index] = True
+        self._bases[index] = base
         self.registered_bytes += length
         return True
 
@@ -389,9 +400,3 @@ class IoUringKernel(Kernel):
         # Closing the ring cancels what is still in flight; the pool has
         # drained or quarantined it by now. Registered pages are unpinned.
         self.ring.close()
-        # The kernel holds its own references to pages still in flight, so
-        # unmapping the registration mapping is memory-safe at any time.
-        if self._registration_map is not None:
-            self._registration_anchor = None
-            self._registration_map.close()
-            self._registration_map = None
