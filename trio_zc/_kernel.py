@@ -23,7 +23,10 @@ A channel's contract, which every kernel is tested against:
   connection, :class:`trio.ClosedResourceError` for a closed one.
 
 Background work (a completion reaper) runs in the pool's nursery via
-:meth:`Kernel.run`.
+:meth:`Kernel.run`, shielded from cancellation until the pool's close has
+drained. A kernel object serves one pool (:meth:`Kernel.claim`). A channel
+never acts on its socket's descriptor number once the socket is closed:
+the number may belong to another connection by then.
 """
 
 from __future__ import annotations
