@@ -116,3 +116,37 @@ async def test_cancelling_the_pools_block_drains_promptly_and_quarantines_nothin
     assert elapsed < DRAIN / 2, f"the block took {elapsed:.1f} s to end after the cancel"
     # Whatever arrived is the start of the images, byte for byte.
     assert bytes(received) == expected[: len(received)]
+
+
+async def test_closing_past_the_deadline_settles_stuck_connections_side_by_side(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Connections whose completions never come each get the same short grace, not one after another.
+
+    After the drain deadline the pool resets every connection still busy and
+    waits a grace (1 s) for the completions the resets bring. Waiting for them
+    one connection at a time made a server with N stuck clients take N more
+    seconds to close. (Virtual time, with the mock kernel losing completions.)
+    """
+    mock = trio_zc.testing.MockKernel()
+    streams = 20
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with open_pool(max_bytes=32 * MiB, kernel=mock, policy=ALWAYS_ZC, drain_timeout=0.5) as pool:
+            pairs = [mock.open_stream(pool) for _ in range(streams)]
+            for stream, peer in pairs:
+                peer.lose_completions()
+                async with pool.lease(64 * 1024) as lease:
+                    lease.write(b"z" * 64 * 1024)
+                    await stream.send_lease(lease.seal())
+            assert pool.statistics().sends_in_flight == streams
+            closing_at = trio.current_time()
+        closed_after = trio.current_time() - closing_at
+    # Every connection's lost send is quarantined, as before.
+    assert pool.statistics().quarantined_leases == streams
+    assert any(issubclass(w.category, trio_zc.QuarantineWarning) for w in caught)
+    # The deadline, then one grace for all of them.
+    assert closed_after < 0.5 + 2 * 1.0, f"closing took {closed_after:.1f} s of virtual time"
+    for stream, peer in pairs:
+        await stream.aclose()
+        await peer.aclose()

@@ -55,7 +55,7 @@ import attrs
 import trio
 
 from ._address import buffer_address
-from ._completion_channel import DrainingChannel
+from ._completion_channel import DrainingChannel, settle_all
 from ._kernel import ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
 from ._stats import Counters
 from ._uring import Probe, Ring, SubmissionQueueFull
@@ -392,8 +392,7 @@ class IoUringKernel(Kernel):
             self.submit_calls += 1
 
     async def abort_in_flight(self) -> None:
-        for channel in {call.channel for call in self.tracker.items_outstanding()}:
-            await channel.settle_or_quarantine()
+        await settle_all({call.channel for call in self.tracker.items_outstanding()})
         await trio.lowlevel.checkpoint()
 
     def close(self) -> None:

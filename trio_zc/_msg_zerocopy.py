@@ -36,7 +36,7 @@ from typing import Final
 
 import trio
 
-from ._completion_channel import Ancdata, CompletionChannel
+from ._completion_channel import Ancdata, CompletionChannel, settle_all
 from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
 from ._kernel import Channel, Kernel, SocketChannel, local_peer
 from ._memlock import memlock_problem
@@ -150,6 +150,5 @@ class MsgZeroCopyKernel(Kernel):
         self._epoll.close()  # idempotent; run() closes it too when it ends
 
     async def abort_in_flight(self) -> None:
-        for channel in list(self._channels.values()):
-            await channel.settle_or_quarantine()
+        await settle_all(list(self._channels.values()))
         await trio.lowlevel.checkpoint()

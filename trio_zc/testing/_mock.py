@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .._completion_channel import Ancdata, CompletionChannel
+from .._completion_channel import Ancdata, CompletionChannel, settle_all
 from .._errqueue import ZeroCopyCompletion, pack_zerocopy_record
 from .._kernel import Channel, Kernel
 from .._lease import describe_lease
@@ -1026,9 +1026,7 @@ class MockKernel(Kernel):
                 conn.pump()
 
     async def abort_in_flight(self) -> None:
-        for conn in list(self.connections):
-            if conn.channel is not None:
-                await conn.channel.settle_or_quarantine()
+        await settle_all([conn.channel for conn in self.connections if conn.channel is not None])
         await trio.lowlevel.checkpoint()
 
     # -- controls for every connection -----------------------------------------
