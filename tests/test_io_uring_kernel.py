@@ -89,22 +89,37 @@ async def test_sends_that_are_ready_together_are_submitted_together() -> None:
 
 
 @needs_io_uring
-async def test_registration_failure_falls_back_to_unregistered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: Ring, iovecs: object) -> None:
+@pytest.mark.parametrize("refused", ["register_sparse_buffers", "update_buffers"])
+async def test_registration_failure_falls_back_to_unregistered_sends(
+    monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    """The buffer table, or a chunk of the arena, refused (ENOMEM): sends go unregistered."""
+
+    def refuse(self: Ring, *args: object) -> None:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
-    monkeypatch.setattr(Ring, "register_buffers", refuse)
-    async with open_pool(max_bytes=8 * MiB, kernel="io_uring") as pool:
+    monkeypatch.setattr(Ring, refused, refuse)
+    async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=ZeroCopyPolicy(copied_streak=0)) as pool:
         kernel = pool._kernel
-        assert isinstance(kernel, IoUringKernel) and not kernel.fixed
-        assert "without registered buffers" in (pool.statistics().kernel_note or "")
+        assert isinstance(kernel, IoUringKernel)
+        assert kernel.fixed is (refused == "update_buffers")
         a, b = await stream_pair(pool)
         async with a, b:
             image = os.urandom(MiB)
             async with pool.lease(len(image)) as lease:
                 lease.write(image)
-                await a.send_lease(lease.seal())
-            assert await receive_exactly(b, len(image)) == image
+                with trio.fail_after(10):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(a.send_lease, lease.seal())
+                        assert await receive_exactly(b, len(image)) == image
+            assert a.statistics().sent.zerocopy_calls >= 1
+        note = pool.statistics().kernel_note or ""
+        assert note.startswith("io_uring: ")
+        if refused == "update_buffers":
+            assert kernel.refused_chunks == 1 and kernel.registered_bytes == 0
+            assert "Registering 8 MiB of the pool's memory failed ([Errno 12]" in note
+        else:
+            assert "registering a buffer table failed" in note and "each send pins its own pages" in note
 
 
 @pytest.mark.parametrize("kernel", ["auto", "io_uring"])
@@ -233,3 +248,73 @@ async def test_a_completion_for_no_request_is_counted_in_the_pool_statistics_and
         assert pool.statistics().sent.malformed_records == 1
         assert pool.statistics().free_bytes == free_before
         lease.release()
+
+
+async def receive_into(stream: trio.abc.ReceiveStream, n: int, into: list[bytes]) -> None:
+    into.append(await receive_exactly(stream, n))
+
+
+def arena_allocated_bytes(pool: trio_zc.BufferPool) -> int:
+    """Memory the pool's arena holds: the pages allocated to its memfd (each counted once)."""
+    return os.fstat(pool._arena.fd).st_blocks * 512
+
+
+def process_shmem_bytes() -> int:
+    """RssShmem of this process (/proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+@needs_io_uring
+@pytest.mark.parametrize("protect_sealed", [False, True])
+async def test_an_idle_io_uring_pool_pins_nothing_and_registers_chunks_as_sends_use_them(
+    protect_sealed: bool,
+) -> None:
+    """Registering pins (allocates) memory: only the 16 MiB chunks sends use are registered.
+
+    Before, opening a 256 MiB io_uring pool registered the whole arena and so
+    added 256 MiB of shared memory to the process, idle. (With
+    *protect_sealed* the lease being sent is read-only, which registering
+    from the arena's own mapping would refuse.)
+    """
+    chunk = 16 * MiB
+    shmem_before = process_shmem_bytes()
+    async with open_pool(
+        max_bytes=256 * MiB,
+        kernel="io_uring",
+        policy=ZeroCopyPolicy(copied_streak=0),
+        protect_sealed=protect_sealed,
+    ) as pool:
+        kernel = pool._kernel
+        assert isinstance(kernel, IoUringKernel)
+        # Idle: nothing registered, nothing allocated.
+        assert arena_allocated_bytes(pool) < MiB
+        assert process_shmem_bytes() - shmem_before < 8 * MiB
+        assert kernel.fixed and kernel.chunk == chunk and kernel.registered_bytes == 0
+        a, b = await stream_pair(pool)
+        async with a, b:
+            for expected_chunks in (1, 2):
+                image = os.urandom(MiB)
+                filler = None
+                if expected_chunks == 2:
+                    # The next lease lands in the arena's last chunk.
+                    filler = await pool.acquire(pool.max_bytes - 2 * MiB)
+                received: list[bytes] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive_into, b, len(image), received)
+                    async with pool.lease(len(image)) as lease:
+                        lease.write(image)
+                        await a.send_lease(lease.seal())
+                assert received == [image]
+                if filler is not None:
+                    filler.release()
+                # The chunk holding the lease was registered, so allocated: no more.
+                assert kernel.registered_bytes == expected_chunks * chunk
+                assert kernel.refused_chunks == 0
+                assert arena_allocated_bytes(pool) == expected_chunks * chunk
+            sent = a.statistics().sent
+            assert sent.zerocopy_calls == sent.completions >= 2
+    assert process_shmem_bytes() - shmem_before < 8 * MiB

@@ -213,3 +213,110 @@ def test_memlock_zero_without_cap_ipc_lock_copies_from_the_start(privilege: str)
     assert stats["zerocopy_calls"] == 0 and stats["enobufs"] == 0, stats
     assert stats["bytes_copied"] == 16 * MiB
     assert result["timeline"] == "C" * 16
+
+
+# --- io_uring under the limit ----------------------------------------------------------
+#
+# Measured on Linux 6.18 without CAP_IPC_LOCK: with RLIMIT_MEMLOCK 0 even
+# io_uring_setup fails (ENOMEM: the rings are charged to the limit); with
+# 8 MiB the ring works, registering more than the limit leaves fails
+# (ENOMEM), and a SEND_ZC from unregistered memory is charged for its whole
+# length until its notification, and fails with ENOMEM past the limit. The
+# connection is fine then: the send must be copied, never reported broken.
+
+
+def pool_note(result: dict[str, Any]) -> str:
+    note = result["pool"]["kernel_note"]
+    assert isinstance(note, str)
+    return note
+
+
+def test_io_uring_copies_the_sends_the_limit_refuses_and_says_why() -> None:
+    """12 MiB images under 8 MiB: the arena's chunk and every image's SEND_ZC are refused (ENOMEM)."""
+    result = run_child(
+        "--memlock", str(8 * MiB), "--kernel", "io_uring", "--images", "8", "--size", str(12 * MiB),
+        "--pool-bytes", str(32 * MiB), "--stall", "5", "--backoff", str(BACKOFF),
+    )
+    assert_not_exempt(result, 8 * MiB)
+    if result["pool"]["kernel"] != "io_uring":
+        pytest.skip(f"io_uring is not usable here: {pool_note(result)}")
+    assert result["warnings"] == []
+    stats = result["settled"]
+    timeline = result["timeline"]
+    context = f"timeline {timeline}, stats {stats}"
+    assert stats["enobufs"] > 0, context
+    assert any("ENOMEM" in reason for reason, _ in stats["fallbacks"]), context
+    assert_every_image_intact(result)
+    # The same policy as for MSG_ZEROCOPY's ENOBUFS: copy a while, try again.
+    assert backoff_violations(timeline, BACKOFF) == [], context
+    assert "E" in timeline or "P" in timeline, context
+    assert_settled(stats, result)
+    pool = result["pool"]
+    assert pool["quarantined_leases"] == 0 and pool["free_bytes"] == pool["max_bytes"]
+    # The note says what failed, and why, for this process.
+    note = pool_note(result)
+    assert "Registering 16 MiB of the pool's memory failed" in note, note
+    assert "RLIMIT_MEMLOCK is 8 MiB and the process lacks CAP_IPC_LOCK" in note, note
+
+
+@pytest.mark.parametrize("kernel", ["io_uring", "auto"])
+def test_six_connections_under_an_8_mib_limit_deliver_every_image(kernel: str) -> None:
+    """The outside tester's case: 6 connections, 2 MiB images, a 32 MiB pool, RLIMIT_MEMLOCK 8 MiB.
+
+    Before, io_uring reported 4 of the 6 healthy connections broken
+    (ENOMEM); MSG_ZEROCOPY backed off. With ``auto`` the peers are on
+    loopback, so every send is copied from the start and nothing is pinned.
+    """
+    connections, images = 6, 8
+    result = run_child(
+        "--memlock", str(8 * MiB), "--kernel", kernel, "--connections", str(connections),
+        "--images", str(images), "--size", str(2 * MiB), "--pool-bytes", str(32 * MiB),
+        "--stall", "5", "--backoff", str(BACKOFF),
+    )
+    assert_not_exempt(result, 8 * MiB)
+    if result["pool"]["kernel"] != "io_uring":
+        pytest.skip(f"io_uring is not usable here: {pool_note(result)}")
+    assert result["warnings"] == []
+    assert_every_image_intact(result)
+    lanes = result["lanes"]
+    assert len(lanes) == connections
+    for lane in lanes:
+        stats = lane["settled"]
+        assert lane["images_verified"] == images
+        assert_settled(stats, {"images": images, "image_bytes": 2 * MiB})
+        if kernel == "io_uring":
+            assert backoff_violations(lane["timeline"], BACKOFF) == [], lane
+        else:
+            assert lane["timeline"] == "C" * images
+    refused = sum(lane["settled"]["enobufs"] for lane in lanes)
+    if kernel == "io_uring":
+        # Six 2 MiB sends are charged at once before any receiver reads: more than 8 MiB.
+        assert refused > 0, lanes
+    else:
+        assert refused == 0
+        assert all(lane["settled"]["zerocopy_calls"] == 0 for lane in lanes)
+        assert pool_note(result).startswith("auto: io_uring: ")
+    pool = result["pool"]
+    assert pool["quarantined_leases"] == 0 and pool["free_bytes"] == pool["max_bytes"]
+
+
+@pytest.mark.parametrize("kernel", ["io_uring", "auto"])
+def test_memlock_zero_io_uring_falls_back_and_the_note_names_the_limit(kernel: str) -> None:
+    """RLIMIT_MEMLOCK 0: on Linux 6.18 the ring itself is refused; the note says so, for this process."""
+    result = run_child(
+        "--memlock", "0", "--kernel", kernel, "--images", "4", "--size", str(MiB),
+        "--pool-bytes", str(4 * MiB), "--stall", "5", "--backoff", str(BACKOFF),
+    )
+    assert_not_exempt(result, 0)
+    assert result["warnings"] == []
+    assert_every_image_intact(result)
+    assert_settled(result["settled"], result)
+    note = pool_note(result)
+    if result["pool"]["kernel"] == "io_uring":
+        pytest.skip(f"this kernel set up a ring under RLIMIT_MEMLOCK 0: {note}")
+    prefix = "auto: " if kernel == "auto" else ""
+    assert note.startswith(f"{prefix}msg_zerocopy, because io_uring is not usable: io_uring_setup failed with ENOMEM")
+    assert "RLIMIT_MEMLOCK is 0 bytes and the process lacks CAP_IPC_LOCK" in note, note
+    # msg_zerocopy cannot pin anything either: every send is copied.
+    assert result["settled"]["zerocopy_calls"] == 0
+    assert result["timeline"] == "C" * 4

@@ -390,3 +390,46 @@ async def test_call_sites_off_keeps_the_check_and_drops_the_place() -> None:
 
     info = await overwrite_while_in_flight(MockKernel(call_sites=False), on_sent=check)
     assert info.group_contains(PrematureReuseError, match="made at <not recorded>")
+
+
+async def test_a_kernel_object_serves_one_pool_for_its_whole_life() -> None:
+    """A second pool on the same MockKernel is refused: its close would reset the first's connections.
+
+    (On one shared kernel, one pool's drain deadline aborted every connection
+    of the kernel, the other pool's included, and quarantined its lease.)
+    """
+    mock = MockKernel()
+    refusal = r"this MockKernel already serves a pool \(open or closed\).*make a new MockKernel\(\) for each pool"
+    async with open_pool(max_bytes=MiB, kernel=mock, policy=ALWAYS_ZC, drain_timeout=0.1) as pool:
+        stream, peer = mock.open_stream(pool)
+        peer.hold_completions()
+        data = os.urandom(100_000)
+        sealed = await sealed_with(pool, data)
+        await stream.send_lease(sealed)
+        sealed.release()
+        assert pool.statistics().sends_in_flight == 1
+        with pytest.raises(ValueError, match=refusal):
+            async with open_pool(max_bytes=MiB, kernel=mock, drain_timeout=0.1):
+                pass  # pragma: no cover - refused
+        # The first pool and its connection are untouched.
+        assert await peer.receive_exactly(len(data)) == data
+        peer.release_completions()
+        await stream.aclose()
+        assert await peer.receive_some() == b""
+        stats = pool.statistics()
+        assert stats.quarantined_leases == 0 and stats.sends_in_flight == 0
+        assert stats.free_bytes == stats.max_bytes
+    # Not after it closed either: the kernel's connections belong to that pool.
+    with pytest.raises(ValueError, match=refusal):
+        async with open_pool(max_bytes=MiB, kernel=mock):
+            pass  # pragma: no cover - refused
+
+
+async def test_a_real_kernel_object_serves_one_pool_too() -> None:
+    from trio_zc._msg_zerocopy import MsgZeroCopyKernel
+
+    kernel = MsgZeroCopyKernel()
+    async with open_pool(max_bytes=MiB, kernel=kernel):
+        with pytest.raises(ValueError, match="this MsgZeroCopyKernel already serves a pool"):
+            async with open_pool(max_bytes=MiB, kernel=kernel):
+                pass  # pragma: no cover - refused

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from trio_zc import ZeroCopyPolicy
-from trio_zc._policy import SendDecider
+from trio_zc._policy import ENOBUFS_FALLBACK, SendDecider
 
 
 def test_small_sends_are_copied() -> None:
@@ -19,7 +19,7 @@ def test_enobufs_copies_a_few_sends_then_tries_again() -> None:
     assert not d.zerocopy_enabled
     assert [d.use_zerocopy(1 << 20) for _ in range(4)] == [False, False, False, True]
     assert d.zerocopy_enabled
-    assert list(d.fallbacks) == ["ENOBUFS: copying the next sends, then trying zero-copy again"]
+    assert list(d.fallbacks) == [ENOBUFS_FALLBACK]
 
 
 def test_small_sends_do_not_use_up_the_backoff() -> None:
@@ -80,7 +80,7 @@ def test_enobufs_in_a_row_back_off_longer_until_a_send_goes_through() -> None:
     assert [copied_after_enobufs() for _ in range(4)] == [2, 4, 8, 16]
     d.on_zerocopy_sent()
     assert copied_after_enobufs() == 2
-    assert d.fallbacks == {"ENOBUFS: copying the next sends, then trying zero-copy again": 5}
+    assert d.fallbacks == {ENOBUFS_FALLBACK: 5}
     for _ in range(20):
         d.on_enobufs()
     assert d._backoff == 4096  # capped

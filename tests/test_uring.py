@@ -310,6 +310,44 @@ def test_register_buffer_errors(ring: Ring) -> None:
         ring.unregister_buffers()
 
 
+def test_sparse_buffer_table_filled_later(ring: Ring, pair: tuple[socket.socket, socket.socket]) -> None:
+    """A table of empty slots, one filled afterwards (what the io_uring kernel does per chunk)."""
+    sender, receiver = pair
+    size = 64 * 1024
+    payload = os.urandom(size)
+    with mapped(payload, size) as (_, addr):
+        ring.register_sparse_buffers(4)
+        try:
+            # An empty slot: EFAULT, with F_MORE and a notification.
+            ring.prep_send_zc(sender.fileno(), addr, 100, 1, buf_index=2)
+            ring.submit()
+            cqes, _ = pump(ring, lambda c, r: len(c) == 2)
+            assert [c.res for c in cqes if not c.notif] == [-errno.EFAULT]
+            ring.update_buffers(2, [(addr, size)])
+            ring.prep_send_zc(sender.fileno(), addr + 10, 1000, 2, buf_index=2, msg_flags=MSG_WAITALL_NOSIGNAL)
+            ring.submit()
+            cqes, received = pump(ring, lambda c, r: len(c) == 2 and len(r) == 1000, receiver)
+            assert [c.res for c in cqes if not c.notif] == [1000]
+            assert received == payload[10:1010]
+            with pytest.raises(OSError) as info:
+                ring.update_buffers(4, [(addr, size)])  # past the table
+            assert info.value.errno == errno.EINVAL
+            with pytest.raises(OSError) as info:
+                ring.register_sparse_buffers(4)
+            assert info.value.errno == errno.EBUSY
+        finally:
+            ring.unregister_buffers()
+    with pytest.raises(ValueError):
+        ring.register_sparse_buffers(0)
+    with pytest.raises(ValueError):
+        ring.update_buffers(0, [])
+    with pytest.raises(ValueError):
+        ring.update_buffers(0, [(4096, 0)])
+    with pytest.raises(OSError) as info:
+        ring.update_buffers(0, [(4096, 4096)])  # no table
+    assert info.value.errno == errno.ENXIO
+
+
 def test_batched_sends(ring: Ring, pair: tuple[socket.socket, socket.socket]) -> None:
     sender, receiver = pair
     chunks = [bytes([65 + i]) * (1000 + i) for i in range(6)]

@@ -1,10 +1,13 @@
 """Which kernel a pool gets: the application's choice, or ``"auto"``'s.
 
 io_uring is probed when the pool opens (``_uring.probe``: a real ring and a
-real SEND_ZC on loopback, cached per process). Missing, disabled by
-``kernel.io_uring_disabled``, blocked by seccomp, or too old for SEND_ZC:
-the pool falls back to MSG_ZEROCOPY and says why in its statistics
-(``kernel_note``), never raising to the application.
+real SEND_ZC on loopback; the answer is kept for the process only when it
+cannot change, so a pool opened after a passing shortage of file
+descriptors or locked memory tries again). Missing, disabled by
+``kernel.io_uring_disabled``, blocked by seccomp, too old for SEND_ZC, or
+short of a resource now (the ring cannot be set up): the pool falls back to
+MSG_ZEROCOPY and says why in its statistics (``kernel_note``), never
+raising to the application.
 
 ``"auto"`` picks per pool io_uring where the probe succeeded and
 MSG_ZEROCOPY otherwise; per stream, it copies to peers on loopback (the
@@ -35,8 +38,14 @@ def _io_uring_or_fallback(prefix: str) -> Kernel:
     if found.available and found.send_zc:
         try:
             kernel: Kernel = IoUringKernel(found)
-        except UringUnavailable as exc:  # pragma: no cover - the probe just worked
-            reason = exc.reason
+        except UringUnavailable as exc:
+            # The probe's ring worked, the pool's did not: a resource ran
+            # out meanwhile (the probe's ring is uncharged only after its
+            # teardown, which the kernel does later), say the locked-memory
+            # limit or the descriptors.
+            reason = f"the probe's ring worked, but the pool's did not: {exc.reason}"
+        except OSError as exc:
+            reason = f"the probe's ring worked, but mapping the pool's failed: {exc}"
         else:
             kernel.note = f"{prefix}io_uring: {found.reason}"
             return kernel

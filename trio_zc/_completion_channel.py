@@ -99,6 +99,18 @@ class DrainingChannel(Channel):
         await trio.lowlevel.checkpoint()
 
 
+async def settle_all(channels: Iterable[DrainingChannel]) -> None:
+    """:meth:`DrainingChannel.settle_or_quarantine` for every channel, side by side.
+
+    Each waits up to :data:`ABORT_GRACE` for the completions its reset
+    brings; one after another, a pool with many stuck connections would
+    take that long per connection to close.
+    """
+    async with trio.open_nursery() as nursery:
+        for channel in channels:
+            nursery.start_soon(channel.settle_or_quarantine)
+
+
 class CompletionChannel(DrainingChannel):
     """A channel whose zero-copy calls are numbered and completed by records."""
 

@@ -14,9 +14,24 @@ releases the lease. With ``IORING_SEND_ZC_REPORT_USAGE`` the notification
 also says whether the data was copied after all (always, on loopback), which
 feeds the stream's policy exactly as MSG_ZEROCOPY's COPIED code does.
 
-The pool's arena is registered with the ring as fixed buffers (at most
-1 GiB each), so the kernel does not pin pages per send; sends from it use
-``IORING_RECVSEND_FIXED_BUF``. Adopted buffers go as ordinary SEND_ZC.
+The pool's arena is registered with the ring as fixed buffers, so the
+kernel does not pin pages per send; sends from it use
+``IORING_RECVSEND_FIXED_BUF``. Registering pins (and so allocates) every
+page of a buffer at once, so the arena is not registered whole when the
+pool opens: the ring gets a sparse buffer table (Linux 5.13+), and each
+16 MiB chunk of the arena is registered into its slot when a send first
+uses it, through a mapping of that chunk made for the registration and
+unmapped right after it (registering pins for writing, which the read-only
+pages of sealed leases in a ``protect_sealed`` pool refuse; the pins
+outlive the mapping). An idle pool costs no memory; a busy one keeps the chunks it used
+until it closes. A chunk the kernel refuses to register (ENOMEM: the
+locked-memory limit) is sent from as ordinary memory, which the kernel pins
+per send. Adopted buffers go as ordinary SEND_ZC.
+
+The kernel may refuse to pin memory for a send from unregistered memory
+(ENOMEM, past RLIMIT_MEMLOCK without CAP_IPC_LOCK) or refuse with ENOBUFS:
+that is no broken connection, and the stream copies the send's rest and
+backs off, as for MSG_ZEROCOPY's ENOBUFS (see ``_policy.py``).
 
 Closing, cancellation and draining follow the msg_zerocopy kernel's
 protocol (:class:`~trio_zc._completion_channel.DrainingChannel`): a
@@ -30,7 +45,9 @@ when the pool opens; see ``_choice.py`` for the fallbacks.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -38,8 +55,8 @@ import attrs
 import trio
 
 from ._address import buffer_address
-from ._completion_channel import DrainingChannel
-from ._kernel import Channel, Kernel, SocketChannel, abort_connection, broken, local_peer
+from ._completion_channel import DrainingChannel, settle_all
+from ._kernel import ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
 from ._stats import Counters
 from ._uring import Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
@@ -48,8 +65,16 @@ if TYPE_CHECKING:
     from ._arena import Arena
     from ._lease import _Slot
 
-#: The largest registered buffer the kernel accepts.
+#: The largest registered buffer the kernel accepts; also the most one
+#: request sends (an SQE's length has 32 bits).
 _MAX_FIXED_BUFFER: Final = 1 << 30
+#: The arena is registered in chunks of this size (or of _MAX_FIXED_BUFFER
+#: if smaller), each when a send first uses it: what registering a chunk
+#: allocates and pins at once, and where a send from registered memory is
+#: split into two requests.
+_CHUNK: Final = 16 << 20
+#: The most fixed buffers a ring may have (chunks get larger for larger arenas).
+_MAX_CHUNKS: Final = 1 << 14
 #: Ring size: submission entries (completions get twice as many).
 _RING_ENTRIES: Final = 256
 _MSG_WAITALL: Final = socket.MSG_WAITALL
@@ -86,13 +111,14 @@ class IoUringChannel(DrainingChannel, SocketChannel):
     def sends_in_flight(self) -> int:
         return len(self.calls)
 
-    def _address(self, slot: _Slot, start: int) -> tuple[int, int | None]:
-        """Where the lease's bytes from *start* are, and the fixed buffer holding them."""
+    def _where(self, slot: _Slot, pos: int) -> tuple[int, int | None, int]:
+        """Where the lease's bytes from *pos* are, the fixed buffer holding
+        them (None: unregistered memory), and the most one request may send
+        from there."""
         if slot.adopted is not None:
-            return buffer_address(slot.adopted) + start, None
-        offset = slot.offset + start
-        index = offset // _MAX_FIXED_BUFFER if self.kernel.fixed else None
-        return self.kernel.arena_address + offset, index
+            return buffer_address(slot.adopted) + pos, None, _MAX_FIXED_BUFFER
+        address, index, room = self.kernel.buffer_for(slot.offset + pos)
+        return address, index, min(room, _MAX_FIXED_BUFFER)
 
     async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -101,11 +127,13 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         sent = 0
         retried = False
         while sent < total:
-            addr, index = self._address(slot, start + sent)
-            length = total - sent
-            if index is not None:
-                # A request must stay within one registered buffer.
-                length = min(length, (index + 1) * _MAX_FIXED_BUFFER - (addr - self.kernel.arena_address))
+            # Another task may have closed the stream during the last wait,
+            # and the entry names the socket by its number, which may belong
+            # to another connection by now.
+            self.check_open()
+            addr, index, room = self._where(slot, start + sent)
+            # A request stays within one registered buffer.
+            length = min(total - sent, room)
             call = _Call(self, slot, length)
             self.kernel.submit_send(call, addr, index)
             self.calls.add(call)
@@ -122,14 +150,21 @@ class IoUringChannel(DrainingChannel, SocketChannel):
                 raise
             res = call.res
             assert res is not None
-            if res >= 0:
+            if res > 0:
                 sent += res
                 retried = False
                 continue
+            if res == 0:
+                # Never seen; going round again could go on for ever.
+                raise trio.BrokenResourceError(f"SEND_ZC sent none of {length} bytes")
             err = -res
             if err == errno.EAGAIN:
                 await self.wait_writable()
-            elif err == errno.ENOBUFS:
+            elif err in ZEROCOPY_REFUSED:
+                # The kernel would not pin the memory (ENOMEM: the
+                # locked-memory limit, for unregistered memory): the
+                # connection is fine. Try once more, then the stream copies
+                # the rest and backs off.
                 self.counters.count("enobufs")
                 if retried:
                     break
@@ -157,7 +192,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         self._drained = None
 
     def abort(self) -> None:
-        abort_connection(self.fd)
+        SocketChannel.abort(self)  # only while the socket is open (see there)
 
     def forget_outstanding(self) -> int:
         calls, self.calls = self.calls, set()
@@ -168,6 +203,10 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         return len(calls)
 
     def close_transport(self) -> None:
+        # An entry prepared but not handed to the kernel yet names this
+        # socket by number: hand it over while the number is still ours
+        # (the kernel then holds the socket itself).
+        self.kernel.flush()
         self.close_socket()
 
 
@@ -181,31 +220,109 @@ class IoUringKernel(Kernel):
         self.ring = Ring(_RING_ENTRIES)
         self.tracker: SendZcTracker[_Call] = SendZcTracker()
         self.report_usage = probe.report_usage
+        #: Whether the ring has a buffer table for the arena's chunks.
         self.fixed = False
         self.arena_address = 0
+        self.arena_size = 0
+        self._arena_fd = -1
+        # Per registered chunk, the address it was registered at (see
+        # _register_chunk()); 0 for the others.
+        self._bases: list[int] = []
+        #: The size of the arena's chunks, each registered on first use.
+        self.chunk = _MAX_FIXED_BUFFER
+        # Per chunk: None until first used, then whether registering it worked.
+        self._chunks: list[bool | None] = []
+        #: Arena bytes registered (pinned) so far, and chunks the kernel refused.
+        self.registered_bytes = 0
+        self.refused_chunks = 0
         self._submit_wanted = trio.Event()
         self.malformed_records = 0
         #: io_uring_enter calls made, and entries they handed over (batching).
         self.submit_calls = 0
         self.submitted = 0
 
+    def _add_note(self, sentence: str) -> None:
+        self.note = sentence if self.note is None else f"{self.note} {sentence}"
+
     def attach(self, arena: Arena) -> None:
         self.arena_address = arena.address
+        self.arena_size = arena.size
+        self._arena_fd = arena.fd
         if not self.probe.fixed_buffers:
-            self.note = "io_uring without registered buffers: " + self.probe.reason
+            self._add_note("Without registered buffers: each send pins its own pages.")
             return
-        iovecs = [
-            (arena.address + start, min(_MAX_FIXED_BUFFER, arena.size - start))
-            for start in range(0, arena.size, _MAX_FIXED_BUFFER)
-        ]
+        chunk = min(_CHUNK, _MAX_FIXED_BUFFER)
+        while -(-arena.size // chunk) > _MAX_CHUNKS and chunk < _MAX_FIXED_BUFFER:
+            chunk *= 2
+        count = min(-(-arena.size // chunk), _MAX_CHUNKS)
         try:
-            self.ring.register_buffers(iovecs)
+            # Nothing is pinned yet: chunks are registered as sends use them.
+            self.ring.register_sparse_buffers(count)
         except OSError as exc:
-            # Registered memory counts against RLIMIT_MEMLOCK; without it the
-            # kernel pins pages per send instead.
-            self.note = f"io_uring without registered buffers: registering the arena failed: {exc}"
+            self._add_note(
+                f"Without registered buffers: registering a buffer table failed ({exc});"
+                " each send pins its own pages."
+            )
             return
+        self._bases = [0] * count
+        self.chunk = chunk
+        self._chunks = [None] * count
         self.fixed = True
+
+    def buffer_for(self, offset: int) -> tuple[int, int | None, int]:
+        """Where a send names arena *offset*, the fixed buffer holding it
+        (None: ordinary memory), and the bytes from there to that buffer's end."""
+        index = offset // self.chunk
+        if not self.fixed or index >= len(self._chunks):
+            return self.arena_address + offset, None, self.arena_size - offset
+        registered = self._chunks[index]
+        if registered is None:
+            registered = self._register_chunk(index)
+        if not registered:
+            return self.arena_address + offset, None, self.arena_size - offset
+        start = index * self.chunk
+        return self._bases[index] + offset - start, index, start + self.chunk - offset
+
+    def _register_chunk(self, index: int) -> bool:
+        """Register chunk *index*, through a mapping of its own; whether that worked.
+
+        Registering pins for writing, which read-only pages refuse (EFAULT),
+        and in a ``protect_sealed`` pool the lease about to be sent is
+        read-only in the arena's mapping. So the chunk is mapped once more,
+        read-write, for the registration only: the kernel keeps the pages
+        pinned after the mapping is gone, and a send names its bytes by
+        their address as registered (the kernel only computes an offset from
+        it). No writable mapping of sealed memory outlives this call.
+        """
+        start = index * self.chunk
+        length = min(self.chunk, self.arena_size - start)
+        try:
+            region = mmap.mmap(self._arena_fd, length, flags=mmap.MAP_SHARED, offset=start)
+            try:
+                # As the arena's own mapping: pages fault in as base pages.
+                region.madvise(mmap.MADV_NOHUGEPAGE)
+                anchor = ctypes.c_char.from_buffer(region)
+                base = ctypes.addressof(anchor)
+                del anchor
+                self.ring.update_buffers(index, [(base, length)])
+            finally:
+                region.close()
+        except (OSError, ValueError) as exc:
+            # Not retried: under the locked-memory limit it would fail on
+            # every send, at the price of a system call each.
+            self._chunks[index] = False
+            if not self.refused_chunks:
+                self._add_note(
+                    f"Registering {length >> 20} MiB of the pool's memory failed ({exc}):"
+                    " sends from memory the kernel refused to register pin their own pages,"
+                    " and those it refuses to pin are copied."
+                )
+            self.refused_chunks += 1
+            return False
+        self._chunks[index] = True
+        self._bases[index] = base
+        self.registered_bytes += length
+        return True
 
     def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
         return IoUringChannel(self, sock, counters)
@@ -268,9 +385,14 @@ class IoUringKernel(Kernel):
                     elif isinstance(event, SendReleased) and not call.quarantined:
                         call.channel.released(call, event.copied)
 
+    def flush(self) -> None:
+        """Hand every prepared entry to the kernel now (a channel is closing)."""
+        if not self.ring.closed and self.ring.sq_pending():
+            self.submitted += self.ring.submit()
+            self.submit_calls += 1
+
     async def abort_in_flight(self) -> None:
-        for channel in {call.channel for call in self.tracker.items_outstanding()}:
-            await channel.settle_or_quarantine()
+        await settle_all({call.channel for call in self.tracker.items_outstanding()})
         await trio.lowlevel.checkpoint()
 
     def close(self) -> None:

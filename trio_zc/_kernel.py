@@ -23,7 +23,10 @@ A channel's contract, which every kernel is tested against:
   connection, :class:`trio.ClosedResourceError` for a closed one.
 
 Background work (a completion reaper) runs in the pool's nursery via
-:meth:`Kernel.run`.
+:meth:`Kernel.run`, shielded from cancellation until the pool's close has
+drained. A kernel object serves one pool (:meth:`Kernel.claim`). A channel
+never acts on its socket's descriptor number once the socket is closed:
+the number may belong to another connection by then.
 """
 
 from __future__ import annotations
@@ -70,13 +73,28 @@ def local_peer(sock: socket.socket) -> str | None:
     return None
 
 
-def abort_connection(fd: int) -> None:
-    """Reset a TCP connection but keep its socket open.
+#: Errors with which the kernel refuses to pin memory for a zero-copy send:
+#: ENOBUFS (MSG_ZEROCOPY: option memory or RLIMIT_MEMLOCK used up) and
+#: ENOMEM (io_uring's SEND_ZC from unregistered memory: RLIMIT_MEMLOCK used
+#: up). The connection is fine: the send's rest is copied and the stream
+#: backs off (see _policy.py).
+ZEROCOPY_REFUSED = frozenset({errno.ENOBUFS, errno.ENOMEM})
+
+
+def abort_connection(sock: socket.socket) -> None:
+    """Reset *sock*'s TCP connection but keep the socket open.
 
     ``connect(AF_UNSPEC)`` makes Linux drop the queued data and send a reset,
     and the kernel reports the zero-copy sends it dropped as complete --
     which it could not do for a closed socket.
+
+    It takes the socket object, never a bare descriptor number, and does
+    nothing once the socket is closed: by then the number may belong to
+    another connection, which a reset through it would break.
     """
+    fd = sock.fileno()
+    if fd < 0:
+        return
     if _connect(fd, _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
         err = ctypes.get_errno()
         if err not in (errno.ENOTCONN, errno.EBADF):  # pragma: no cover - defensive
@@ -191,7 +209,11 @@ class Channel(abc.ABC):
         """Hook for the stream's policy; replaced by the stream."""
 
     def abort(self) -> None:
-        """Reset the connection (the peer sees a reset); completions may still arrive."""
+        """Reset the connection (the peer sees a reset); completions may still arrive.
+
+        Does nothing once the channel is closed: only its own open
+        connection is ever reset.
+        """
         raise NotImplementedError(f"{type(self).__name__} cannot reset its connection")
 
 
@@ -208,8 +230,35 @@ class Kernel(abc.ABC):
     def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
         """Take ownership of a connected stream socket."""
 
+    #: Whether a pool took this kernel (see :meth:`claim`).
+    _claimed: bool = False
+
+    def claim(self) -> None:
+        """Take this kernel for the pool being opened; refused if any pool ever had it.
+
+        A kernel object serves one pool: its connections, their completions
+        and the pool's close (which forces still-busy connections down and
+        quarantines their memory) all belong to that pool, so two pools on
+        one kernel would reset each other's connections. Nor does it serve
+        a second pool after the first closed: its background work, its ring
+        or epoll, and connections the application may still hold belong to
+        the first.
+        """
+        if self._claimed:
+            name = type(self).__name__
+            raise ValueError(
+                f"this {name} already serves a pool (open or closed): a kernel object serves"
+                f" one pool for its whole life; make a new {name}() for each pool"
+            )
+        self._claimed = True
+
     async def run(self) -> None:
-        """Background work for the pool's lifetime (a completion reaper)."""
+        """Background work for the pool's lifetime (a completion reaper).
+
+        The pool runs it shielded from cancellation until the pool's close
+        has drained (closing waits for completions this work brings in),
+        then cancels it.
+        """
         await trio.sleep_forever()
 
     def attach(self, arena: Arena) -> None:
@@ -250,7 +299,18 @@ class SocketChannel(Channel):
         self.closed = False
 
     def abort(self) -> None:
-        abort_connection(self.fd)
+        if not self.closed:
+            abort_connection(self.sock)
+
+    def check_open(self) -> None:
+        """Raise :class:`trio.ClosedResourceError` if the socket was closed.
+
+        For code that goes on with a send after a wait: another task may
+        have closed the stream meanwhile, and the descriptor number
+        (``self.fd``) may now belong to another connection.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError("the stream was closed while a send was in progress")
 
     def before_wait(self) -> None:
         """Called before the channel waits on its socket (kernels drain here)."""

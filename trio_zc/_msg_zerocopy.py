@@ -29,7 +29,6 @@ kernel's rules and the mistakes this avoids.
 from __future__ import annotations
 
 import errno
-import resource
 import select
 import socket
 from collections.abc import Iterator
@@ -37,9 +36,10 @@ from typing import Final
 
 import trio
 
-from ._completion_channel import Ancdata, CompletionChannel
+from ._completion_channel import Ancdata, CompletionChannel, settle_all
 from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
-from ._kernel import Channel, Kernel, SocketChannel, abort_connection, local_peer
+from ._kernel import Channel, Kernel, SocketChannel, local_peer
+from ._memlock import memlock_problem
 from ._stats import Counters
 
 #: Room for one error-queue record: the 16-byte extended error plus the
@@ -47,44 +47,6 @@ from ._stats import Counters
 _ANCBUF: Final = socket.CMSG_SPACE(64)
 #: Errors of setsockopt(SO_ZEROCOPY) that mean "not here", not "bug".
 _UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL})
-_CAP_IPC_LOCK: Final = 14
-
-
-
-def _in_initial_user_namespace() -> bool:
-    # The initial namespace maps every uid to itself; any other map means a
-    # user namespace (a rootless container, say).
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:  # pragma: no cover - no user namespaces in this kernel
-        return True
-
-
-def _has_cap_ipc_lock() -> bool:
-    """Whether the process is exempt from RLIMIT_MEMLOCK.
-
-    Only CAP_IPC_LOCK held in the initial user namespace exempts it: inside
-    a user namespace the capability shows in CapEff but the kernel still
-    charges pinned pages against the limit.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    has = bool(int(line.split()[1], 16) >> _CAP_IPC_LOCK & 1)
-                    return has and _in_initial_user_namespace()
-    except OSError:  # pragma: no cover - /proc is always there on Linux
-        pass
-    return False
-
-
-def memlock_problem() -> str | None:
-    """Why this process cannot pin pages for zero-copy at all, or None."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    if soft == 0 and not _has_cap_ipc_lock():
-        return "RLIMIT_MEMLOCK is 0 and the process lacks CAP_IPC_LOCK"
-    return None
 
 
 class ZeroCopyChannel(CompletionChannel, SocketChannel):
@@ -139,7 +101,7 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
     # -- closing ----------------------------------------------------------------
 
     def abort(self) -> None:
-        abort_connection(self.fd)
+        SocketChannel.abort(self)  # only while the socket is open (see there)
 
     def close_transport(self) -> None:
         self.kernel.unregister(self)
@@ -188,6 +150,5 @@ class MsgZeroCopyKernel(Kernel):
         self._epoll.close()  # idempotent; run() closes it too when it ends
 
     async def abort_in_flight(self) -> None:
-        for channel in list(self._channels.values()):
-            await channel.settle_or_quarantine()
+        await settle_all(list(self._channels.values()))
         await trio.lowlevel.checkpoint()

@@ -6,8 +6,9 @@ Rules
 1. Small sends are copied. Zero-copy costs page pinning and a completion
    per call, which only pays above roughly 10 KB (kernel documentation);
    the default threshold is 16 KiB.
-2. ENOBUFS (option memory or locked-memory limit exhausted) is not an
-   error: the kernel that sees it drains completions and retries once, then
+2. ENOBUFS (option memory or locked-memory limit exhausted; io_uring says
+   ENOMEM for the latter) is not an error: the kernel that sees it drains
+   completions and retries once, then
    the send's remainder is copied, the next few sends are copied too, and
    zero-copy is tried again after them. Each ENOBUFS in a row doubles the
    number of copied sends (up to a cap), so a limit that can never be met
@@ -54,6 +55,13 @@ class ZeroCopyPolicy:
     enobufs_backoff: int = attrs.field(default=16, validator=_positive_int)
 
 
+#: Why a stream copies for a while: the kernel refused to pin memory for a
+#: zero-copy send (MSG_ZEROCOPY says ENOBUFS; io_uring's SEND_ZC from
+#: unregistered memory says ENOMEM).
+ENOBUFS_FALLBACK = (
+    "ENOBUFS or ENOMEM (the kernel is out of locked or option memory for zero-copy):"
+    " copying the next sends, then trying zero-copy again"
+)
 #: The most sends copied after one ENOBUFS, however many came in a row.
 MAX_ENOBUFS_BACKOFF = 4096
 
@@ -107,10 +115,10 @@ class SendDecider:
         return True
 
     def on_enobufs(self) -> None:
-        """A zero-copy send was refused with ENOBUFS even after draining."""
+        """A zero-copy send was refused with ENOBUFS (io_uring: ENOMEM) even after a retry."""
         self._backoff = self._next_backoff
         self._next_backoff = min(max(2 * self._next_backoff, 1), MAX_ENOBUFS_BACKOFF)
-        self._fall_back("ENOBUFS: copying the next sends, then trying zero-copy again")
+        self._fall_back(ENOBUFS_FALLBACK)
 
     def on_zerocopy_sent(self) -> None:
         """A whole send went out zero-copy: the locked-memory pressure is gone."""

@@ -659,7 +659,13 @@ async def open_pool(
     ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
 
     *max_bytes* is rounded down to whole pages and is the most memory the
-    pool's leases ever use. *kernel* says how its streams send: ``"copy"``
+    pool's leases ever use. Pages are allocated as leases first write them
+    and stay allocated until the pool closes; with io_uring (``"io_uring"``,
+    and ``"auto"`` where it picks io_uring) sending from a 16 MiB chunk of
+    the pool for the first time registers that whole chunk with the kernel,
+    which allocates and pins it (counted against ``RLIMIT_MEMLOCK`` without
+    ``CAP_IPC_LOCK``) until the pool closes (see docs/kernels.rst, "Memory").
+    *kernel* says how its streams send: ``"copy"``
     (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"io_uring"``
     (SEND_ZC from the arena registered as fixed buffers; falls back to
     msg_zerocopy where io_uring is not usable), ``"sendfile"`` (sendfile
@@ -711,6 +717,7 @@ async def open_pool(
     elif not isinstance(policy, ZeroCopyPolicy):
         raise TypeError(f"policy must be a ZeroCopyPolicy, not {type(policy).__name__}")
     the_kernel = make_kernel(kernel)
+    the_kernel.claim()
     arena: Arena | None = None
     try:
         granule = the_kernel.allocation_granule()
@@ -731,15 +738,28 @@ async def open_pool(
         if arena is not None:
             arena.close()
         raise
+    # The kernel's background work (the completion reaper, io_uring's
+    # submitter, the mock's pump) is what brings in the completions that
+    # closing waits for, so a cancelled block must not cancel it: it runs
+    # shielded until the pool has closed, and is stopped then.
+    background = trio.CancelScope(shield=True)
+
+    async def run_kernel() -> None:
+        with background:
+            await the_kernel.run()
+
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pool._sweeper)
-            nursery.start_soon(the_kernel.run)
+            nursery.start_soon(run_kernel)
             try:
                 yield pool
             finally:
-                await pool._close()
-                nursery.cancel_scope.cancel()
+                try:
+                    await pool._close()
+                finally:
+                    background.cancel()
+                    nursery.cancel_scope.cancel()
     finally:
         the_kernel.close()
         if not arena.closed:  # pragma: no cover - only if _close itself failed

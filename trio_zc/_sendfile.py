@@ -56,6 +56,9 @@ class SendfileChannel(SocketChannel):
         slot.needs_punch = True
         try:
             while sent < total:
+                # After a wait, another task may have closed the stream, and
+                # the descriptor number may be another connection's by now.
+                self.check_open()
                 try:
                     n = os.sendfile(self.fd, arena_fd, offset + sent, total - sent)
                 except BlockingIOError:

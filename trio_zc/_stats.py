@@ -94,7 +94,8 @@ class SendStatistics:
     zerocopy_calls: int
     #: Zero-copy calls the kernel reported complete.
     completions: int
-    #: Times a zero-copy send met ENOBUFS.
+    #: Times the kernel refused a zero-copy send call for want of locked or
+    #: option memory (ENOBUFS; io_uring's ENOMEM).
     enobufs: int
     #: Zero-copy calls whose completion can never come (socket closed first).
     quarantined_sends: int

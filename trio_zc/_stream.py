@@ -379,6 +379,15 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         with trio.move_on_after(timeout) as scope:
             yield
         if scope.cancelled_caught:
+            if self._closed:
+                # Another task closed the stream while this send waited (its
+                # close may have freed the socket's descriptor, which a new
+                # connection may own by now): nothing of ours to reset. The
+                # channel refuses to abort once closed anyway.
+                raise trio.ClosedResourceError(
+                    f"this stream was closed while {what} waited (its send_timeout of {timeout} s"
+                    " also ran out)"
+                )
             self._broken = (
                 f"{what} took longer than send_timeout ({timeout} s): the peer is not reading;"
                 " the connection was reset"

@@ -114,6 +114,7 @@ from typing import Final
 
 import attrs
 
+from ._memlock import describe_limit, limited
 from ._uring_tracker import IORING_NOTIF_USAGE_ZC_COPIED, Cqe, parse_cqe
 
 __all__ = [
@@ -163,6 +164,14 @@ IORING_SEND_ZC_REPORT_USAGE: Final = 1 << 3
 
 _IORING_REGISTER_BUFFERS: Final = 0
 _IORING_UNREGISTER_BUFFERS: Final = 1
+# A buffer table with empty slots, filled in later (Linux 5.13+).
+_IORING_REGISTER_BUFFERS2: Final = 15
+_IORING_REGISTER_BUFFERS_UPDATE: Final = 16
+_IORING_RSRC_REGISTER_SPARSE: Final = 1 << 0
+# struct io_uring_rsrc_register: nr, flags, resv2, data, tags.
+_RSRC_REGISTER: Final = struct.Struct("=IIQQQ")
+# struct io_uring_rsrc_update2: offset, resv, data, tags, nr, resv2.
+_RSRC_UPDATE2: Final = struct.Struct("=IIQQII")
 
 # Limits the kernel enforces; checking them here turns a bare EINVAL into a
 # message that names the argument.
@@ -195,6 +204,7 @@ _IO_URING_DISABLED: Final = "/proc/sys/kernel/io_uring_disabled"
 _PROBE_TIMEOUT: Final = 1.0
 
 assert _PARAMS.size == 120 and _SQE.size == 64
+assert _RSRC_REGISTER.size == 32 and _RSRC_UPDATE2.size == 32
 
 
 class UringUnavailable(Exception):
@@ -241,6 +251,13 @@ def _read_io_uring_disabled() -> int | None:
         return None
 
 
+def _memlock_hint() -> str:
+    """Why a registration may have failed with ENOMEM."""
+    if limited():
+        return f"pinned pages are charged to the locked-memory limit: {describe_limit()}"
+    return f"the kernel is short of memory: {describe_limit()}"
+
+
 def _errno_name(err: int) -> str:
     return errno.errorcode.get(err, f"errno {err}")
 
@@ -282,12 +299,17 @@ def _describe_setup_errno(err: int) -> str:
             " (io_uring needs Linux 5.1, a custom CQ size 5.5)"
         )
     if err == errno.ENOMEM:
-        return (
-            f"{head}: not enough memory for the rings (kernels before 5.12 charge them"
-            " to RLIMIT_MEMLOCK, which may be too low)"
-        )
-    if err in (errno.EMFILE, errno.ENFILE):
-        return f"{head}: too many open files"
+        if limited():
+            return (
+                f"{head}: most likely the rings did not fit the locked-memory limit"
+                f" ({describe_limit()}), which kernels before 5.12 and recent ones (Linux"
+                " 6.18, for one) charge the rings to"
+            )
+        return f"{head}: the kernel could not allocate the rings ({describe_limit()})"
+    if err == errno.EMFILE:
+        return f"{head}: this process has too many open files (RLIMIT_NOFILE)"
+    if err == errno.ENFILE:
+        return f"{head}: the system has too many open files (fs.file-max)"
     return f"{head}: {os.strerror(err)}"
 
 
@@ -316,6 +338,19 @@ def _call(nr: int, *args: int | None) -> tuple[int, int]:
 
 class _Iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+def _iovec_array(iovecs: Sequence[tuple[int, int]]) -> ctypes.Array[_Iovec]:
+    """*iovecs* as a C array of ``struct iovec``, each region checked."""
+    array = (_Iovec * len(iovecs))()
+    for i, (base, length) in enumerate(iovecs):
+        if not 0 < base <= _U64_MAX:
+            raise ValueError(f"buffer {i}: {base} is not an address")
+        if not 0 < length <= _MAX_REG_BUFFER_SIZE:
+            raise ValueError(f"buffer {i}: length {length} is not in 1..{_MAX_REG_BUFFER_SIZE}")
+        array[i].iov_base = base
+        array[i].iov_len = length
+    return array
 
 
 # --- the ring -----------------------------------------------------------------
@@ -743,21 +778,27 @@ class Ring:
 
     # --- registered buffers -------------------------------------------------
 
-    def _register(self, opcode: int, arg: int | None, nr_args: int) -> None:
+    def _register(self, opcode: int, arg: int | None, nr_args: int) -> int:
         while True:
-            _, err = _call(_NR_IO_URING_REGISTER, self._fd, opcode, arg, nr_args)
+            ret, err = _call(_NR_IO_URING_REGISTER, self._fd, opcode, arg, nr_args)
             if err != errno.EINTR:
                 break
         if err:
-            what = "register" if opcode == _IORING_REGISTER_BUFFERS else "unregister"
+            what = {
+                _IORING_REGISTER_BUFFERS: "register buffers",
+                _IORING_UNREGISTER_BUFFERS: "unregister buffers",
+                _IORING_REGISTER_BUFFERS2: "register a sparse buffer table",
+                _IORING_REGISTER_BUFFERS_UPDATE: "update registered buffers",
+            }[opcode]
             hint = ""
             if err == errno.ENOMEM:
-                hint = " (registered buffers are charged to RLIMIT_MEMLOCK)"
+                hint = f" ({_memlock_hint()})"
             elif err == errno.EBUSY:
                 hint = " (buffers are already registered; unregister them first)"
             elif err == errno.ENXIO:
                 hint = " (no buffers are registered)"
-            raise OSError(err, f"io_uring_register: cannot {what} buffers: {os.strerror(err)}{hint}")
+            raise OSError(err, f"io_uring_register: cannot {what}: {os.strerror(err)}{hint}")
+        return ret
 
     def register_buffers(self, iovecs: Sequence[tuple[int, int]]) -> None:
         """Register ``(address, length)`` regions as fixed buffers 0, 1, ...
@@ -774,15 +815,51 @@ class Ring:
         self._live()
         if not 1 <= len(iovecs) <= _MAX_REG_BUFFERS:
             raise ValueError(f"between 1 and {_MAX_REG_BUFFERS} buffers can be registered, not {len(iovecs)}")
-        array = (_Iovec * len(iovecs))()
-        for i, (base, length) in enumerate(iovecs):
-            if not 0 < base <= _U64_MAX:
-                raise ValueError(f"buffer {i}: {base} is not an address")
-            if not 0 < length <= _MAX_REG_BUFFER_SIZE:
-                raise ValueError(f"buffer {i}: length {length} is not in 1..{_MAX_REG_BUFFER_SIZE}")
-            array[i].iov_base = base
-            array[i].iov_len = length
+        array = _iovec_array(iovecs)
         self._register(_IORING_REGISTER_BUFFERS, ctypes.addressof(array), len(iovecs))
+
+    def register_sparse_buffers(self, count: int) -> None:
+        """Register a table of *count* empty fixed-buffer slots (Linux 5.13+).
+
+        Nothing is pinned yet: :meth:`update_buffers` fills slots later.
+        A send naming an empty slot fails with EFAULT.
+
+        Raises:
+          ValueError: *count* is not in 1..16384.
+          OSError: the kernel refused (EBUSY: buffers are already registered;
+            EINVAL: a kernel older than 5.13).
+        """
+        self._live()
+        if not 1 <= count <= _MAX_REG_BUFFERS:
+            raise ValueError(f"between 1 and {_MAX_REG_BUFFERS} buffer slots can be registered, not {count}")
+        arg = ctypes.create_string_buffer(_RSRC_REGISTER.pack(count, _IORING_RSRC_REGISTER_SPARSE, 0, 0, 0))
+        self._register(_IORING_REGISTER_BUFFERS2, ctypes.addressof(arg), _RSRC_REGISTER.size)
+
+    def update_buffers(self, first: int, iovecs: Sequence[tuple[int, int]]) -> None:
+        """Register ``(address, length)`` regions into slots *first*, *first* + 1, ...
+
+        Pins the pages now, as :meth:`register_buffers` does (charged to
+        RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK). A slot that
+        held a buffer gets the new one; the old one stays pinned until the
+        sends using it complete.
+
+        Raises:
+          ValueError: no regions, or a region out of range.
+          OSError: the kernel refused (ENOMEM: the locked-memory limit;
+            EINVAL: a slot outside the table; ENXIO: no table registered).
+        """
+        self._live()
+        if not iovecs:
+            raise ValueError("update_buffers() needs at least one region")
+        if not 0 <= first <= _MAX_REG_BUFFERS - len(iovecs):
+            raise ValueError(f"slots {first}..{first + len(iovecs) - 1} are outside 0..{_MAX_REG_BUFFERS - 1}")
+        array = _iovec_array(iovecs)
+        arg = ctypes.create_string_buffer(
+            _RSRC_UPDATE2.pack(first, 0, ctypes.addressof(array), 0, len(iovecs), 0)
+        )
+        done = self._register(_IORING_REGISTER_BUFFERS_UPDATE, ctypes.addressof(arg), _RSRC_UPDATE2.size)
+        if done != len(iovecs):  # pragma: no cover - the kernel updates all or fails
+            raise OSError(errno.EIO, f"io_uring_register updated {done} of {len(iovecs)} buffer slots")
 
     def unregister_buffers(self) -> None:
         """Drop the registered buffers.
@@ -855,14 +932,44 @@ class Probe:
     fixed_buffers: bool
 
 
-@functools.cache
-def probe() -> Probe:
-    """What io_uring can do here; computed once per process, never raises.
+#: Errors of ``io_uring_setup`` that cannot go away while the process runs:
+#: no io_uring in this kernel (or a seccomp filter, which cannot be lifted,
+#: making it look absent), and parameters an old kernel rejects.
+_SETUP_ERRNOS_FOR_GOOD: Final = frozenset({errno.ENOSYS, errno.EINVAL})
 
-    See :func:`probe_uncached` for what is tried; ``probe.cache_clear()``
-    forgets the cached answer.
-    """
-    return probe_uncached()
+
+class _CachedProbe:
+    """:func:`probe`: the answer is kept only when it cannot change during the process."""
+
+    def __init__(self) -> None:
+        self._answer: Probe | None = None
+
+    def __call__(self) -> Probe:
+        """What io_uring can do here; never raises.
+
+        See :func:`probe_uncached` for what is tried. An answer that cannot
+        change while the process runs is kept and returned from then on:
+        success, an unsupported platform, a kernel without io_uring (or a
+        seccomp filter that makes it look so) or too old for what is tried.
+        Any other failure -- too many open files, memory or the
+        locked-memory limit, ``kernel.io_uring_disabled``, a loopback
+        connection that could not be made -- may be gone by the next pool,
+        so the next call probes again. :meth:`cache_clear` forgets the kept
+        answer.
+        """
+        answer = self._answer
+        if answer is None:
+            answer, for_good = _probe_once()
+            if for_good:
+                self._answer = answer
+        return answer
+
+    def cache_clear(self) -> None:
+        """Forget the kept answer: the next call probes again."""
+        self._answer = None
+
+
+probe = _CachedProbe()
 
 
 def probe_uncached() -> Probe:
@@ -873,29 +980,36 @@ def probe_uncached() -> Probe:
     bytes received), then with REPORT_USAGE, then from a registered buffer.
     Blocks for at most a few seconds (only if the kernel misbehaves).
     """
+    return _probe_once()[0]
+
+
+def _probe_once() -> tuple[Probe, bool]:
+    """The probe's answer, and whether it holds for the rest of the process."""
     try:
         return _probe()
     except Exception as exc:  # the promise is to never raise
-        return Probe(
+        probed = Probe(
             available=False,
             reason=f"The io_uring probe failed unexpectedly: {exc!r}.",
             send_zc=False,
             report_usage=False,
             fixed_buffers=False,
         )
+        return probed, False
 
 
-def _probe() -> Probe:
+def _probe() -> tuple[Probe, bool]:
     try:
         ring = Ring(8)
     except UringUnavailable as exc:
-        return Probe(False, _sentence(exc.reason), False, False, False)
+        for_good = exc.errno is None or exc.errno in _SETUP_ERRNOS_FOR_GOOD
+        return Probe(False, _sentence(exc.reason), False, False, False), for_good
     release = platform.release()
     with ring:
         try:
             sender, receiver = _loopback_pair()
         except OSError as exc:
-            return Probe(
+            probed = Probe(
                 True,
                 f"io_uring works on Linux {release}, but SEND_ZC could not be tried:"
                 f" no loopback TCP connection ({exc}).",
@@ -903,8 +1017,11 @@ def _probe() -> Probe:
                 False,
                 False,
             )
+            return probed, False
         with sender, receiver:
             failures: list[str] = []
+            # Every failure but an old kernel's EINVAL may be gone next time.
+            for_good = True
             err = _trial(ring, sender, receiver, b"trio_zc probe", report_usage=False)
             send_zc = err is None
             if err is not None:
@@ -915,7 +1032,8 @@ def _probe() -> Probe:
                     )
                 else:
                     failures.append(f"SEND_ZC does not: {err}")
-                return Probe(True, _summary(release, failures), False, False, False)
+                    for_good = False
+                return Probe(True, _summary(release, failures), False, False, False), for_good
             err = _trial(ring, sender, receiver, b"usage", report_usage=True)
             report_usage = err is None
             if err is not None:
@@ -926,11 +1044,15 @@ def _probe() -> Probe:
                     )
                 else:
                     failures.append(f"REPORT_USAGE does not: {err}")
+                    for_good = False
             err = _fixed_trial(ring, sender, receiver)
             fixed_buffers = err is None
             if err is not None:
+                # Most often the locked-memory limit (ENOMEM), which may change.
                 failures.append(f"registered buffers do not: {err}")
-            return Probe(True, _summary(release, failures), send_zc, report_usage, fixed_buffers)
+                for_good = False
+            probed = Probe(True, _summary(release, failures), send_zc, report_usage, fixed_buffers)
+            return probed, for_good
 
 
 def _sentence(text: str) -> str:

@@ -15,11 +15,12 @@ uid changes, to one of its own, so that its pinned pages are charged to a
 CAP_IPC_LOCK shows in CapEff but does not exempt the process.)
 
 Then it sends ``--images`` unique images of ``--size`` bytes with
-``send_lease`` over loopback TCP, from a small ``msg_zerocopy`` pool (so
-that memory is reused and an early release would corrupt an image in
-flight), to a receiver that reads nothing until the sender is stuck (at
-most ``--stall`` seconds) and then everything, checking each image's
-SHA-256.
+``send_lease`` over loopback TCP, from a small pool of ``--kernel``
+(msg_zerocopy by default; so that memory is reused and an early release
+would corrupt an image in flight), to a receiver that reads nothing until
+the sender is stuck (at most ``--stall`` seconds) and then everything,
+checking each image's SHA-256; on ``--connections`` connections at once,
+each with its own images and receiver.
 
 It prints exactly one JSON line on stdout and exits with status 0 when the
 run completed (whatever the figures; the test judges them), 77 with
@@ -176,54 +177,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     size: int = args.size
     count: int = args.images
-    expected: list[bytes] = []
-    verified: list[bool] = []
-    received_bytes = 0
-    receiver_started_at: float | None = None
-    stall_expired: bool | None = None
-    timeline: list[str] = []
-    first_enobufs: dict[str, int] | None = None
-
-    listener = trio.socket.socket()
-    with listener:
-        # A fixed receive buffer (no autotuning): with the kernel's default
-        # of up to 32 MiB the stalled receiver's socket would take every
-        # image, and loopback frees zero-copy pages once they are delivered,
-        # so nothing would stay pinned long enough to meet the limit.
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        await listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = trio.socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        await client.connect(listener.getsockname())
-        server, _ = await listener.accept()
-
-    async def receive(sock: trio.socket.SocketType) -> None:
-        nonlocal received_bytes, receiver_started_at, stall_expired
-        with sock:
-            # Read nothing until the sender is stuck (every other task
-            # blocked: the socket is full), at most --stall seconds: the
-            # sender's queue fills with zero-copy sends whose pages stay
-            # pinned (charged to RLIMIT_MEMLOCK), whatever the machine's load.
-            with trio.move_on_after(args.stall) as stall:
-                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-            receiver_started_at = time.monotonic() - started
-            stall_expired = stall.cancelled_caught
-            buf = bytearray(size)
-            view = memoryview(buf)
-            for index in range(count):
-                got = 0
-                while got < size:
-                    n = await sock.recv_into(view[got:])
-                    if n == 0:
-                        raise RuntimeError(f"EOF in image {index} after {got} of {size} bytes")
-                    got += n
-                received_bytes += size
-                # The sender computed the digest before sending this image.
-                verified.append(hashlib.sha256(view).digest() == expected[index])
-            extra = await sock.recv(1)
-            if extra:
-                raise RuntimeError("the receiver got more bytes than were sent")
+    started = time.monotonic()
 
     def snapshot(stream: trio_zc.ZeroCopyStream) -> dict[str, Any]:
         stats = stream.statistics()
@@ -233,71 +187,148 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["fallbacks"] = [[reason, count] for reason, count in stats.fallbacks]
         return out
 
-    started = time.monotonic()
+    async def connect() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+        listener = trio.socket.socket()
+        with listener:
+            # A fixed receive buffer (no autotuning): with the kernel's default
+            # of up to 32 MiB the stalled receiver's socket would take every
+            # image, and loopback frees zero-copy pages once they are delivered,
+            # so nothing would stay pinned long enough to meet the limit.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            await listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            client = trio.socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            await client.connect(listener.getsockname())
+            server, _ = await listener.accept()
+        return client, server
+
+    async def lane(
+        lane_index: int, pool: trio_zc.BufferPool, client: trio.socket.SocketType, server: trio.socket.SocketType
+    ) -> dict[str, Any]:
+        """One connection: send *count* images, receive and check them."""
+        expected: list[bytes] = []
+        verified: list[bool] = []
+        received_bytes = 0
+        receiver_started_at: float | None = None
+        stall_expired: bool | None = None
+        timeline: list[str] = []
+        first_enobufs: dict[str, int] | None = None
+
+        async def receive(sock: trio.socket.SocketType) -> None:
+            nonlocal received_bytes, receiver_started_at, stall_expired
+            with sock:
+                # Read nothing until the senders are stuck (every other task
+                # blocked: the sockets are full), at most --stall seconds: the
+                # senders' queues fill with zero-copy sends whose pages stay
+                # pinned (charged to RLIMIT_MEMLOCK), whatever the machine's load.
+                with trio.move_on_after(args.stall) as stall:
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                receiver_started_at = time.monotonic() - started
+                stall_expired = stall.cancelled_caught
+                buf = bytearray(size)
+                view = memoryview(buf)
+                for index in range(count):
+                    got = 0
+                    while got < size:
+                        n = await sock.recv_into(view[got:])
+                        if n == 0:
+                            raise RuntimeError(f"EOF in image {index} after {got} of {size} bytes")
+                        got += n
+                    received_bytes += size
+                    # The sender computed the digest before sending this image.
+                    verified.append(hashlib.sha256(view).digest() == expected[index])
+                extra = await sock.recv(1)
+                if extra:
+                    raise RuntimeError("the receiver got more bytes than were sent")
+
+        stream = trio_zc.ZeroCopyStream(client, pool=pool)
+        initial = snapshot(stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive, server)
+            for index in range(count):
+                image = image_bytes(lane_index * count + index, size)
+                expected.append(hashlib.sha256(image).digest())
+                before = stream.statistics()
+                fallbacks_before = sum(count for _, count in before.fallbacks)
+                async with pool.lease(size) as lease:
+                    lease.write(image)
+                    sealed = lease.seal()
+                    await stream.send_lease(sealed)
+                after = stream.statistics()
+                zerocopied = after.sent.zerocopy_calls > before.sent.zerocopy_calls
+                if sum(count for _, count in after.fallbacks) > fallbacks_before:
+                    # Refused even after draining and retrying; the rest
+                    # was copied. "P" after part of it went zero-copy,
+                    # "E" before any.
+                    timeline.append("P" if zerocopied else "E")
+                elif after.sent.enobufs > before.sent.enobufs:
+                    timeline.append("R")  # refused, but the retry went through
+                elif zerocopied:
+                    timeline.append("Z")  # all of it zero-copy
+                else:
+                    timeline.append("C")  # copied (the policy said so)
+                if after.sent.enobufs and first_enobufs is None:
+                    first_enobufs = {"image": index, "zerocopy_calls": after.sent.zerocopy_calls}
+            await stream.send_eof()
+        sent_at = time.monotonic() - started
+        # Every byte was delivered, so every completion is due; wait for
+        # the reaper to collect them (bounded by fail_after in the caller).
+        while stream.statistics().sends_in_flight:
+            await trio.sleep(0.005)
+        settled = snapshot(stream)
+        await stream.aclose()
+        closed = snapshot(stream)
+        return {
+            "images_sent": len(timeline),
+            "images_received": len(verified),
+            "images_verified": sum(verified),
+            "bytes_received": received_bytes,
+            "timeline": "".join(timeline),
+            "first_enobufs": first_enobufs,
+            "initial": initial,
+            "settled": settled,
+            "closed": closed,
+            "receiver_started_at": receiver_started_at,
+            "stall_expired": stall_expired,
+            "sent_at": round(sent_at, 3),
+        }
+
     policy = trio_zc.ZeroCopyPolicy(copied_streak=0, enobufs_backoff=args.backoff)
+    lanes: list[dict[str, Any]] = [{} for _ in range(args.connections)]
     with trio.fail_after(args.timeout):
         # No per-stream limit on bytes in flight: it keeps the stream under
         # the locked-memory limit, and this test wants the kernel to refuse.
         async with trio_zc.open_pool(
-            max_bytes=args.pool_bytes, kernel="msg_zerocopy", policy=policy,
+            max_bytes=args.pool_bytes, kernel=args.kernel, policy=policy,
             stream_max_in_flight=args.pool_bytes,
         ) as pool:
-            stream = trio_zc.ZeroCopyStream(client, pool=pool)
-            initial = snapshot(stream)
+            kernel_note = pool.statistics().kernel_note
+            pairs = [await connect() for _ in range(args.connections)]
+
+            async def run_lane(index: int) -> None:
+                lanes[index] = await lane(index, pool, *pairs[index])
+
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive, server)
-                for index in range(count):
-                    image = image_bytes(index, size)
-                    expected.append(hashlib.sha256(image).digest())
-                    before = stream.statistics()
-                    fallbacks_before = sum(count for _, count in before.fallbacks)
-                    async with pool.lease(size) as lease:
-                        lease.write(image)
-                        sealed = lease.seal()
-                        await stream.send_lease(sealed)
-                    after = stream.statistics()
-                    zerocopied = after.sent.zerocopy_calls > before.sent.zerocopy_calls
-                    if sum(count for _, count in after.fallbacks) > fallbacks_before:
-                        # Refused even after draining and retrying; the rest
-                        # was copied. "P" after part of it went zero-copy,
-                        # "E" before any.
-                        timeline.append("P" if zerocopied else "E")
-                    elif after.sent.enobufs > before.sent.enobufs:
-                        timeline.append("R")  # refused, but the retry went through
-                    elif zerocopied:
-                        timeline.append("Z")  # all of it zero-copy
-                    else:
-                        timeline.append("C")  # copied (the policy said so)
-                    if after.sent.enobufs and first_enobufs is None:
-                        first_enobufs = {"image": index, "zerocopy_calls": after.sent.zerocopy_calls}
-                await stream.send_eof()
-            sent_at = time.monotonic() - started
-            # Every byte was delivered, so every completion is due; wait for
-            # the reaper to collect them (bounded by fail_after above).
-            while stream.statistics().sends_in_flight:
-                await trio.sleep(0.005)
-            settled = snapshot(stream)
-            await stream.aclose()
-            closed = snapshot(stream)
+                for index in range(args.connections):
+                    nursery.start_soon(run_lane, index)
         pool_stats = attrs.asdict(pool.statistics())
-    return {
-        "images": count,
-        "image_bytes": size,
-        "images_sent": len(timeline),
-        "images_received": len(verified),
-        "images_verified": sum(verified),
-        "bytes_received": received_bytes,
-        "timeline": "".join(timeline),
-        "first_enobufs": first_enobufs,
-        "initial": initial,
-        "settled": settled,
-        "closed": closed,
-        "pool": pool_stats,
-        "receiver_started_at": receiver_started_at,
-        "stall_expired": stall_expired,
-        "sent_at": round(sent_at, 3),
-        "elapsed": round(time.monotonic() - started, 3),
-    }
+    # One connection's figures at the top (what the single-connection tests
+    # read); every connection's under "lanes", with the totals.
+    result: dict[str, Any] = dict(lanes[0])
+    for key in ("images_sent", "images_received", "images_verified", "bytes_received"):
+        result[key] = sum(one[key] for one in lanes)
+    result.update(
+        {
+            "images": count * args.connections,
+            "image_bytes": size,
+            "lanes": lanes,
+            "pool": pool_stats,
+            "kernel_note": kernel_note,
+            "elapsed": round(time.monotonic() - started, 3),
+        }
+    )
+    return result
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -310,6 +341,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--stall", type=float, default=5.0, help="most seconds the receiver waits for the sender to block"
     )
     parser.add_argument("--backoff", type=int, default=4, help="the policy's enobufs_backoff")
+    parser.add_argument(
+        "--kernel", default="msg_zerocopy", choices=("msg_zerocopy", "io_uring", "auto"), help="the pool's kernel"
+    )
+    parser.add_argument("--connections", type=int, default=1, help="connections sending at once, each --images")
     parser.add_argument(
         "--privilege",
         choices=("drop", "keep", "userns"),

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .._completion_channel import Ancdata, CompletionChannel
+from .._completion_channel import Ancdata, CompletionChannel, settle_all
 from .._errqueue import ZeroCopyCompletion, pack_zerocopy_record
 from .._kernel import Channel, Kernel
 from .._lease import describe_lease
@@ -575,6 +575,10 @@ class MockChannel(CompletionChannel):
     # -- closing ----------------------------------------------------------------
 
     def abort(self) -> None:
+        if self.closed:
+            # Closed: what is queued still goes out, then EOF (as for a real
+            # socket, whose descriptor may serve another connection by now).
+            return
         self.conn.break_connection()
         self.drain()
 
@@ -919,6 +923,13 @@ class MockKernel(Kernel):
     dearest habit (about 1.5 µs a send on a small machine); turning it off
     makes ``where`` read ``<not recorded>`` and changes nothing else: the
     check for premature reuse stays.
+
+    One MockKernel serves one pool, for its whole life: :func:`~trio_zc.open_pool`
+    refuses (:exc:`ValueError`) a MockKernel that already serves a pool, open
+    or closed. Its connections, their completions and its background task
+    belong to that pool, whose close forces down every connection of its
+    kernel still busy -- on a shared kernel, the other pool's too. Make one
+    MockKernel per pool (the ``mock_kernel`` fixture is a fresh one per test).
     """
 
     name = "mock"
@@ -1015,9 +1026,7 @@ class MockKernel(Kernel):
                 conn.pump()
 
     async def abort_in_flight(self) -> None:
-        for conn in list(self.connections):
-            if conn.channel is not None:
-                await conn.channel.settle_or_quarantine()
+        await settle_all([conn.channel for conn in self.connections if conn.channel is not None])
         await trio.lowlevel.checkpoint()
 
     # -- controls for every connection -----------------------------------------
