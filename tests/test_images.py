@@ -498,3 +498,46 @@ async def test_guess_takes_any_integer_and_refuses_the_rest() -> None:
         with pytest.raises(ValueError, match="guess must be a positive int, not -5"):
             await images.encode(pool, photo(), "PNG", guess=-5)
         assert_all_free(pool)
+
+
+# -- ndarray shapes: any integer (issue 17) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [np.int64(12), (np.int64(3), 4), [np.uint8(3), np.int32(4)], (3, np.intp(4)), np.array(12), (np.array(3), 4)],
+    ids=repr,
+)
+async def test_ndarray_takes_a_shape_of_any_integer_type(shape: object) -> None:
+    async with open_pool(max_bytes=MiB) as pool:
+        lease = await pool.acquire(12)
+        array = lease.ndarray(shape)  # type: ignore[arg-type]
+        assert array.size == 12 and all(type(n) is int for n in array.shape)
+        array[...] = 7
+        del array
+        sealed = lease.seal()
+        assert bytes(sealed.view()) == b"\x07" * 12
+        sealed.release()
+
+
+@pytest.mark.parametrize(
+    ("shape", "raises", "says"),
+    [
+        (True, TypeError, "not bool"),
+        ((True, 4), TypeError, "True in (True, 4) is a bool"),
+        (np.int64(-1), ValueError, "non-negative"),
+        ((3, np.int64(-4)), ValueError, "non-negative"),
+        ((3, 4.0), TypeError, "4.0 in (3, 4.0) is a float"),
+        (np.array([3, 4]), TypeError, "not ndarray"),
+        ("12", TypeError, "not str"),
+        (np.float64(12), TypeError, "not float64"),
+        ((np.bool_(True), 4), TypeError, "is a bool"),
+    ],
+    ids=repr,
+)
+async def test_ndarray_refuses_shapes_that_are_not_sizes(shape: object, raises: type[Exception], says: str) -> None:
+    async with open_pool(max_bytes=MiB) as pool:
+        lease = await pool.acquire(64)
+        with pytest.raises(raises, match=re.escape(says)):
+            lease.ndarray(shape)  # type: ignore[arg-type]
+        lease.seal().release()  # no view was left behind
