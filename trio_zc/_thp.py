@@ -11,10 +11,11 @@ Shared-memory THP is configured in sysfs: the global
 ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` (always, within_size,
 advise, never, deny, force) and, since Linux 6.11, one setting per folio
 size in ``hugepages-<size>kB/shmem_enabled`` (always, inherit, within_size,
-advise, never). The arena maps its memfd with ``MADV_NOHUGEPAGE`` and never
-asks for huge pages, so "advise" gives none; to stay safe across kernel
-versions, every other setting that allows a size is taken to mean the
-folio may be that large -- except "never" and "deny".
+advise, never), where "inherit" means the global value, whatever the size.
+The arena maps its memfd with ``MADV_NOHUGEPAGE`` and never asks for huge
+pages, so "advise" gives none; to stay safe across kernel versions, every
+other setting that allows a size is taken to mean the folio may be that
+large -- except "never" and "deny".
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def shmem_folios(thp_dir: pathlib.Path = THP_DIR) -> ShmemFolios:
     largest = PAGE_SIZE
     why = f"shmem_enabled is '{global_setting}'"
     for size, setting in sorted(sizes.items()):
-        effective = global_setting if setting == "inherit" and size == pmd_size else setting
+        # "inherit" takes the top-level value, for every size (the kernel's
+        # admin guide, Documentation/admin-guide/mm/transhuge.rst), not only
+        # for the PMD size, whose default it is.
+        effective = global_setting if setting == "inherit" else setting
         if global_setting == "force" or effective in _LARGE:
             if size > largest:
                 largest = size
