@@ -255,10 +255,13 @@ async def encode(
 
     Raises :class:`ValueError` for a format Pillow cannot write, a mode the
     format cannot hold (``Pillow cannot write this RGBA image as JPEG``), or
-    an encoded image larger than the pool can ever hold; any other error of
-    Pillow's comes as :class:`ValueError` or :class:`OSError` with Pillow's
-    message, the original chained as its cause. Nothing stays leased when it
-    raises or is cancelled.
+    an encoded image larger than the pool can ever hold. Pillow's other
+    refusals (its :class:`OSError`, :class:`ValueError` or :class:`KeyError`)
+    come as :class:`OSError` (for an OSError) or :class:`ValueError` with
+    Pillow's message, the original chained as its cause; anything else
+    Pillow raises (a :class:`TypeError` for an option of the wrong type, say)
+    passes through as it is. Nothing stays leased when it raises or is
+    cancelled.
     """
     name = _check_format(format)
     image = _check_image(image)
