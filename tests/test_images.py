@@ -541,3 +541,25 @@ async def test_ndarray_refuses_shapes_that_are_not_sizes(shape: object, raises: 
         with pytest.raises(raises, match=re.escape(says)):
             lease.ndarray(shape)  # type: ignore[arg-type]
         lease.seal().release()  # no view was left behind
+
+
+async def test_a_saver_that_closes_the_file_still_gets_its_bytes_sealed(
+    fake_format: Callable[[Callable[[Any], None]], str],
+) -> None:
+    def saver(fp: Any) -> None:
+        fp.write(b"data" * 100)
+        fp.close()
+
+    name = fake_format(saver)
+    async with open_pool(max_bytes=MiB) as pool:
+        for guess in (None, 100):
+            # One page free: with no first lease (its guess is more than a
+            # page), or with a first lease taking that page so that the exact
+            # one is not free at once, the bytes move out of the (closed) file.
+            held = await pool.acquire(MiB - 4 * KiB)
+            with trio.fail_after(30):
+                got = [await images.encode(pool, photo(), name, guess=guess)]
+            held.release()
+            assert bytes(got[0].view()) == b"data" * 100
+            got[0].release()
+        assert_all_free(pool)

@@ -178,9 +178,9 @@ class _LeaseFile(io.BufferedIOBase):
         """Everything written: the lease's part and the spill, copied out.
 
         (Not named ``getvalue``: Pillow's PDF writer would call that to read
-        an existing document, clearing the whole lease for nothing.)
+        an existing document, clearing the whole lease for nothing. It
+        works on a closed file too: a saver may have closed it.)
         """
-        self._check_open()
         if not self.capacity:
             return bytearray(self.spill)
         with self.lease.view() as view, view[: min(self.size, self.capacity)] as part:
