@@ -322,11 +322,15 @@ async def test_multi_frame_images_give_the_same_bytes_as_a_bytesio(fmt: str, mod
     # TIFF's multi-page writer reads back what it wrote and rewrites it.
     frames = [photo(64, 48, mode).rotate(angle) for angle in (0, 90, 180)]
     options = {"save_all": True, "append_images": frames[1:], **_STABLE.get(fmt, {})}
-    expected = reference(frames[0], fmt, **options)
     async with open_pool(max_bytes=4 * MiB) as pool:
         for guess in (None, 100):
+            # An AVIF sequence records the time it was made, to the second
+            # (Pillow offers no option to fix it): the bytes must be those of
+            # a save just before or just after.
+            before = reference(frames[0], fmt, **options)
             sealed = await images.encode(pool, frames[0], fmt, guess=guess, **options)
-            assert bytes(sealed.view()) == expected, f"guess={guess}"
+            after = reference(frames[0], fmt, **options)
+            assert bytes(sealed.view()) in (before, after), f"guess={guess}"
             sealed.release()
         assert_all_free(pool)
 
