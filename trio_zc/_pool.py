@@ -585,7 +585,9 @@ async def open_pool(
     ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
 
     *max_bytes* is rounded down to whole pages and is the most memory the
-    pool's leases ever use. *kernel* says how its streams send: ``"copy"``
+    pool's leases ever use; one the process cannot map raises
+    :class:`ValueError` (past ``sys.maxsize``) or :class:`OSError` naming the
+    limit it hit, with nothing left open. *kernel* says how its streams send: ``"copy"``
     (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"io_uring"``
     (SEND_ZC from the arena registered as fixed buffers; falls back to
     msg_zerocopy where io_uring is not usable), ``"sendfile"`` (sendfile
