@@ -38,8 +38,10 @@ once the write is over (rule 5 of the life cycle).
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload
 
 import trio
 
@@ -244,14 +246,24 @@ class _Slot(Lifecycle):
             await trio.lowlevel.checkpoint()
 
 
-def _check_shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
-    if not isinstance(shape, (int, tuple, list)):
-        raise TypeError(f"shape must be an int or a tuple of ints, not {type(shape).__name__}")
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    for d in dims:
-        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+def _check_shape(shape: object) -> tuple[int, ...]:
+    # Any integer operator.index takes (NumPy's int64 too), but not a bool,
+    # which is an int to Python and never meant as a size.
+    items: Sequence[object] = shape if isinstance(shape, (tuple, list)) else (shape,)
+    dims = []
+    for d in items:
+        try:
+            if isinstance(d, bool) or not isinstance(d, SupportsIndex):
+                raise TypeError
+            n = operator.index(d)
+        except TypeError:
+            if items is shape:
+                raise TypeError(f"shape must be a tuple of ints; {d!r} in {shape!r} is a {type(d).__name__}") from None
+            raise TypeError(f"shape must be an int or a tuple of ints, not {type(shape).__name__}") from None
+        if n < 0:
             raise ValueError(f"shape must be non-negative integers, not {shape!r}")
-    return dims
+        dims.append(n)
+    return tuple(dims)
 
 
 class WritableLease:
@@ -309,10 +321,13 @@ class WritableLease:
 
     def ndarray(
         self,
-        shape: int | tuple[int, ...],
+        shape: SupportsIndex | Sequence[SupportsIndex],
         dtype: numpy.typing.DTypeLike = "uint8",
     ) -> numpy.typing.NDArray[Any]:
         """A writable NumPy array of *shape* and *dtype* over the lease, with no copy.
+
+        *shape* is an integer or a tuple (or list) of them: any integer type
+        (``numpy.int64`` too) but bool, none negative.
 
         It counts as a view: :meth:`seal` refuses while it is alive. Needs
         NumPy (``pip install trio_zc[images]``).

@@ -13,8 +13,11 @@ image is never starved by a stream of small ones.
 from __future__ import annotations
 
 import collections
+import errno
 import math
 import os
+import resource
+import sys
 import threading
 import warnings
 import weakref
@@ -643,6 +646,20 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
+def _cannot_map(size: int, exc: OSError) -> OSError:
+    """What to raise when the arena of *size* bytes could not be made: which limit was hit."""
+    soft_as = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if exc.errno == errno.ENOMEM:
+        why = "more address space than this process has free"
+        if soft_as != resource.RLIM_INFINITY:
+            why += f" (its RLIMIT_AS is {soft_as} bytes)"
+    elif exc.errno == errno.EFBIG:
+        why = f"larger than the files this process may make (RLIMIT_FSIZE: {resource.getrlimit(resource.RLIMIT_FSIZE)[0]})"
+    else:
+        why = "the kernel refused"
+    return OSError(exc.errno, f"cannot map a pool of {size} bytes ({exc.strerror}): {why}")
+
+
 @asynccontextmanager
 async def open_pool(
     *,
@@ -659,13 +676,15 @@ async def open_pool(
     ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
 
     *max_bytes* is rounded down to whole pages and is the most memory the
-    pool's leases ever use. Pages are allocated as leases first write them
-    and stay allocated until the pool closes; with io_uring (``"io_uring"``,
-    and ``"auto"`` where it picks io_uring) sending from a 16 MiB chunk of
-    the pool for the first time registers that whole chunk with the kernel,
-    which allocates and pins it (counted against ``RLIMIT_MEMLOCK`` without
-    ``CAP_IPC_LOCK``) until the pool closes (see docs/kernels.rst, "Memory").
-    *kernel* says how its streams send: ``"copy"``
+    pool's leases ever use; one the process cannot map raises
+    :class:`ValueError` (past ``sys.maxsize``) or :class:`OSError` naming the
+    limit it hit, with nothing left open. Pages are allocated as leases
+    first write them and stay allocated until the pool closes; with io_uring
+    (``"io_uring"``, and ``"auto"`` where it picks io_uring) sending from a
+    16 MiB chunk of the pool for the first time registers that whole chunk
+    with the kernel, which allocates and pins it (counted against
+    ``RLIMIT_MEMLOCK`` without ``CAP_IPC_LOCK``) until the pool closes (see
+    docs/kernels.rst, "Memory"). *kernel* says how its streams send: ``"copy"``
     (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"io_uring"``
     (SEND_ZC from the arena registered as fixed buffers; falls back to
     msg_zerocopy where io_uring is not usable), ``"sendfile"`` (sendfile
@@ -708,6 +727,11 @@ async def open_pool(
         raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
     if max_bytes < PAGE_SIZE:
         raise ValueError(f"max_bytes must be at least one page ({PAGE_SIZE}), not {max_bytes}")
+    if max_bytes > sys.maxsize:
+        raise ValueError(
+            f"max_bytes must be at most {sys.maxsize} (sys.maxsize, the largest mapping a process"
+            f" can ask for), not {max_bytes}"
+        )
     if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
         raise TypeError(f"drain_timeout must be a number, not {type(drain_timeout).__name__}")
     if math.isnan(drain_timeout) or drain_timeout < 0:
@@ -726,7 +750,10 @@ async def open_pool(
                 f"max_bytes must be at least one allocation unit of the {the_kernel.name!r} kernel"
                 f" ({granule} bytes{': ' + the_kernel.note if the_kernel.note else ''}), not {max_bytes}"
             )
-        arena = Arena(max_bytes - max_bytes % granule)
+        try:
+            arena = Arena(max_bytes - max_bytes % granule)
+        except OSError as exc:
+            raise _cannot_map(max_bytes - max_bytes % granule, exc) from exc
         the_kernel.attach(arena)
         pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
         pool._protect_sealed = protect_sealed

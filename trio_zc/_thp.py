@@ -11,10 +11,13 @@ Shared-memory THP is configured in sysfs: the global
 ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` (always, within_size,
 advise, never, deny, force) and, since Linux 6.11, one setting per folio
 size in ``hugepages-<size>kB/shmem_enabled`` (always, inherit, within_size,
-advise, never). The arena maps its memfd with ``MADV_NOHUGEPAGE`` and never
-asks for huge pages, so "advise" gives none; to stay safe across kernel
-versions, every other setting that allows a size is taken to mean the
-folio may be that large -- except "never" and "deny".
+advise, never), where "inherit" means the global value, whatever the size.
+The per-size settings are for anonymous shared memory: a memfd gets
+PMD-sized folios whenever the global setting allows huge pages, whatever
+the PMD size's own setting says. The arena maps its memfd with
+``MADV_NOHUGEPAGE`` and never asks for huge pages, so "advise" gives none;
+to stay safe across kernel versions, every other setting that allows a size
+is taken to mean the folio may be that large -- except "never" and "deny".
 """
 
 from __future__ import annotations
@@ -73,8 +76,19 @@ def shmem_folios(thp_dir: pathlib.Path = THP_DIR) -> ShmemFolios:
         sizes[pmd_size] = "inherit"
     largest = PAGE_SIZE
     why = f"shmem_enabled is '{global_setting}'"
+    if global_setting in _LARGE:
+        # The per-size settings govern anonymous shared memory; a memfd is
+        # not that, and Linux gives it PMD-sized folios whenever the global
+        # setting allows huge pages, whatever hugepages-<PMD>kB says (mm/shmem.c:
+        # shmem_allowable_huge_orders returns the global orders for any
+        # mapping that is not anonymous shared memory).
+        largest = pmd_size
+        why = f"shmem_enabled is '{global_setting}': a memfd may take {pmd_size >> 10} KiB folios"
     for size, setting in sorted(sizes.items()):
-        effective = global_setting if setting == "inherit" and size == pmd_size else setting
+        # "inherit" takes the top-level value, for every size (the kernel's
+        # admin guide, Documentation/admin-guide/mm/transhuge.rst), not only
+        # for the PMD size, whose default it is.
+        effective = global_setting if setting == "inherit" else setting
         if global_setting == "force" or effective in _LARGE:
             if size > largest:
                 largest = size
