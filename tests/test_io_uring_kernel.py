@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
 import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
@@ -318,3 +319,61 @@ async def test_an_idle_io_uring_pool_pins_nothing_and_registers_chunks_as_sends_
             sent = a.statistics().sent
             assert sent.zerocopy_calls == sent.completions >= 2
     assert process_shmem_bytes() - shmem_before < 8 * MiB
+
+
+@needs_io_uring
+async def test_a_request_whose_result_never_comes_does_not_hang_its_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the kernel lost a request: the entry is never handed over, so
+    # neither its result nor its notification ever comes. Closing the stream
+    # quarantines the send; the task waiting for its result must wake too.
+    monkeypatch.setattr(IoUringKernel, "flush", lambda self: None)
+    monkeypatch.setattr(IoUringKernel, "_submitter", lambda self: trio.sleep_forever())
+    monkeypatch.setattr("trio_zc._completion_channel.ABORT_GRACE", 0.05)
+    always = ZeroCopyPolicy(min_zerocopy_bytes=0, copied_streak=0)
+    async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=always) as pool:
+        a, b = await stream_pair(pool)
+        a._drain_timeout = 0.05
+        outcome: list[BaseException] = []
+
+        async def send() -> None:
+            try:
+                async with pool.lease(MiB) as lease:
+                    await a.send_lease(lease.seal())
+            except BaseException as exc:  # noqa: B036 - recorded for the test
+                outcome.append(exc)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                with pytest.warns(trio_zc.QuarantineWarning):
+                    await a.aclose()
+        assert len(outcome) == 1 and isinstance(outcome[0], trio.BrokenResourceError), outcome
+        assert pool.statistics().quarantined_leases == 1
+        await b.aclose()
+
+
+@needs_io_uring
+async def test_io_uring_enter_short_of_resources_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_submit = Ring.submit
+    failures = [errno.EAGAIN, errno.EBUSY]
+
+    def submit(self: Ring, wait_for: int = 0) -> int:
+        if failures:
+            err = failures.pop(0)
+            raise OSError(err, os.strerror(err))
+        return real_submit(self, wait_for)
+
+    monkeypatch.setattr(Ring, "submit", submit)
+    always = ZeroCopyPolicy(min_zerocopy_bytes=0, copied_streak=0)
+    async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=always) as pool:
+        a, b = await stream_pair(pool)
+        image = os.urandom(MiB)
+        async with trio.open_nursery() as nursery:
+            async with pool.lease(MiB) as lease:
+                lease.write(image)
+                nursery.start_soon(a.send_lease, lease.seal())
+                assert await receive_exactly(b, MiB) == image
+        assert not failures
+        await a.aclose()
+        await b.aclose()

@@ -39,3 +39,8 @@ for _name, _obj in list(globals().items()):
     if getattr(_obj, "__module__", "").startswith("trio_zc._"):
         _obj.__module__ = "trio_zc"
 del _name, _obj
+
+from ._ki import protect_package as _protect_package
+
+_protect_package(__name__)
+del _protect_package

@@ -78,6 +78,8 @@ _MAX_CHUNKS: Final = 1 << 14
 #: Ring size: submission entries (completions get twice as many).
 _RING_ENTRIES: Final = 256
 _MSG_WAITALL: Final = socket.MSG_WAITALL
+#: How long the submitter waits before trying again after EAGAIN or EBUSY.
+_SUBMIT_RETRY: Final = 0.001
 
 
 @attrs.define(eq=False)
@@ -143,8 +145,9 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             # send goes on, and its notification still releases the lease.
             try:
                 await call.done.wait()
-            except trio.Cancelled:
-                # The kernel still sends it: nothing else may be sent until
+            except BaseException:
+                # Cancelled (or a KeyboardInterrupt delivered here): the
+                # kernel still sends it, and nothing else may be sent until
                 # it is done, or the bytes would interleave.
                 self.send_barrier = call.done
                 raise
@@ -200,6 +203,11 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             call.quarantined = True
             call.slot.quarantine_send()
             self.counters.count("bytes_in_flight", -call.nbytes)
+            if call.res is None:
+                # Its result never came either: a task still waiting for it
+                # (a send, or a copy behind its barrier) would wait for ever.
+                call.res = -errno.ECANCELED
+                call.done.set()
         return len(calls)
 
     def close_transport(self) -> None:
@@ -364,7 +372,17 @@ class IoUringKernel(Kernel):
             await self._submit_wanted.wait()
             self._submit_wanted = trio.Event()
             if self.ring.sq_pending():
-                self.submitted += self.ring.submit()
+                try:
+                    self.submitted += self.ring.submit()
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EBUSY):
+                        raise
+                    # The kernel is short of room for completions or of
+                    # memory for requests: once the reaper has made room,
+                    # try again. The entries stay prepared meanwhile.
+                    self._submit_wanted.set()
+                    await trio.sleep(_SUBMIT_RETRY)
+                    continue
                 self.submit_calls += 1
 
     async def _reaper(self) -> None:

@@ -550,58 +550,62 @@ class BufferPool:
         self._waiters.clear()
 
         held = [slot for slot in self._slots.values() if slot.owned]
-        if held:
-            self._leaked_at_close = len(held)
-            names = ", ".join(slot.describe() for slot in held[:10])
-            more = f" and {len(held) - 10} more" if len(held) > 10 else ""
-            warnings.warn(
-                LeaseLeakWarning(
-                    f"the pool closed while the application still held {len(held)}"
-                    f" lease(s): {names}{more}; the pool released them"
-                ),
-                stacklevel=4,
-            )
-            for slot in held:
-                self._release(slot, "its pool closed")
-
-        if self._sends_in_flight:
-            self._drained = trio.Event()
-            # Shielded: a cancelled scope must not cut the drain short, or
-            # memory would be recycled under the kernel. The deadline bounds it.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._drain_timeout):
-                    await self._drained.wait()
-                if self._sends_in_flight:
-                    # Past the deadline: let the kernel force its connections
-                    # down (which still reports their sends complete) and
-                    # quarantine what it cannot bring back.
-                    await self._kernel.abort_in_flight()
-
-        inflight = [s for s in self._slots.values() if s.inflight]
-        for slot in inflight:
-            slot.stale_reason = "its pool closed"
-            if not slot.quarantine_reason:
-                slot.quarantine_reason = "the pool closed"
-            slot.quarantine()
-            self._settle(slot)
-        if inflight:
-            warnings.warn(
-                QuarantineWarning(
-                    f"the pool closed with {len(inflight)} lease(s) the kernel never"
-                    f" reported done ({self._quarantined_bytes} arena bytes and"
-                    f" {sum(s.nbytes for s in inflight if s.adopted is not None)} adopted"
-                    " bytes); that memory is quarantined: never reused or unmapped"
-                ),
-                stacklevel=4,
-            )
-
-        self._sweep()
-        # Unmapping is safe only if neither the kernel (quarantine) nor a
-        # view the application kept (abandoned) can still touch the memory.
-        keep = bool(self._quarantined_bytes or self._abandoned)
-        if keep:
-            _graveyard.append(self._arena)
-        self._arena.close(keep_mapping=keep)
+        self._leaked_at_close = len(held)
+        # Named as the application left them, before they are released.
+        names = ", ".join(slot.describe() for slot in held[:10])
+        for slot in held:
+            self._release(slot, "its pool closed")
+        try:
+            if self._sends_in_flight:
+                self._drained = trio.Event()
+                # Shielded: a cancelled scope must not cut the drain short, or
+                # memory would be recycled under the kernel. The deadline bounds it.
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(self._drain_timeout):
+                        await self._drained.wait()
+                    if self._sends_in_flight:
+                        # Past the deadline: let the kernel force its connections
+                        # down (which still reports their sends complete) and
+                        # quarantine what it cannot bring back.
+                        await self._kernel.abort_in_flight()
+        finally:
+            # Also when the wait above was interrupted (a KeyboardInterrupt is
+            # delivered even in a shielded scope): the pool ends whole, with
+            # whatever is still in flight quarantined; and the warnings come
+            # last, so that one turned into an exception tears nothing.
+            inflight = [s for s in self._slots.values() if s.inflight]
+            for slot in inflight:
+                slot.stale_reason = "its pool closed"
+                if not slot.quarantine_reason:
+                    slot.quarantine_reason = "the pool closed"
+                slot.quarantine()
+                self._settle(slot)
+            self._sweep()
+            # Unmapping is safe only if neither the kernel (quarantine) nor a
+            # view the application kept (abandoned) can still touch the memory.
+            keep = bool(self._quarantined_bytes or self._abandoned)
+            if keep:
+                _graveyard.append(self._arena)
+            self._arena.close(keep_mapping=keep)
+            if held:
+                more = f" and {len(held) - 10} more" if len(held) > 10 else ""
+                warnings.warn(
+                    LeaseLeakWarning(
+                        f"the pool closed while the application still held {len(held)}"
+                        f" lease(s): {names}{more}; the pool released them"
+                    ),
+                    stacklevel=4,
+                )
+            if inflight:
+                warnings.warn(
+                    QuarantineWarning(
+                        f"the pool closed with {len(inflight)} lease(s) the kernel never"
+                        f" reported done ({self._quarantined_bytes} arena bytes and"
+                        f" {sum(s.nbytes for s in inflight if s.adopted is not None)} adopted"
+                        " bytes); that memory is quarantined: never reused or unmapped"
+                    ),
+                    stacklevel=4,
+                )
 
     # -- statistics ---------------------------------------------------------
 

@@ -390,3 +390,8 @@ def _raw_size(image: Image.Image) -> int:
         raise ValueError(f"pixels() does not know the layout of mode {image.mode!r}")
     row = (image.width * bits + 7) // 8
     return row * image.height
+
+
+from ._ki import protect_package as _protect_package
+
+_protect_package(__name__)

@@ -15,3 +15,8 @@ for _name, _obj in list(globals().items()):
     if getattr(_obj, "__module__", "").startswith("trio_zc.testing._"):
         _obj.__module__ = "trio_zc.testing"
 del _name, _obj
+
+
+from .._ki import protect_package as _protect_package
+
+_protect_package(__name__)

@@ -32,3 +32,8 @@ async def mock_pool(mock_kernel: MockKernel) -> AsyncIterator[BufferPool]:
     """A pool of 64 MiB on the test's ``mock_kernel``."""
     async with open_pool(max_bytes=MOCK_POOL_BYTES, kernel=mock_kernel) as pool:
         yield pool
+
+
+from .._ki import protect_package as _protect_package
+
+_protect_package(__name__)
