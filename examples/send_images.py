@@ -124,11 +124,21 @@ async def main() -> int:
     sent = stats.sent
     print(f"sent {IMAGES} images ({sent_bytes / 1e6:.1f} MB) with kernel {stats.kernel!r}")
     print(f"receiver verified {sum(verified)}/{IMAGES} images (SHA-256)")
+    # What went which way. send_all() copies, so the headers are always in
+    # bytes_copied; images are there too when the stream copied them instead
+    # of sending them zero-copy ("auto" does so for a peer on loopback, where
+    # the kernel would copy them anyway): the fallbacks say why.
+    headers = IMAGES * HEADER.size
     print(
         f"zero-copy: {sent.zerocopy_calls} calls, {sent.completions} completions,"
-        f" {sent.bytes_zerocopy + sent.bytes_kernel_copied} bytes"
-        f" ({sent.bytes_kernel_copied} of them copied by the kernel after all, as on any loopback);"
-        f" {sent.bytes_copied} bytes copied (headers)"
+        f" {sent.bytes_zerocopy + sent.bytes_kernel_copied} bytes of images sent without a copy at"
+        f" the send call ({sent.bytes_kernel_copied} of them copied by the kernel at delivery, as it"
+        " does for any peer on loopback)"
+    )
+    print(
+        f"copied at the send call: {sent.bytes_copied} bytes, the {IMAGES} headers ({headers} bytes:"
+        f" send_all() copies) and {sent.bytes_copied - headers} bytes of images"
+        + (" (the stream copied them instead of zero-copy: see the fallbacks)" if stats.fallbacks else "")
     )
     if stats.fallbacks:
         print(f"fallbacks: {'; '.join(reason for reason, _ in stats.fallbacks)}")
