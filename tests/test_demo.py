@@ -38,7 +38,7 @@ def test_the_demo_shows_the_naive_way_failing_and_trio_zc_not_in_a_few_lines(tmp
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert out.startswith("trio_zc demo: 8 images of "), out
-    assert "over 2 loopback connections;" in out.splitlines()[0]
+    assert "MB), 2 loopback connections, each image's SHA-256 checked" in out.splitlines()[0]
 
     # 1. The naive way loses images (on loopback the receiver lags, so the
     # kernel still holds the pages when they are rewritten).
@@ -81,6 +81,21 @@ def test_the_demo_shows_the_naive_way_failing_and_trio_zc_not_in_a_few_lines(tmp
 
     with image_module.open(chart) as image:
         assert image.format == "PNG" and image.width >= 600
+
+
+def test_some_kernels_and_one_image_per_connection() -> None:
+    """Nothing is rewritten with one image per connection, and the demo says so rather than look broken."""
+    result = run("demo", "--images", "2", "--clients", "4", "--kernels", "copy,sendfile", "--repeat", "1",
+                 "--send-mb", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "2 images" in out and "2 loopback connections" in out  # not more connections than images
+    assert corrupted(out, "naive sendfile") == (0, 2)
+    assert "(none this time: an image arrives wrong only when its memory is rewritten" in out
+    assert corrupted(out, "trio_zc, copy, sendfile") == (0, 4)
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(("copy ", "sendfile ", "trio "))] == [
+        "copy", "sendfile", "trio"
+    ]
 
 
 def test_progress_is_one_updating_line_on_a_terminal() -> None:
