@@ -64,7 +64,7 @@ DEMO_KERNELS: Final = ("auto", "io_uring", "msg_zerocopy", "sendfile", "copy")
 #: The baseline every kernel's speed is compared with.
 BASELINE: Final = "trio send_all"
 #: Limits of the options: beyond them the demo would only take long or run out of memory.
-MAX_IMAGES: Final = 500
+MAX_IMAGES: Final = 200
 MAX_CLIENTS: Final = 64
 MAX_REPEAT: Final = 20
 MAX_SEND_MB: Final = 10_000
