@@ -704,6 +704,12 @@ async def open_pool(
     reported done. Afterwards every method raises
     :class:`trio.ClosedResourceError` and every lease handle is stale.
 
+    An exception raised in the block comes out of it as itself, never
+    wrapped in an :class:`ExceptionGroup` by the pool's background tasks
+    (a cancellation from outside comes out as one bare
+    :class:`trio.Cancelled`); only several failures at once make a group
+    (docs/guarantees.rst, "Exceptions").
+
     Slow peers: *send_timeout* (seconds, default None: no limit) is the
     default :attr:`ZeroCopyStream.send_timeout` of the pool's streams -- a
     send that takes longer resets its connection, which gives its memory
