@@ -487,6 +487,18 @@ async def _serve_without_pool(c: Ctx) -> None:
     await trio_zc.serve_tcp(handler, 0, pool=None, host="127.0.0.1")  # type: ignore[arg-type]
 
 
+async def _serve_plain_listeners(c: Ctx) -> None:
+    async def handler(stream: trio_zc.ZeroCopyStream) -> None:
+        raise AssertionError("unreachable")
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        await trio_zc.serve_listeners(handler, listeners)  # type: ignore[arg-type]
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+
+
 def _photo(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.new(mode, size, (200, 120, 30) if mode == "RGB" else (200, 120, 30, 255))
 
@@ -754,6 +766,9 @@ ROWS: list[Row] = [
     R("serve-tcp-pool-none", SOCKETS, "serving with no pool (no listener is left open)",
       "await trio_zc.serve_tcp(handler, 0, pool=None)",
       TE, "pool must be a BufferPool", _serve_without_pool, "tcp"),
+    R("serve-listeners-plain", SOCKETS, "serving Trio's own listeners (their streams would not be zero-copy)",
+      "await trio_zc.serve_listeners(handler, await trio.open_tcp_listeners(0))",
+      TE, "serve_listeners() takes ZeroCopyListener objects, not SocketListener", _serve_plain_listeners, "tcp"),
     # -- buffers --------------------------------------------------------------------
     R("adopt-str", BUFFERS, "adopting a str", "pool.adopt('pixels')",
       TE, "adopt() needs a buffer (bytes, bytearray, array, mmap), not str",

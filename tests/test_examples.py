@@ -81,6 +81,16 @@ def test_broadcast_example_sends_one_lease_to_every_client() -> None:
     assert result.stderr == ""
 
 
+def test_broadcast_example_goes_on_when_clients_leave_part_way() -> None:
+    """Two clients close, two reset and two stop reading mid-image: the other 44 get it whole."""
+    result = run_example("broadcast.py", "--leave", "6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "44/44 clients received intact copies (SHA-256)" in result.stdout
+    assert "6 clients left part-way (close, reset, stop reading, in turn): 6 sends ended early" in result.stdout
+    assert "all memory back in the pool" in result.stdout
+    assert result.stderr == ""
+
+
 def test_slow_clients_example_keeps_serving_while_100_clients_stall() -> None:
     result = run_example("slow_clients.py")
     assert result.returncode == 0, result.stdout + result.stderr

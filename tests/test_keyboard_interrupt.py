@@ -166,7 +166,7 @@ async def _app(name: str, outcome: Outcome) -> None:
                 await steps(pool, nursery, outcome)
             stats = pool.statistics()
             if (stats.free_bytes, stats.sends_in_flight) != (stats.max_bytes, 0) or (
-                stats.quarantined_leases or stats.abandoned_leases or stats.tainted_leases
+                stats.quarantined_leases or stats.abandoned_leases or getattr(stats, "tainted_leases", 0)
             ):
                 outcome.problems.append(f"the pool is not whole once everything was released: {stats}")
     except BaseException as exc:  # noqa: B036

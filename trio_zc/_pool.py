@@ -31,6 +31,7 @@ import trio
 from ._address import buffer_address
 from ._allocator import Allocator
 from ._arena import PAGE_SIZE, Arena, overlaps_arena
+from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._choice import make_kernel
 from ._kernel import Kernel
@@ -703,6 +704,12 @@ async def open_pool(
     reported done. Afterwards every method raises
     :class:`trio.ClosedResourceError` and every lease handle is stale.
 
+    An exception raised in the block comes out of it as itself, never
+    wrapped in an :class:`ExceptionGroup` by the pool's background tasks
+    (a cancellation from outside comes out as one bare
+    :class:`trio.Cancelled`); only several failures at once make a group
+    (docs/guarantees.rst, "Exceptions").
+
     Slow peers: *send_timeout* (seconds, default None: no limit) is the
     default :attr:`ZeroCopyStream.send_timeout` of the pool's streams -- a
     send that takes longer resets its connection, which gives its memory
@@ -780,7 +787,9 @@ async def open_pool(
             await the_kernel.run()
 
     try:
-        async with trio.open_nursery() as nursery:
+        # A background nursery: an exception of the application's block comes
+        # out of open_pool as itself, never wrapped in an ExceptionGroup.
+        async with background_nursery() as nursery:
             nursery.start_soon(pool._sweeper)
             nursery.start_soon(run_kernel)
             try:
@@ -790,7 +799,6 @@ async def open_pool(
                     await pool._close()
                 finally:
                     background.cancel()
-                    nursery.cancel_scope.cancel()
     finally:
         the_kernel.close()
         if not arena.closed:  # pragma: no cover - only if _close itself failed
