@@ -246,6 +246,20 @@ class _Slot(Lifecycle):
             await trio.lowlevel.checkpoint()
 
 
+def exact_int(name: str, value: object, expected: str = "an int") -> int:
+    """*value*, an int but not a bool, as an exact :class:`int`; TypeError otherwise.
+
+    A subclass of int is taken at its value: its own comparisons and
+    arithmetic, which could say anything (or call back into the lease),
+    never decide a bound. The type is checked with ``type()``, which an
+    object cannot fake, unlike ``isinstance`` (``__class__``).
+    """
+    kind = type(value)
+    if not issubclass(kind, int) or issubclass(kind, bool):
+        raise TypeError(f"{name} must be {expected}, not {kind.__name__}")
+    return int.__index__(value)  # type: ignore[arg-type]
+
+
 def _check_shape(shape: object) -> tuple[int, ...]:
     # Any integer operator.index takes (NumPy's int64 too), but not a bool,
     # which is an int to Python and never meant as a size.
@@ -362,16 +376,15 @@ class WritableLease:
         Returns the offset just past what was written, so writes chain.
         Leaves no view behind. Safe from any thread (see the class docs).
         """
-        if offset.__class__ is not int:
-            if not isinstance(offset, int) or isinstance(offset, bool):
-                raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if type(offset) is not int:
+            offset = exact_int("offset", offset)
         slot = self._slot
         # The state is checked and the bytes copied under the lease's lock:
         # a seal or release in another thread cannot fall between the two.
         with slot.lock:
             if slot.state is not _WRITABLE:
                 self._live()  # raises
-            if data.__class__ is bytes and offset == slot.clean:
+            if type(data) is bytes and offset == slot.clean:
                 # The common case (an image written whole, or in order, from
                 # bytes): nothing to clear and nothing to cast.
                 end = offset + len(data)
@@ -421,10 +434,11 @@ class WritableLease:
             pool._wrong_thread("WritableLease.seal()")
         if nbytes is None:
             nbytes = slot.capacity
-        elif not isinstance(nbytes, int) or isinstance(nbytes, bool):
-            raise TypeError(f"nbytes must be an int or None, not {type(nbytes).__name__}")
-        elif not 0 < nbytes <= slot.capacity:
-            raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
+        else:
+            if type(nbytes) is not int:
+                nbytes = exact_int("nbytes", nbytes, "an int or None")
+            if not 0 < nbytes <= slot.capacity:
+                raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
         lock = slot.lock
         if not lock.acquire(blocking=False):
             raise trio.BusyResourceError(

@@ -34,7 +34,7 @@ from ._arena import PAGE_SIZE, Arena, overlaps_arena
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._choice import make_kernel
 from ._kernel import Kernel
-from ._lease import SealedLease, WritableLease, _Slot
+from ._lease import SealedLease, WritableLease, _Slot, exact_int
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -244,8 +244,7 @@ class BufferPool:
         self._abandoned.clear()
 
     def _check_nbytes(self, nbytes: object) -> int:
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
-            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        nbytes = exact_int("nbytes", nbytes)
         if nbytes <= 0:
             raise ValueError(f"nbytes must be positive, not {nbytes}")
         if nbytes > self._arena.size:
@@ -318,8 +317,8 @@ class BufferPool:
         (see the "tight send loops" recipe). Never use it in a loop that
         has no other checkpoint.
         """
-        if self._closed or nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
-            # The checks with their messages (an int subclass passes them).
+        if self._closed or type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
+            # The checks with their messages (an int subclass passes them, at its value).
             self._check_open()
             nbytes = self._check_nbytes(nbytes)
         if schedule.__class__ is not bool:
@@ -365,8 +364,8 @@ class BufferPool:
         """
         if schedule.__class__ is not bool:
             raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
-        if nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
-            nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes)
+        if type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
+            nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes, at its value)
         return LeaseScope(self, nbytes, schedule)
 
     def adopt(self, buffer: Any) -> SealedLease:

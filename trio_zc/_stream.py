@@ -17,7 +17,7 @@ import trio
 
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
-from ._lease import SealedLease, WritableLease, _Slot
+from ._lease import SealedLease, WritableLease, _Slot, exact_int
 from ._lifecycle import LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -103,9 +103,7 @@ def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
 
 
 def _index(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
+    return value if type(value) is int else exact_int(name, value)
 
 
 class ZeroCopyStream(trio.abc.HalfCloseableStream):
@@ -294,7 +292,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         cancelled :meth:`send_all`; the lease stays referenced by the calls
         already made, and is never released early.
         """
-        if type(lease) is SealedLease and offset.__class__ is int and offset == 0 and nbytes is None:
+        if type(lease) is SealedLease and type(offset) is int and offset == 0 and nbytes is None:
             # The common call, checked with less ceremony: it runs once per image.
             slot = lease._slot
             state = slot.state
