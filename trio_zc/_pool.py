@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import attrs
 import trio
@@ -214,6 +214,13 @@ class BufferPool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<trio_zc.BufferPool {state}, {self._arena.size} bytes>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # copy.copy() would make a second pool object over the same arena,
+        # allocator and leases, with a "closed" flag of its own: after the
+        # pool's block ended it would still hand out leases of unmapped (or
+        # remapped) memory. copy.deepcopy() and pickle end here too.
+        raise TypeError("a BufferPool cannot be copied or pickled: it owns its memory; pass the pool itself")
 
     # -- checks -------------------------------------------------------------
 

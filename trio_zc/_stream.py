@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -187,6 +187,12 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<trio_zc.ZeroCopyStream {state}, kernel {self._pool._kernel.name!r}>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # A copy would share the connection but not the check that refuses
+        # two sends at once (the bytes of two images would interleave) nor
+        # the closed flag. copy.deepcopy() and pickle end here too.
+        raise TypeError("a ZeroCopyStream cannot be copied or pickled: it owns its connection")
 
     @property
     def pool(self) -> BufferPool:
