@@ -247,6 +247,10 @@ class BufferPool:
         for slot in self._slots.values():
             slot.stale_reason = self._forked
             slot.fork()
+            # A lock held by a thread of the parent (a write in progress at
+            # the fork) would stay held for ever here, where that thread does
+            # not exist: write() and view() would hang instead of refusing.
+            slot.lock = threading.Lock()
         self._slots.clear()
         self._abandoned.clear()
 
