@@ -166,6 +166,10 @@ class Arena:
             del self._ro_map, ro_map
         os.close(self.fd)
         self._fd_open = False
+        if not self.ranges():
+            # Nothing of it is mapped any more: forget it now, or a process
+            # that opens and closes pools would keep every closed arena.
+            _MAPPED.pop(id(self), None)
 
     def ranges(self) -> list[tuple[int, int]]:
         """The address ranges ``[start, end)`` of the arena's mappings that still exist."""

@@ -667,6 +667,13 @@ def _cannot_map(size: int, exc: OSError) -> OSError:
         why = "more address space than this process has free"
         if soft_as != resource.RLIM_INFINITY:
             why += f" (its RLIMIT_AS is {soft_as} bytes)"
+    elif exc.errno == errno.EMFILE:
+        why = (
+            "no file descriptor left for the pool's memory"
+            f" (RLIMIT_NOFILE: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        )
+    elif exc.errno == errno.ENFILE:
+        why = "the system's table of open files is full"
     elif exc.errno == errno.EFBIG:
         why = f"larger than the files this process may make (RLIMIT_FSIZE: {resource.getrlimit(resource.RLIMIT_FSIZE)[0]})"
     else:
