@@ -367,7 +367,14 @@ class WritableLease:
                     f" the lease holds {slot.capacity}"
                 )
             view = slot.new_view()
-        array: numpy.typing.NDArray[Any] = numpy.frombuffer(view, dtype=dt, count=count)
+        try:
+            array: numpy.typing.NDArray[Any] = numpy.frombuffer(view, dtype=dt, count=count)
+        except BaseException:
+            # NumPy refused (an object or zero-size dtype): the application
+            # never gets this view, so it must not count as alive -- the
+            # exception's traceback keeps this frame, and the view, alive.
+            view.release()
+            raise
         return array.reshape(dims)
 
     def write(self, data: Any, offset: int = 0) -> int:
