@@ -128,28 +128,37 @@ class LeaseScope:
     # A plain class rather than @asynccontextmanager: this runs once per
     # image, and a generator-based context manager costs several
     # microseconds more per use.
-    __slots__ = ("_pool", "_nbytes", "_schedule", "_slot")
+    __slots__ = ("_pool", "_nbytes", "_schedule", "_slot", "_entering")
 
     def __init__(self, pool: BufferPool, nbytes: int, schedule: bool) -> None:
         self._pool = pool
         self._nbytes = nbytes
         self._schedule = schedule
         self._slot: _Slot | None = None
+        # Set from the start of __aenter__: a second task entering the same
+        # scope while the first waits for its lease would otherwise get a
+        # lease of its own, and one of the two would never be released.
+        self._entering = False
 
     async def __aenter__(self) -> WritableLease:
-        if self._slot is not None:
+        if self._slot is not None or self._entering:
             raise RuntimeError("this pool.lease() scope was already entered; call pool.lease() again")
+        self._entering = True
         # BufferPool.acquire() inlined (nbytes was checked by pool.lease()):
         # a second coroutine per image costs more than these lines.
         pool = self._pool
-        if pool._closed:
-            pool._check_open()  # raises
-        await trio.lowlevel.checkpoint_if_cancelled()
-        lease = pool._take(self._nbytes)
-        if lease is None:
-            lease = await pool._wait_for(self._nbytes)
-        elif self._schedule:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        try:
+            if pool._closed:
+                pool._check_open()  # raises
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lease = pool._take(self._nbytes)
+            if lease is None:
+                lease = await pool._wait_for(self._nbytes)
+            elif self._schedule:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        except BaseException:
+            self._entering = False  # nothing was taken: the scope may be entered again
+            raise
         self._slot = lease._slot
         return lease
 
