@@ -669,13 +669,29 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
+def _map_areas() -> tuple[int, int]:
+    """The process's memory-map areas and the most it may have (0, 0 where unknown)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f), limit
+    except (OSError, ValueError):
+        return 0, 0
+
+
 def _cannot_map(size: int, exc: OSError) -> OSError:
     """What to raise when the arena of *size* bytes could not be made: which limit was hit."""
     soft_as = resource.getrlimit(resource.RLIMIT_AS)[0]
     if exc.errno == errno.ENOMEM:
-        why = "more address space than this process has free"
-        if soft_as != resource.RLIM_INFINITY:
-            why += f" (its RLIMIT_AS is {soft_as} bytes)"
+        map_areas, max_map_count = _map_areas()
+        if max_map_count and map_areas >= max_map_count - 2:
+            # Out of memory-map areas (an arena takes two), not of memory.
+            why = f"the process already has as many memory mappings as vm.max_map_count allows ({max_map_count})"
+        else:
+            why = "more address space than this process has free"
+            if soft_as != resource.RLIM_INFINITY:
+                why += f" (its RLIMIT_AS is {soft_as} bytes)"
     elif exc.errno == errno.EMFILE:
         why = (
             "no file descriptor left for the pool's memory"
