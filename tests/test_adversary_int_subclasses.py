@@ -9,7 +9,9 @@ while it was on the wire, ``send_lease(sealed, offset=-4096)`` to send the
 bytes of a lease still being written, and ``acquire(-5)`` to queue a request
 that is never served, which every later request then waits behind. Its own
 operators could also call back into the lease while ``write()`` held the
-lease's lock, which hung the thread for ever.
+lease's lock, which hung the thread for ever (so could a class whose
+``__buffer__`` does, on Python 3.12+: the source's buffer is now taken
+before the lock; that test is skipped on older Pythons).
 
 Now each such argument is taken at its value (``int.__index__``, which a
 subclass cannot override, after a ``type()`` check, which an object cannot
@@ -19,6 +21,7 @@ fake), before any check and before any lock.
 from __future__ import annotations
 
 import enum
+import sys
 import warnings
 from typing import Any
 
@@ -200,6 +203,28 @@ async def test_an_offset_that_calls_back_into_the_lease_cannot_hang_write() -> N
         assert end == 24
         sealed = lease.seal()
         assert bytes(sealed.view()[:24]) == bytes(8) + b"x" * 16
+        sealed.release()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python classes export buffers from 3.12 on (PEP 688)")
+async def test_a_buffer_whose_export_calls_back_into_the_lease_cannot_hang_write() -> None:
+    async with trio_zc.open_pool(max_bytes=16 * PAGE, kernel="copy") as pool:
+        lease = await pool.acquire(PAGE)
+
+        class CallsBack:
+            # Exporting its buffer takes a view of the lease being written.
+            def __buffer__(self, flags: int) -> memoryview:
+                lease.view().release()
+                return memoryview(b"y" * 16)
+
+            def __release_buffer__(self, view: memoryview) -> None:
+                lease.view().release()
+
+        with trio.fail_after(5):
+            end = await trio.to_thread.run_sync(lambda: lease.write(CallsBack(), 4), abandon_on_cancel=True)
+        assert end == 20
+        sealed = lease.seal()
+        assert bytes(sealed.view()[:20]) == bytes(4) + b"y" * 16
         sealed.release()
 
 

@@ -386,24 +386,31 @@ class WritableLease:
         if type(offset) is not int:
             offset = exact_int("offset", offset)
         slot = self._slot
-        # The state is checked and the bytes copied under the lease's lock:
-        # a seal or release in another thread cannot fall between the two.
-        with slot.lock:
-            if slot.state is not _WRITABLE:
-                self._live()  # raises
-            if type(data) is bytes and offset == slot.clean:
-                # The common case (an image written whole, or in order, from
-                # bytes): nothing to clear and nothing to cast.
-                end = offset + len(data)
-                if end > slot.capacity:
-                    raise ValueError(
-                        f"writing {len(data)} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
-                    )
-                start = slot.offset + offset
-                slot.pool._arena.rw[start : start + len(data)] = data
-                slot.clean = end
-                return end
-            with memoryview(data) as src:
+        # The source's buffer is taken before the lease's lock: taking it may
+        # run the application's code (a class's __buffer__, Python 3.12+),
+        # which could call back into this lease -- under the lock, a hang.
+        src = None if type(data) is bytes else memoryview(data)
+        try:
+            # The state is checked and the bytes copied under the lease's lock:
+            # a seal or release in another thread cannot fall between the two.
+            with slot.lock:
+                if slot.state is not _WRITABLE:
+                    self._live()  # raises
+                if src is None:
+                    if offset == slot.clean:
+                        # The common case (an image written whole, or in order,
+                        # from bytes): nothing to clear and nothing to cast.
+                        end = offset + len(data)
+                        if end > slot.capacity:
+                            raise ValueError(
+                                f"writing {len(data)} bytes at offset {offset} overruns the lease"
+                                f" ({slot.capacity} bytes)"
+                            )
+                        start = slot.offset + offset
+                        slot.pool._arena.rw[start : start + len(data)] = data
+                        slot.clean = end
+                        return end
+                    src = memoryview(data)  # bytes: no application code runs
                 n = src.nbytes
                 if offset < 0 or offset + n > slot.capacity:
                     raise ValueError(
@@ -420,6 +427,9 @@ class WritableLease:
                 if offset + n > slot.clean:
                     slot.clean = offset + n
             return offset + n
+        finally:
+            if src is not None:
+                src.release()  # outside the lock too (__release_buffer__)
 
     def seal(self, nbytes: int | None = None) -> SealedLease:
         """Make the lease read-only and sendable; this handle goes stale.
