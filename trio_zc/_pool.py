@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import attrs
 import trio
@@ -35,7 +35,7 @@ from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._choice import make_kernel
 from ._kernel import Kernel
-from ._lease import SealedLease, WritableLease, _Slot
+from ._lease import SealedLease, WritableLease, _Slot, exact_int
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -129,28 +129,37 @@ class LeaseScope:
     # A plain class rather than @asynccontextmanager: this runs once per
     # image, and a generator-based context manager costs several
     # microseconds more per use.
-    __slots__ = ("_pool", "_nbytes", "_schedule", "_slot")
+    __slots__ = ("_pool", "_nbytes", "_schedule", "_slot", "_entering")
 
     def __init__(self, pool: BufferPool, nbytes: int, schedule: bool) -> None:
         self._pool = pool
         self._nbytes = nbytes
         self._schedule = schedule
         self._slot: _Slot | None = None
+        # Set from the start of __aenter__: a second task entering the same
+        # scope while the first waits for its lease would otherwise get a
+        # lease of its own, and one of the two would never be released.
+        self._entering = False
 
     async def __aenter__(self) -> WritableLease:
-        if self._slot is not None:
+        if self._slot is not None or self._entering:
             raise RuntimeError("this pool.lease() scope was already entered; call pool.lease() again")
+        self._entering = True
         # BufferPool.acquire() inlined (nbytes was checked by pool.lease()):
         # a second coroutine per image costs more than these lines.
         pool = self._pool
-        if pool._closed:
-            pool._check_open()  # raises
-        await trio.lowlevel.checkpoint_if_cancelled()
-        lease = pool._take(self._nbytes)
-        if lease is None:
-            lease = await pool._wait_for(self._nbytes)
-        elif self._schedule:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        try:
+            if pool._closed:
+                pool._check_open()  # raises
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lease = pool._take(self._nbytes)
+            if lease is None:
+                lease = await pool._wait_for(self._nbytes)
+            elif self._schedule:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        except BaseException:
+            self._entering = False  # nothing was taken: the scope may be entered again
+            raise
         self._slot = lease._slot
         return lease
 
@@ -216,6 +225,13 @@ class BufferPool:
         state = "closed" if self._closed else "open"
         return f"<trio_zc.BufferPool {state}, {self._arena.size} bytes>"
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # copy.copy() would make a second pool object over the same arena,
+        # allocator and leases, with a "closed" flag of its own: after the
+        # pool's block ended it would still hand out leases of unmapped (or
+        # remapped) memory. copy.deepcopy() and pickle end here too.
+        raise TypeError("a BufferPool cannot be copied or pickled: it owns its memory; pass the pool itself")
+
     # -- checks -------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -241,12 +257,15 @@ class BufferPool:
         for slot in self._slots.values():
             slot.stale_reason = self._forked
             slot.fork()
+            # A lock held by a thread of the parent (a write in progress at
+            # the fork) would stay held for ever here, where that thread does
+            # not exist: write() and view() would hang instead of refusing.
+            slot.lock = threading.Lock()
         self._slots.clear()
         self._abandoned.clear()
 
     def _check_nbytes(self, nbytes: object) -> int:
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
-            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        nbytes = exact_int("nbytes", nbytes)
         if nbytes <= 0:
             raise ValueError(f"nbytes must be positive, not {nbytes}")
         if nbytes > self._arena.size:
@@ -319,8 +338,8 @@ class BufferPool:
         (see the "tight send loops" recipe). Never use it in a loop that
         has no other checkpoint.
         """
-        if self._closed or nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
-            # The checks with their messages (an int subclass passes them).
+        if self._closed or type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
+            # The checks with their messages (an int subclass passes them, at its value).
             self._check_open()
             nbytes = self._check_nbytes(nbytes)
         if schedule.__class__ is not bool:
@@ -366,8 +385,8 @@ class BufferPool:
         """
         if schedule.__class__ is not bool:
             raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
-        if nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
-            nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes)
+        if type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
+            nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes, at its value)
         return LeaseScope(self, nbytes, schedule)
 
     def adopt(self, buffer: Any) -> SealedLease:
@@ -651,13 +670,36 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
+def _map_areas() -> tuple[int, int]:
+    """The process's memory-map areas and the most it may have (0, 0 where unknown)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f), limit
+    except (OSError, ValueError):
+        return 0, 0
+
+
 def _cannot_map(size: int, exc: OSError) -> OSError:
     """What to raise when the arena of *size* bytes could not be made: which limit was hit."""
     soft_as = resource.getrlimit(resource.RLIMIT_AS)[0]
     if exc.errno == errno.ENOMEM:
-        why = "more address space than this process has free"
-        if soft_as != resource.RLIM_INFINITY:
-            why += f" (its RLIMIT_AS is {soft_as} bytes)"
+        map_areas, max_map_count = _map_areas()
+        if max_map_count and map_areas >= max_map_count - 2:
+            # Out of memory-map areas (an arena takes two), not of memory.
+            why = f"the process already has as many memory mappings as vm.max_map_count allows ({max_map_count})"
+        else:
+            why = "more address space than this process has free"
+            if soft_as != resource.RLIM_INFINITY:
+                why += f" (its RLIMIT_AS is {soft_as} bytes)"
+    elif exc.errno == errno.EMFILE:
+        why = (
+            "no file descriptor left for the pool's memory"
+            f" (RLIMIT_NOFILE: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        )
+    elif exc.errno == errno.ENFILE:
+        why = "the system's table of open files is full"
     elif exc.errno == errno.EFBIG:
         why = f"larger than the files this process may make (RLIMIT_FSIZE: {resource.getrlimit(resource.RLIMIT_FSIZE)[0]})"
     else:
