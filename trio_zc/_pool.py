@@ -55,6 +55,37 @@ _SWEEP_INTERVAL: Final = 0.05
 # for the life of the process, because nobody will ever say it is free.
 _graveyard: list[object] = []
 
+class _AdoptedMemory:
+    """The application memory that live adopted leases cover, in every pool.
+
+    Two leases over one buffer would each say, through ``wait_reusable()``,
+    when *its* sends are done, and the application would write the buffer
+    while the other's sends still read it; so adopt() refuses an overlap,
+    unless both sides are immutable ``bytes`` (which nobody can write).
+    """
+
+    def __init__(self) -> None:
+        self._ranges: dict[_Slot, tuple[int, int, bool]] = {}
+
+    def overlapping(self, start: int, length: int, immutable: bool) -> str | None:
+        """A description of a live adopted lease that overlaps, or None."""
+        end = start + length
+        for slot, (lo, hi, other_immutable) in self._ranges.items():
+            if start < hi and lo < end and not (immutable and other_immutable):
+                return slot.describe()
+        return None
+
+    def add(self, slot: _Slot, start: int, immutable: bool) -> None:
+        self._ranges[slot] = (start, start + slot.capacity, immutable)
+
+    def discard(self, slot: _Slot) -> None:
+        # Quarantined leases stay: their memory is exported for good, and
+        # the kernel may still read it.
+        self._ranges.pop(slot, None)
+
+
+_adopted = _AdoptedMemory()
+
 # Pools not yet closed, for the fork handler below.
 _open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
 
@@ -216,6 +247,8 @@ class BufferPool:
         self._thread = threading.get_ident()
         #: Set in a forked child: why nothing of this pool may be used there.
         self._forked: str | None = None
+        #: Leases whose memory could not be made writable again (protect_sealed).
+        self._unprotectable: list[str] = []
         _open_pools.add(self)
         # Defaults for the pool's streams (see open_pool).
         self._send_timeout: float | None = None
@@ -405,6 +438,12 @@ class BufferPool:
         it after the first one gave it back. It raises :class:`ValueError`;
         send the lease itself, or part of it with
         :meth:`ZeroCopyStream.send_lease`'s *offset* and *nbytes*.
+
+        Nor can memory that another live adopted lease (of any pool) covers
+        be adopted again, unless both are immutable ``bytes``: the
+        ``wait_reusable()`` of one lease would say the buffer may be written
+        while the other's sends still read it. Adopt the buffer once and send
+        that lease (or parts of it) as often as you like.
         """
         self._check_open()
         if threading.get_ident() != self._thread:
@@ -420,17 +459,27 @@ class BufferPool:
                 raise ValueError("adopt() needs a C-contiguous buffer; this one is strided")
             if view.nbytes == 0:
                 raise ValueError("adopt() needs a non-empty buffer")
-            if overlaps_arena(buffer_address(view), view.nbytes):
+            address = buffer_address(view)
+            if overlaps_arena(address, view.nbytes):
                 raise ValueError(
                     "adopt() cannot take pool memory (a view of a lease): the lease it belongs to"
                     " decides when that memory is reused. Send that lease instead, or a part of"
                     " it with send_lease(lease, offset, nbytes)"
+                )
+            immutable = type(view.obj) is bytes
+            other = _adopted.overlapping(address, view.nbytes, immutable)
+            if other is not None:
+                raise ValueError(
+                    f"adopt() cannot take memory that {other} already covers: wait_reusable() of"
+                    " one would say the buffer may be written while the other's sends still read"
+                    " it. Adopt a buffer once and send that lease, or parts of it, as often as needed"
                 )
             # Read-only: the sealed handle never writes, and neither may
             # anything reached through it (SealedLease.view().obj).
             with view.cast("B") as flat:
                 readonly = flat.toreadonly()
         slot = _Slot(self, 0, readonly.nbytes, readonly)
+        _adopted.add(slot, address, immutable)
         self._slots[slot.id] = slot
         self._leases_total += 1
         return SealedLease(slot)
@@ -487,6 +536,7 @@ class BufferPool:
             return
         if slot.state is LeaseState.FREE:
             if slot.adopted is not None:
+                _adopted.discard(slot)
                 slot.adopted.release()
             elif not self._arena.closed:
                 # Free memory keeps its bytes: the next lease clears what
@@ -494,7 +544,18 @@ class BufferPool:
                 # (see _Slot.clean), which costs nothing when the whole
                 # lease is written with write().
                 if self._protect_sealed and slot.sealed:
-                    self._arena.protect(slot.offset, slot.block_length, writable=True)
+                    try:
+                        self._arena.protect(slot.offset, slot.block_length, writable=True)
+                    except OSError as exc:
+                        # The process has no memory-map area to spare
+                        # (vm.max_map_count): the pages stay read-only, so
+                        # they cannot be handed out. Withheld for good,
+                        # counted as quarantined, and said at close.
+                        self._quarantined_leases += 1
+                        self._quarantined_bytes += slot.block_length
+                        self._unprotectable.append(f"{slot.describe()}: {exc}")
+                        slot.wake_reusable()
+                        return
                 if slot.needs_punch:
                     # A socket may still hold these pages (sendfile): give
                     # them up and let the next writer fault in fresh zero
@@ -613,6 +674,15 @@ class BufferPool:
                     LeaseLeakWarning(
                         f"the pool closed while the application still held {len(held)}"
                         f" lease(s): {names}{more}; the pool released them"
+                    ),
+                    stacklevel=4,
+                )
+            if self._unprotectable:
+                warnings.warn(
+                    QuarantineWarning(
+                        f"{len(self._unprotectable)} released lease(s) could not be made writable"
+                        " again (protect_sealed; the process ran out of memory-map areas,"
+                        f" vm.max_map_count): that memory was withheld: {self._unprotectable[0]}"
                     ),
                     stacklevel=4,
                 )
