@@ -18,8 +18,6 @@ often as it needs.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import trio
 import trio.testing
@@ -28,9 +26,6 @@ import trio_zc
 from trio_zc.testing import MockKernel
 
 from .streams import ALWAYS_ZC, pattern, receive_exactly, stop_reading, stream_pair
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 SIZE = 1 << 20
 

@@ -36,8 +36,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 
 _EXHAUST = textwrap.dedent(
