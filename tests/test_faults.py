@@ -98,8 +98,8 @@ import trio.testing
 
 import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
-from trio_zc._completion_channel import ABORT_GRACE, CompletionChannel
-from trio_zc._io_uring import IoUringChannel
+from trio_zc._kernels._completion_channel import ABORT_GRACE, CompletionChannel
+from trio_zc._kernels._io_uring import IoUringChannel
 from trio_zc.testing import MockKernel, MockPeer
 
 from .streams import KERNELS, Peer, receive_exactly, socket_pair, stream_pair
@@ -723,7 +723,7 @@ async def test_cancelled_close_skips_the_wait_not_the_safety(autojump_clock: tri
 async def test_io_uring_close_quarantines_a_completion_that_never_comes(monkeypatch: pytest.MonkeyPatch) -> None:
     # As if the forced close could not bring the notification back.
     monkeypatch.setattr(IoUringChannel, "abort", lambda self: None)
-    monkeypatch.setattr("trio_zc._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
     async with open_pool(max_bytes=32 * MiB, kernel="io_uring", policy=ALWAYS_ZC) as pool:
         if pool.statistics().kernel != "io_uring":
             pytest.skip(f"io_uring is not usable here: {pool.statistics().kernel_note}")

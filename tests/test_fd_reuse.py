@@ -29,8 +29,8 @@ import trio
 import trio_zc
 import trio_zc.testing
 from trio_zc import ZeroCopyPolicy, open_pool
-from trio_zc import _io_uring
-from trio_zc._io_uring import IoUringChannel, IoUringKernel
+from trio_zc._kernels import _io_uring
+from trio_zc._kernels._io_uring import IoUringChannel, IoUringKernel
 
 from .streams import KERNELS, clog, kernel, stop_reading, stream_pair
 

@@ -2,12 +2,12 @@
 
 Three layers, each fed with arbitrary and adversarial input:
 
-1. The error-queue parser (:mod:`trio_zc._errqueue`), checked against an
+1. The error-queue parser (:mod:`trio_zc._kernels._errqueue`), checked against an
    independent reading of ``struct sock_extended_err`` written here from the
    kernel's format: every cmsg either becomes exactly the record that
    reading gives, or is refused with :class:`MalformedRecordError` whose
    message names what was wrong. No other exception may escape.
-2. A real :class:`~trio_zc._completion_channel.CompletionChannel` (the mock
+2. A real :class:`~trio_zc._kernels._completion_channel.CompletionChannel` (the mock
    kernel's, over a real pool with real leases) with sends in flight, fed
    arbitrary error-queue messages through its ``drain``: only a well-formed
    completion covering exactly calls that are outstanding releases
@@ -39,8 +39,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_zc import BufferPool, ZeroCopyPolicy, ZeroCopyStream, open_pool
-from trio_zc._completion_channel import Ancdata, CompletionChannel
-from trio_zc._errqueue import (
+from trio_zc._kernels._completion_channel import Ancdata, CompletionChannel
+from trio_zc._kernels._errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
     SO_EE_ORIGIN_ICMP,
@@ -58,7 +58,7 @@ from trio_zc._errqueue import (
 )
 from trio_zc._lease import _Slot
 from trio_zc._lifecycle import LeaseState
-from trio_zc._uring_tracker import (
+from trio_zc._kernels._uring_tracker import (
     IORING_CQE_F_MORE,
     IORING_CQE_F_NOTIF,
     IORING_NOTIF_USAGE_ZC_COPIED,
@@ -627,7 +627,7 @@ def test_the_ring_uses_16_byte_cqes_and_32_byte_ones_are_refused() -> None:
     # Rings set up with IORING_SETUP_CQE32 have 32-byte entries; this
     # library's ring does not ask for them, so an entry of any other size is
     # refused by length instead of being read as two.
-    from trio_zc import _uring
+    from trio_zc._kernels import _ring as _uring
 
     assert _uring._CQE_SIZE == 16
     big = pack_cqe(Cqe(1, 100, MORE)) + bytes(16)

@@ -15,9 +15,9 @@ import trio.testing
 
 import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
-from trio_zc._io_uring import IoUringKernel
-from trio_zc._msg_zerocopy import MsgZeroCopyKernel
-from trio_zc._uring import Probe, Ring, probe, probe_uncached
+from trio_zc._kernels._io_uring import IoUringKernel
+from trio_zc._kernels._msg_zerocopy import MsgZeroCopyKernel
+from trio_zc._kernels._ring import Probe, Ring, probe, probe_uncached
 
 from .streams import receive_exactly, stream_pair
 
@@ -176,7 +176,7 @@ def test_io_uring_disabled_by_the_sysctl_falls_back() -> None:
 
 async def test_a_probe_that_finds_no_send_zc_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     old = Probe(False, "this kernel is too old for SEND_ZC (Linux 6.0)", False, False, False)
-    monkeypatch.setattr("trio_zc._choice.probe", lambda: old)
+    monkeypatch.setattr("trio_zc._kernels._choice.probe", lambda: old)
     async with open_pool(max_bytes=MiB, kernel="io_uring") as pool:
         assert isinstance(pool._kernel, MsgZeroCopyKernel)
         assert pool.statistics().kernel_note == (
@@ -328,7 +328,7 @@ async def test_a_request_whose_result_never_comes_does_not_hang_its_sender(monke
     # quarantines the send; the task waiting for its result must wake too.
     monkeypatch.setattr(IoUringKernel, "flush", lambda self: None)
     monkeypatch.setattr(IoUringKernel, "_submitter", lambda self: trio.sleep_forever())
-    monkeypatch.setattr("trio_zc._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
     always = ZeroCopyPolicy(min_zerocopy_bytes=0, copied_streak=0)
     async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=always) as pool:
         a, b = await stream_pair(pool)

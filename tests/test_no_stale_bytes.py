@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 
 import trio_zc
 from trio_zc._lease import _Slot
-from trio_zc._thp import shmem_folios
+from trio_zc._kernels._thp import shmem_folios
 from trio_zc.testing import MockKernel, MockPeer
 
 from .streams import receive_exactly, socket_pair

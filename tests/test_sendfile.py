@@ -12,8 +12,8 @@ import trio
 import trio.testing
 
 from trio_zc import open_pool
-from trio_zc._sendfile import SendfileKernel
-from trio_zc._thp import THP_DIR, shmem_folios
+from trio_zc._kernels._sendfile import SendfileKernel
+from trio_zc._kernels._thp import THP_DIR, shmem_folios
 
 from .streams import receive_exactly, stream_pair
 

@@ -16,8 +16,8 @@ import pytest
 import trio
 
 import trio_zc
-from trio_zc._io_uring import IoUringChannel
-from trio_zc._msg_zerocopy import ZeroCopyChannel
+from trio_zc._kernels._io_uring import IoUringChannel
+from trio_zc._kernels._msg_zerocopy import ZeroCopyChannel
 from trio_zc.testing import MockKernel
 
 from .streams import ALWAYS_ZC, pattern, receive_exactly, sealed_with, stop_reading, stream_pair
@@ -27,7 +27,7 @@ SIZE = 4 << 20
 
 @pytest.fixture(autouse=True)
 def short_abort_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trio_zc._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
 
 
 NEVER_COMPLETES = {"msg_zerocopy": ZeroCopyChannel, "io_uring": IoUringChannel}

@@ -108,7 +108,7 @@ class Arena:
             os.ftruncate(self.fd, size)
             self._map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
             # Ask for base pages: huge folios would make punching part of the
-            # arena unsafe (see _thp.py). Sizes the settings force anyway are
+            # arena unsafe (see _kernels/_thp.py). Sizes the settings force anyway are
             # handled by aligning leases to them.
             self._map.madvise(mmap.MADV_NOHUGEPAGE)
             self._ro_map = _map_read_only(self.fd, size)
@@ -147,7 +147,7 @@ class Arena:
 
         The old pages leave the file; whoever still holds them (a socket,
         after sendfile) keeps them, and the next access faults in new zeroed
-        pages. The range must cover whole folios (see _thp.py).
+        pages. The range must cover whole folios (see _kernels/_thp.py).
         """
         if _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length):
             err = ctypes.get_errno()

@@ -33,8 +33,8 @@ from ._allocator import Allocator
 from ._arena import PAGE_SIZE, Arena, overlaps_arena
 from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
-from ._choice import make_kernel
-from ._kernel import Kernel
+from ._kernels._choice import make_kernel
+from ._kernels._base import Kernel
 from ._lease import SealedLease, WritableLease, _Slot, exact_int
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
@@ -559,7 +559,7 @@ class BufferPool:
                 if slot.needs_punch:
                     # A socket may still hold these pages (sendfile): give
                     # them up and let the next writer fault in fresh zero
-                    # pages. Blocks cover whole folios (see _thp.py).
+                    # pages. Blocks cover whole folios (see _kernels/_thp.py).
                     self._arena.punch(slot.offset, slot.block_length)
                 self._allocator.free(slot.offset, slot.capacity)
                 if self._waiters:

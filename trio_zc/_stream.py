@@ -27,7 +27,7 @@ from ._pool import BufferPool
 from ._stats import Counters, SendStatistics, StreamStatistics
 
 if TYPE_CHECKING:
-    from ._kernel import Channel
+    from ._kernels._base import Channel
 
 #: What ``receive_some()`` asks for when given no size, as in Trio.
 DEFAULT_RECEIVE_SIZE = 65536

@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .._completion_channel import Ancdata, CompletionChannel, settle_all
-from .._errqueue import ZeroCopyCompletion, pack_zerocopy_record
-from .._kernel import Channel, Kernel
+from .._kernels._completion_channel import Ancdata, CompletionChannel, settle_all
+from .._kernels._errqueue import ZeroCopyCompletion, pack_zerocopy_record
+from .._kernels._base import Channel, Kernel
 from .._lease import describe_lease
 from .._stats import Counters
 from .._conflict import ConflictDetector

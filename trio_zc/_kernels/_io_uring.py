@@ -40,7 +40,7 @@ until its notification; closing waits for notifications, then resets the
 connection and quarantines what never comes.
 
 Whether io_uring is usable at all is found by :func:`~trio_zc._uring.probe`
-when the pool opens; see ``_choice.py`` for the fallbacks.
+when the pool opens; see ``_choice.py`` (beside this module) for the fallbacks.
 """
 
 from __future__ import annotations
@@ -54,16 +54,16 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from ._address import buffer_address
+from .._address import buffer_address
 from ._completion_channel import DrainingChannel, settle_all
-from ._kernel import ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
-from ._stats import Counters
-from ._uring import Probe, Ring, SubmissionQueueFull
+from ._base import ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
+from .._stats import Counters
+from ._ring import Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
 
 if TYPE_CHECKING:
-    from ._arena import Arena
-    from ._lease import _Slot
+    from .._arena import Arena
+    from .._lease import _Slot
 
 #: The largest registered buffer the kernel accepts; also the most one
 #: request sends (an SQE's length has 32 bits).

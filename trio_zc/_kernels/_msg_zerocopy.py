@@ -38,9 +38,9 @@ import trio
 
 from ._completion_channel import Ancdata, CompletionChannel, settle_all
 from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
-from ._kernel import Channel, Kernel, SocketChannel, local_peer
+from ._base import Channel, Kernel, SocketChannel, local_peer
 from ._memlock import memlock_problem
-from ._stats import Counters
+from .._stats import Counters
 
 #: Room for one error-queue record: the 16-byte extended error plus the
 #: offender address (28 bytes for IPv6), with cmsg headers and padding.

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from ._completions import CompletionRangeError, CompletionTracker
-from ._errors import QuarantineWarning
+from .._errors import QuarantineWarning
 from ._errqueue import MalformedRecordError, QueuedSocketError, ZeroCopyCompletion, parse_ancdata
-from ._kernel import Channel, broken
+from ._base import Channel, broken
 
 if TYPE_CHECKING:
-    from ._lease import _Slot
+    from .._lease import _Slot
 
 #: After aborting a connection, how long to wait for the completions that
 #: the abort makes the kernel send (they normally arrive at once).

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._arena import PAGE_SIZE
-from ._kernel import Channel, Kernel, SocketChannel, broken
-from ._stats import Counters
+from .._arena import PAGE_SIZE
+from ._base import Channel, Kernel, SocketChannel, broken
+from .._stats import Counters
 from ._thp import shmem_folios
 
 if TYPE_CHECKING:
-    from ._lease import _Slot
+    from .._lease import _Slot
 
 
 class SendfileChannel(SocketChannel):

@@ -43,12 +43,12 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import trio
 
-from ._arena import PAGE_SIZE
-from ._stats import Counters
+from .._arena import PAGE_SIZE
+from .._stats import Counters
 
 if TYPE_CHECKING:
-    from ._arena import Arena
-    from ._lease import _Slot
+    from .._arena import Arena
+    from .._lease import _Slot
 
 _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
