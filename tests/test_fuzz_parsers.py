@@ -56,7 +56,7 @@ from trio_zc._kernels._errqueue import (
     parse_ancdata,
     parse_cmsg,
 )
-from trio_zc._lease import _Slot
+from trio_zc._lease import _LeaseRecord
 from trio_zc._lifecycle import LeaseState
 from trio_zc._kernels._uring_tracker import (
     IORING_CQE_F_MORE,
@@ -291,7 +291,7 @@ def channel_cases(draw: st.DrawFn) -> ChannelCase:
 class Model:
     """Which calls are outstanding, and what the channel must have counted."""
 
-    def __init__(self, calls: dict[int, tuple[_Slot, int]]) -> None:
+    def __init__(self, calls: dict[int, tuple[_LeaseRecord, int]]) -> None:
         self.outstanding = dict(calls)
         self.malformed = 0
         self.completions = 0
@@ -355,10 +355,10 @@ async def run_channel_case(case: ChannelCase) -> int:
             channel = mock.connections[0].channel
             assert channel is not None
             # The window as the mock kernel numbered it: counter -> (slot, bytes).
-            calls: dict[int, tuple[_Slot, int]] = {}
+            calls: dict[int, tuple[_LeaseRecord, int]] = {}
             for send in peer.sends:
-                assert send.slot is not None
-                calls[send.counter] = (send.slot, send.nbytes)
+                assert send.record is not None
+                calls[send.counter] = (send.record, send.nbytes)
             assert sorted(calls) == sorted((case.start + k) & MASK for k in range(sum(case.lease_calls)))
             slots = {id(slot): slot for slot, _ in calls.values()}
             assert len(slots) == len(case.lease_calls)

@@ -141,4 +141,4 @@ async def test_the_check_sees_the_old_cycle(collector_off: CollectorOff) -> None
         sealed.release()
         del lease, sealed
         collector_off.collect()
-    assert library_garbage(collector_off.garbage) == ["SealedLease", "_Slot"]
+    assert library_garbage(collector_off.garbage) == ["SealedLease", "_LeaseRecord"]

@@ -35,7 +35,7 @@ from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._kernels._base import Kernel
 from ._kernels._choice import make_kernel
-from ._lease import SealedLease, WritableLease, _Slot, adopted_memory, exact_int
+from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory, exact_int
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -66,6 +66,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@attrs.frozen
+class StreamDefaults:
+    """What a pool's streams start with: one value, given to each stream when it is made."""
+
+    #: ZeroCopyStream.send_timeout (None: no limit).
+    send_timeout: float | None
+    #: ZeroCopyStream.max_in_flight, in bytes.
+    max_in_flight: int
+    #: How long a stream's close waits for completions before forcing the connection down.
+    drain_timeout: float
 
 
 @attrs.frozen
@@ -136,7 +148,7 @@ class LeaseScope:
         self._pool = pool
         self._nbytes = nbytes
         self._schedule = schedule
-        self._slot: _Slot | None = None
+        self._slot: _LeaseRecord | None = None
         # Set from the start of __aenter__: a second task entering the same
         # scope while the first waits for its lease would otherwise get a
         # lease of its own, and one of the two would never be released.
@@ -175,7 +187,7 @@ class LeaseScope:
 class _Waiter:
     nbytes: int
     event: trio.Event = attrs.Factory(trio.Event)
-    slot: _Slot | None = None
+    slot: _LeaseRecord | None = None
     closed: bool = False
 
 
@@ -187,7 +199,15 @@ class BufferPool:
     """
 
     def __init__(
-        self, _arena: Arena, *, kernel: Kernel, policy: ZeroCopyPolicy, drain_timeout: float
+        self,
+        _arena: Arena,
+        *,
+        kernel: Kernel,
+        policy: ZeroCopyPolicy,
+        drain_timeout: float,
+        protect_sealed: bool = False,
+        send_timeout: float | None = None,
+        stream_max_in_flight: int | None = None,
     ) -> None:
         self._arena = _arena
         self._pid = os.getpid()
@@ -200,8 +220,8 @@ class BufferPool:
         self._drain_timeout = drain_timeout
         self._waiters: collections.deque[_Waiter] = collections.deque()
         # Every slot not yet FREE or QUARANTINED.
-        self._slots: dict[int, _Slot] = {}
-        self._abandoned: list[_Slot] = []
+        self._slots: dict[int, _LeaseRecord] = {}
+        self._abandoned: list[_LeaseRecord] = []
         self._sweep_wanted = trio.Event()
         self._sends_in_flight = 0
         self._drained: trio.Event | None = None
@@ -211,18 +231,33 @@ class BufferPool:
         self._quarantined_bytes = 0
         self._closed = False
         #: Whether sealed leases' pages are read-only in the page tables too.
-        self._protect_sealed = False
+        self._protect_sealed = protect_sealed
         #: The Trio thread that runs the pool: the one thread allowed to
         #: change whom memory belongs to (see "Threads" in _lease.py).
         self._thread = threading.get_ident()
+        #: What every lease record of this pool gets to reach it (and only this).
+        self._home = LeaseHome(
+            arena=_arena,
+            thread=self._thread,
+            protect_sealed=protect_sealed,
+            round_up=self._allocator.round_up,
+            send_began=self._send_began,
+            send_ended=self._on_send_complete,
+            give_back=self._give_back,
+            release=self._release,
+            wrong_thread=self._wrong_thread,
+        )
         #: Set in a forked child: why nothing of this pool may be used there.
         self._forked: str | None = None
         #: Leases whose memory could not be made writable again (protect_sealed).
         self._unprotectable: list[str] = []
         _open_pools.add(self)
-        # Defaults for the pool's streams (see open_pool).
-        self._send_timeout: float | None = None
-        self._stream_max_in_flight = max(_arena.size // 4, PAGE_SIZE)
+        #: What the pool's streams start with (see open_pool).
+        self._stream_defaults = StreamDefaults(
+            send_timeout=send_timeout,
+            max_in_flight=stream_max_in_flight or max(_arena.size // 4, PAGE_SIZE),
+            drain_timeout=drain_timeout,
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -243,7 +278,7 @@ class BufferPool:
                 raise trio.ClosedResourceError(self._forked)
             raise trio.ClosedResourceError("this pool's block has ended; open a new pool")
 
-    def _wrong_thread(self, what: str) -> None:
+    def _wrong_thread(self, what: str) -> NoReturn:
         raise RuntimeError(
             f"{what} must be called from the Trio thread that runs the pool; from a worker"
             f" thread, call it through trio.from_thread.run_sync"
@@ -277,11 +312,11 @@ class BufferPool:
             )
         return nbytes
 
-    def _own(self, lease: WritableLease | SealedLease) -> _Slot:
+    def _own(self, lease: WritableLease | SealedLease) -> _LeaseRecord:
         if not isinstance(lease, (WritableLease, SealedLease)):
             raise TypeError(f"expected a lease, not {type(lease).__name__}")
         slot = lease._slot
-        if slot.pool is not self:
+        if slot.home is not self._home:
             raise ForeignLeaseError(f"{lease!r} belongs to another pool")
         return slot
 
@@ -292,11 +327,11 @@ class BufferPool:
 
     # -- acquiring ----------------------------------------------------------
 
-    def _new_slot(self, nbytes: int) -> _Slot | None:
+    def _new_slot(self, nbytes: int) -> _LeaseRecord | None:
         offset = self._allocator.allocate(nbytes)
         if offset is None:
             return None
-        slot = _Slot(self, offset, nbytes)  # positional: once per image
+        slot = _LeaseRecord(self._home, offset, nbytes)  # positional: once per image
         self._slots[slot.id] = slot
         self._leases_total += 1
         return slot
@@ -439,7 +474,7 @@ class BufferPool:
             # anything reached through it (SealedLease.view().obj).
             with view.cast("B") as flat:
                 readonly = flat.toreadonly()
-        slot = _Slot(self, 0, readonly.nbytes, readonly)
+        slot = _LeaseRecord(self._home, 0, readonly.nbytes, readonly)
         adopted_memory.add(slot, address, immutable)
         self._slots[slot.id] = slot
         self._leases_total += 1
@@ -457,7 +492,7 @@ class BufferPool:
 
     # -- the end of a lease -------------------------------------------------
 
-    def _release(self, slot: _Slot, reason: str) -> None:
+    def _release(self, slot: _LeaseRecord, reason: str) -> None:
         """The owner gave *slot* up (or its scope did it for them)."""
         slot.stale_reason = reason
         if slot.state is LeaseState.WRITABLE:
@@ -484,7 +519,10 @@ class BufferPool:
             self._settle(slot)
         # Otherwise DRAINING: the last completion settles it.
 
-    def _on_send_complete(self, slot: _Slot) -> None:
+    def _send_began(self) -> None:
+        self._sends_in_flight += 1
+
+    def _on_send_complete(self, slot: _LeaseRecord) -> None:
         self._sends_in_flight -= 1
         if slot.state in TERMINAL_STATES:
             self._settle(slot)
@@ -493,7 +531,7 @@ class BufferPool:
         if self._sends_in_flight == 0 and self._drained is not None:
             self._drained.set()
 
-    def _settle(self, slot: _Slot) -> None:
+    def _settle(self, slot: _LeaseRecord) -> None:
         """Act on the state *slot* reached, once per lease when it ends."""
         if slot.state not in TERMINAL_STATES or self._slots.pop(slot.id, None) is None:
             return
@@ -504,9 +542,9 @@ class BufferPool:
             elif not self._arena.closed:
                 # Free memory keeps its bytes: the next lease clears what
                 # its owner does not overwrite before anyone can see it
-                # (see _Slot.clean), which costs nothing when the whole
+                # (see _LeaseRecord.clean_bytes), which costs nothing when the whole
                 # lease is written with write().
-                if self._protect_sealed and slot.sealed:
+                if self._protect_sealed and slot.was_sealed:
                     try:
                         self._arena.protect(slot.offset, slot.block_length, writable=True)
                     except OSError as exc:
@@ -519,7 +557,7 @@ class BufferPool:
                         self._unprotectable.append(f"{slot.describe()}: {exc}")
                         slot.wake_reusable()
                         return
-                if slot.needs_punch:
+                if slot.pages_held:
                     # A socket may still hold these pages (sendfile): give
                     # them up and let the next writer fault in fresh zero
                     # pages. Blocks cover whole folios (see _kernels/_thp.py).
@@ -841,10 +879,15 @@ async def open_pool(
         except OSError as exc:
             raise _cannot_map(max_bytes - max_bytes % granule, exc) from exc
         the_kernel.attach(arena)
-        pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
-        pool._protect_sealed = protect_sealed
-        pool._send_timeout = send_timeout
-        pool._stream_max_in_flight = stream_max_in_flight or max(pool.max_bytes // 4, PAGE_SIZE)
+        pool = BufferPool(
+            arena,
+            kernel=the_kernel,
+            policy=policy,
+            drain_timeout=drain_timeout,
+            protect_sealed=protect_sealed,
+            send_timeout=send_timeout,
+            stream_max_in_flight=stream_max_in_flight,
+        )
     except BaseException:
         # Nothing was handed out: release the kernel's ring or epoll and the memory.
         the_kernel.close()

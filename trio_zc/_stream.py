@@ -18,7 +18,7 @@ import trio
 
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
-from ._lease import SealedLease, WritableLease, _Slot, exact_int
+from ._lease import SealedLease, WritableLease, _LeaseRecord, exact_int
 from ._lifecycle import LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -95,7 +95,7 @@ def _raise_notsent_lowat(sock: socket.socket) -> None:
 
 def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
     if drain_timeout is None:
-        return pool._drain_timeout
+        return pool._stream_defaults.drain_timeout
     if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
         raise TypeError(f"drain_timeout must be a number or None, not {type(drain_timeout).__name__}")
     if not drain_timeout >= 0:
@@ -170,8 +170,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         # A stream whose channel can never send zero-copy (a local peer
         # under "auto", the copy kernel) skips asking the policy per send.
         self._copy_only = self._channel.unavailable is not None
-        self._send_timeout: float | None = pool._send_timeout
-        self._max_in_flight: int = pool._stream_max_in_flight
+        defaults = pool._stream_defaults
+        self._send_timeout: float | None = defaults.send_timeout
+        self._max_in_flight: int = defaults.max_in_flight
         # Set when completions arrive, for a send waiting under max_in_flight.
         self._room: trio.Event | None = None
         # Why the stream gave up on its peer (a send timed out), if it did.
@@ -282,13 +283,13 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                     with self._time_limit("send_all()"):
                         await self._channel.send_copy(flat)
 
-    def _lease_slot(self, lease: object, offset: object, nbytes: object) -> tuple[_Slot, int, int]:
+    def _lease_slot(self, lease: object, offset: object, nbytes: object) -> tuple[_LeaseRecord, int, int]:
         if isinstance(lease, WritableLease):
             raise TypeError("send_lease() takes a SealedLease: seal() the WritableLease first")
         if not isinstance(lease, SealedLease):
             raise TypeError(f"send_lease() takes a SealedLease, not {type(lease).__name__}")
         slot = lease._live()
-        if slot.pool is not self._pool:
+        if slot.home is not self._pool._home:
             raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
         start = _index("offset", offset)
         if not 0 <= start < slot.nbytes:
@@ -322,7 +323,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             state = slot.state
             if state is not LeaseState.SEALED and state is not LeaseState.SENDING:
                 lease._live()  # raises
-            if slot.pool is not self._pool:
+            if slot.home is not self._pool._home:
                 raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
             start, length = 0, slot.nbytes
         else:
@@ -373,7 +374,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             finally:
                 slot.end_send()
 
-    async def _send_slot(self, slot: _Slot, start: int, length: int, zerocopy: bool) -> None:
+    async def _send_slot(self, slot: _LeaseRecord, start: int, length: int, zerocopy: bool) -> None:
         if zerocopy:
             counters = self._counters
             while counters.bytes_in_flight and counters.bytes_in_flight + length > self._max_in_flight:

@@ -382,7 +382,7 @@ async def pixels(pool: BufferPool, image: Image.Image) -> SealedLease:
         # LiveViewsError over the real error and leave the lease held by
         # nobody. Give it up as a lease's scope does: it is abandoned, and
         # goes back to the pool once those views are gone.
-        pool._release(lease._slot, "pixels() failed")
+        lease._slot.home.release(lease._slot, "pixels() failed")
         raise
 
 

@@ -14,8 +14,8 @@ A channel's contract, which every kernel is tested against:
   has read its memory before any other task could run.
 - ``send_zerocopy`` returns once the kernel accepted every byte (or as many
   as it would take zero-copy; the stream copies the rest) and calls
-  ``slot.begin_send()`` once per kernel call that may still read the
-  memory, and ``slot.end_send()`` for each when the kernel says it is done.
+  ``lease.begin_send()`` once per kernel call that may still read the
+  memory, and ``lease.end_send()`` for each when the kernel says it is done.
 - ``aclose`` keeps the memory of in-flight sends safe: it waits for their
   completions up to a deadline, then forces the connection down, and
   quarantines whatever the kernel never reported done.
@@ -39,16 +39,52 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar, NoReturn, Protocol
 
 import trio
 
 from .._arena import PAGE_SIZE
+from .._lifecycle import LeaseState
 from .._stats import Counters
 
 if TYPE_CHECKING:
     from .._arena import Arena
-    from .._lease import _Slot
+
+
+class SendableLease(Protocol):
+    """What a kernel sees of a lease: the only way a kernel touches one.
+
+    Kernels import nothing from the lease or pool modules; the lease record
+    satisfies this protocol, and each of its methods also keeps the pool's
+    counts (a kernel cannot move a lease's state behind the pool's back).
+    """
+
+    #: Where the lease's bytes start in the pool's arena (0 for adopted memory).
+    offset: int
+    #: The application's own memory, for an adopted lease (read-only), else None.
+    adopted: memoryview | None
+    #: The lease's number, for descriptions.
+    id: int
+    #: Bytes the lease sends.
+    nbytes: int
+    #: Where it is in its life cycle (for descriptions taken at send time).
+    state: LeaseState
+
+    def begin_send(self) -> None:
+        """The kernel may read the lease's memory from now on, until :meth:`end_send`."""
+
+    def end_send(self) -> None:
+        """The kernel finished one send of the lease."""
+
+    def quarantine_send(self) -> None:
+        """One send will never be reported finished (its connection is gone)."""
+
+    def hold_pages(self) -> None:
+        """The kernel may keep the lease's pages after every send returned (sendfile):
+        they must be replaced, not reused, when the lease comes back."""
+
+    def describe(self, state: LeaseState | None = None) -> str:
+        """How errors name the lease (as it was in *state*, default: now)."""
 
 _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
@@ -161,26 +197,26 @@ class Channel(abc.ABC):
             with data[sent:] as rest:
                 sent += self.copy_now(rest)
 
-    def zerocopy_now(self, data: memoryview, slot: _Slot) -> tuple[int, bool]:
-        """Zero-copy calls for *data* (bytes of *slot*) without waiting.
+    def zerocopy_now(self, data: memoryview, lease: SendableLease) -> tuple[int, bool]:
+        """Zero-copy calls for *data* (bytes of *lease*) without waiting.
 
         Returns the bytes the kernel took, each call recorded with
-        ``slot.begin_send()`` (so the lease stays held by them), and whether
+        ``lease.begin_send()`` (so the lease stays held by them), and whether
         the kernel refused zero-copy (ENOBUFS after a retry): the caller
         copies the rest then. Never blocks and never yields. Channels whose
         sends always wait (io_uring, sendfile) take nothing: ``(0, False)``.
         """
         return 0, False
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
-        """Send *data* (bytes of *slot* from *start*) without copying; bytes accepted.
+    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
+        """Send *data* (bytes of *lease* from *start*) without copying; bytes accepted.
 
         Fewer bytes than ``len(data)`` means the kernel refused zero-copy
         for the rest (ENOBUFS after a retry); the caller copies them.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot send zero-copy")
 
-    def accepts(self, slot: _Slot) -> bool:
+    def accepts(self, lease: SendableLease) -> bool:
         """Whether :meth:`send_zerocopy` can send this lease (sendfile: pool memory only)."""
         return True
 

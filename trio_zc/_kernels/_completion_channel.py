@@ -18,7 +18,7 @@ import abc
 import errno
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
@@ -27,8 +27,7 @@ from .._errors import QuarantineWarning
 from ._errqueue import MalformedRecordError, QueuedSocketError, ZeroCopyCompletion, parse_ancdata
 from ._base import Channel, broken
 
-if TYPE_CHECKING:
-    from .._lease import _Slot
+from ._base import SendableLease
 
 #: After aborting a connection, how long to wait for the completions that
 #: the abort makes the kernel send (they normally arrive at once).
@@ -114,7 +113,7 @@ async def settle_all(channels: Iterable[DrainingChannel]) -> None:
 class CompletionChannel(DrainingChannel):
     """A channel whose zero-copy calls are numbered and completed by records."""
 
-    tracker: CompletionTracker[tuple[_Slot, int]]
+    tracker: CompletionTracker[tuple[SendableLease, int]]
     _drained: trio.Event | None = None
     #: An ordinary socket error that arrived among the completion records.
     queued_error: QueuedSocketError | None = None
@@ -164,20 +163,20 @@ class CompletionChannel(DrainingChannel):
             return
         self.before_release(items)
         nbytes = 0
-        for slot, n in items:
+        for lease, n in items:
             nbytes += n
-            slot.end_send()
+            lease.end_send()
         self.counters.completed(len(items), nbytes, nbytes, record.copied)
         self.on_completions(len(items), record.copied)
 
-    def before_release(self, items: list[tuple[_Slot, int]]) -> None:
+    def before_release(self, items: list[tuple[SendableLease, int]]) -> None:
         """Hook: the calls in *items* are complete and about to be released."""
 
-    def record_call(self, slot: _Slot, nbytes: int) -> tuple[tuple[_Slot, int], int]:
-        """A zero-copy call of *nbytes* of *slot* was accepted: the tracker's item for it, and its counter value."""
-        item = (slot, nbytes)
+    def record_call(self, lease: SendableLease, nbytes: int) -> tuple[tuple[SendableLease, int], int]:
+        """A zero-copy call of *nbytes* of *lease* was accepted: the tracker's item for it, and its counter value."""
+        item = (lease, nbytes)
         counter = self.tracker.record(item)
-        slot.begin_send()
+        lease.begin_send()
         self.counters.zerocopy_call(nbytes)
         return item, counter
 
@@ -191,7 +190,7 @@ class CompletionChannel(DrainingChannel):
         as the kernel would (ENOBUFS, EPIPE, ECONNRESET...).
         """
 
-    def zerocopy_now(self, data: memoryview, slot: _Slot) -> tuple[int, bool]:
+    def zerocopy_now(self, data: memoryview, lease: SendableLease) -> tuple[int, bool]:
         total = len(data)
         sent = 0
         retried = False
@@ -215,22 +214,22 @@ class CompletionChannel(DrainingChannel):
                 retried = True
                 continue
             # Each successful call took the next counter value.
-            self.record_call(slot, n)
+            self.record_call(lease, n)
             sent += n
             retried = False
         return sent, False
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         total = len(data)
-        sent, refused = self.zerocopy_now(data, slot)
+        sent, refused = self.zerocopy_now(data, lease)
         if sent == total or refused:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return sent
         while sent < total and not refused:
             await self.wait_writable()  # a checkpoint
             with data[sent:] as rest:
-                n, refused = self.zerocopy_now(rest, slot)
+                n, refused = self.zerocopy_now(rest, lease)
             sent += n
         return sent
 
@@ -246,8 +245,8 @@ class CompletionChannel(DrainingChannel):
 
     def forget_outstanding(self) -> int:
         items = self.tracker.items_outstanding()
-        for slot, n in items:
-            slot.quarantine_send()
+        for lease, n in items:
+            lease.quarantine_send()
             self.counters.count("bytes_in_flight", -n)
         self.tracker = CompletionTracker(self.tracker.next_counter)
         return len(items)

@@ -19,7 +19,7 @@ kernel does not pin pages per send; sends from it use
 ``IORING_RECVSEND_FIXED_BUF``. Registering pins (and so allocates) every
 page of a buffer at once, so the arena is not registered whole when the
 pool opens: the ring gets a sparse buffer table (Linux 5.13+), and each
-16 MiB chunk of the arena is registered into its slot when a send first
+16 MiB chunk of the arena is registered into its lease when a send first
 uses it, through a mapping of that chunk made for the registration and
 unmapped right after it (registering pins for writing, which the read-only
 pages of sealed leases in a ``protect_sealed`` pool refuse; the pins
@@ -56,14 +56,13 @@ import trio
 
 from .._address import buffer_address
 from ._completion_channel import DrainingChannel, settle_all
-from ._base import ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
+from ._base import SendableLease, ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
 from .._stats import Counters
 from ._ring import Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
 
 if TYPE_CHECKING:
     from .._arena import Arena
-    from .._lease import _Slot
 
 #: The largest registered buffer the kernel accepts; also the most one
 #: request sends (an SQE's length has 32 bits).
@@ -87,7 +86,7 @@ class _Call:
     """One SEND_ZC request as the kernel object tracks it."""
 
     channel: IoUringChannel
-    slot: _Slot
+    lease: SendableLease
     nbytes: int
     #: The result CQE's res, once it came.
     res: int | None = None
@@ -113,16 +112,16 @@ class IoUringChannel(DrainingChannel, SocketChannel):
     def sends_in_flight(self) -> int:
         return len(self.calls)
 
-    def _where(self, slot: _Slot, pos: int) -> tuple[int, int | None, int]:
+    def _where(self, lease: SendableLease, pos: int) -> tuple[int, int | None, int]:
         """Where the lease's bytes from *pos* are, the fixed buffer holding
         them (None: unregistered memory), and the most one request may send
         from there."""
-        if slot.adopted is not None:
-            return buffer_address(slot.adopted) + pos, None, _MAX_FIXED_BUFFER
-        address, index, room = self.kernel.buffer_for(slot.offset + pos)
+        if lease.adopted is not None:
+            return buffer_address(lease.adopted) + pos, None, _MAX_FIXED_BUFFER
+        address, index, room = self.kernel.buffer_for(lease.offset + pos)
         return address, index, min(room, _MAX_FIXED_BUFFER)
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.pass_barrier()
         total = len(data)
@@ -133,13 +132,13 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             # and the entry names the socket by its number, which may belong
             # to another connection by now.
             self.check_open()
-            addr, index, room = self._where(slot, start + sent)
+            addr, index, room = self._where(lease, start + sent)
             # A request stays within one registered buffer.
             length = min(total - sent, room)
-            call = _Call(self, slot, length)
+            call = _Call(self, lease, length)
             self.kernel.submit_send(call, addr, index)
             self.calls.add(call)
-            slot.begin_send()
+            lease.begin_send()
             self.counters.zerocopy_call(length)
             # The entry is the kernel's now: if this wait is cancelled, the
             # send goes on, and its notification still releases the lease.
@@ -179,7 +178,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
     def released(self, call: _Call, copied: bool) -> None:
         """The kernel is done with *call*'s memory."""
         self.calls.discard(call)
-        call.slot.end_send()
+        call.lease.end_send()
         # The bytes the kernel took (the result came first), not the bytes
         # asked for: a short or failed send (a reset) moved fewer, or none.
         taken = max(call.res or 0, 0)
@@ -201,7 +200,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         calls, self.calls = self.calls, set()
         for call in calls:
             call.quarantined = True
-            call.slot.quarantine_send()
+            call.lease.quarantine_send()
             self.counters.count("bytes_in_flight", -call.nbytes)
             if call.res is None:
                 # Its result never came either: a task still waiting for it

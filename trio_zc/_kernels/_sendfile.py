@@ -10,8 +10,9 @@ way returns to the pool, its range is punched out of the memfd
 (``fallocate(PUNCH_HOLE)``). The socket keeps the old pages for as long as
 it needs them; the next writer faults in fresh zero pages. That works on any
 Linux since 3.5, loopback included -- but the fresh pages cost a page fault
-and a kernel-zeroed page per 4 KiB for the next writer, which
-``benchmarks/sendfile_cost.py`` measures.
+and a kernel-zeroed page per 4 KiB for the next writer (``benchmarks/stale_bytes.py``
+measures punching against zeroing: about ten times the cost of clearing
+mapped pages, see docs/lifecycle.rst).
 
 A punch must cover whole folios (``_thp.py``): the pool hands out memory in
 units of the largest shared-memory folio the THP settings allow (one page
@@ -24,36 +25,36 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING
 
 import trio
 
-from .._arena import PAGE_SIZE
-from ._base import Channel, Kernel, SocketChannel, broken
+from .._arena import PAGE_SIZE, Arena
 from .._stats import Counters
+from ._base import Channel, Kernel, SendableLease, SocketChannel, broken
 from ._thp import shmem_folios
-
-if TYPE_CHECKING:
-    from .._lease import _Slot
 
 
 class SendfileChannel(SocketChannel):
     """A stream socket that sends pool leases with sendfile from the arena."""
 
-    def accepts(self, slot: _Slot) -> bool:
-        return slot.adopted is None
+    def __init__(self, sock: socket.socket, counters: Counters, arena: Arena) -> None:
+        super().__init__(sock, counters)
+        self.arena = arena
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+    def accepts(self, lease: SendableLease) -> bool:
+        return lease.adopted is None
+
+    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
-        arena = slot.pool._arena
-        offset = slot.offset + start
+        arena = self.arena
+        offset = lease.offset + start
         total = len(data)
         sent = 0
         waited = False
         # From the first byte on, the socket may hold the pages: they must be
         # punched, not reused, when the lease comes back. Nothing else to
         # wait for: the send holds the lease only while it runs.
-        slot.needs_punch = True
+        lease.hold_pages()
         try:
             while sent < total:
                 # After a wait, another task may have closed the stream, and
@@ -103,5 +104,8 @@ class SendfileKernel(Kernel):
     def allocation_granule(self) -> int:
         return self._granule
 
+    def attach(self, arena: Arena) -> None:
+        self._arena = arena
+
     def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        return SendfileChannel(sock, counters)
+        return SendfileChannel(sock, counters, self._arena)

@@ -45,21 +45,17 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 
 from .._kernels._completion_channel import Ancdata, CompletionChannel, settle_all
 from .._kernels._errqueue import ZeroCopyCompletion, pack_zerocopy_record
-from .._kernels._base import Channel, Kernel
-from .._lease import describe_lease
+from .._kernels._base import Channel, Kernel, SendableLease
 from .._stats import Counters
 from .._conflict import ConflictDetector
 from .._pool import BufferPool
 from .._stream import ZeroCopyStream
-
-if TYPE_CHECKING:
-    from .._lease import _Slot
 
 _MASK: Final = 0xFFFFFFFF
 _PACKAGE_DIRS: Final = (
@@ -96,7 +92,7 @@ class MockSend:
         "transmitted": "Whether the bytes were read from memory and put on the wire yet.",
         "view": None,
         "snapshot": "The call's bytes as they were when it was made.",
-        "slot": None,
+        "record": "The lease record the call read (what the kernel sees of it).",
         "_as_sent": None,
         "_site": None,
         "_lease": None,
@@ -111,7 +107,7 @@ class MockSend:
         "transmitted",
         "view",
         "snapshot",
-        "slot",
+        "record",
     )
 
     counter: int
@@ -120,7 +116,7 @@ class MockSend:
     transmitted: bool
     view: memoryview | None
     snapshot: bytes
-    slot: _Slot | None
+    record: SendableLease | None
 
     def __init__(
         self,
@@ -129,7 +125,7 @@ class MockSend:
         connection: str,
         view: memoryview | None,
         snapshot: bytes,
-        slot: _Slot,
+        record: SendableLease,
         site: tuple[str, int, str] | None,
     ) -> None:
         self.counter = counter
@@ -138,10 +134,10 @@ class MockSend:
         self.transmitted = False
         self.view = view
         self.snapshot = snapshot
-        self.slot = slot
+        self.record = record
         # What the description is made of, taken now: it names the lease as
         # it was when sent (its state then), not as it is when read.
-        self._as_sent = (slot.id, slot.adopted is not None, slot.nbytes, slot.state)
+        self._as_sent = record.state
         self._site = site
         self._lease: str | None = None
         self._where: str | None = None
@@ -150,8 +146,9 @@ class MockSend:
     def lease(self) -> str:
         """The lease, as ``"lease #N (...)"``, in the state it was sent in."""
         if self._lease is None:
-            # What _Slot.describe() said at the time of the send.
-            self._lease = describe_lease(*self._as_sent)
+            record = self.record
+            assert record is not None
+            self._lease = record.describe(self._as_sent)  # as it was when sent
         return self._lease
 
     @property
@@ -420,8 +417,8 @@ class MockChannel(CompletionChannel):
             assert isinstance(lo, int) and isinstance(hi, int)
             yield [pack_zerocopy_record(lo, hi, bool(copied))], False
 
-    def record_call(self, slot: _Slot, nbytes: int) -> tuple[tuple[_Slot, int], int]:
-        item, counter = super().record_call(slot, nbytes)
+    def record_call(self, lease: SendableLease, nbytes: int) -> tuple[tuple[SendableLease, int], int]:
+        item, counter = super().record_call(lease, nbytes)
         view, self._accepted = self._accepted, None
         assert view is not None and len(view) == nbytes
         conn = self.conn
@@ -434,7 +431,7 @@ class MockChannel(CompletionChannel):
             # of hashing (SHA-256 ran at under 2 GB/s here), and the copy is
             # exact. It holds at most what is in flight, which the pool bounds.
             view.tobytes(),
-            slot,
+            lease,
             _call_site() if conn.kernel.call_sites else _NOT_RECORDED,
         )
         conn.sends[id(item)] = send
@@ -446,7 +443,7 @@ class MockChannel(CompletionChannel):
             conn.kernel.wake_busy(conn)  # what wake() decides, known here: it has work
         return item, counter
 
-    def before_release(self, items: list[tuple[_Slot, int]]) -> None:
+    def before_release(self, items: list[tuple[SendableLease, int]]) -> None:
         sends = self.conn.sends
         stale = []
         for item in items:
