@@ -916,7 +916,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert stats.sends_in_flight == zerocopy + running, (zerocopy, running, stats)
         for item in ours:
             assert item.slot is not None
-            refs = sum(1 for c in open_conns for s in c.peer.sends if s.slot is item.slot)
+            refs = sum(1 for c in open_conns for s in c.peer.sends if s.record is item.slot)
             assert item.slot.inflight == refs + item.sending, (item.slot.describe(), refs)
         sent = stats.sent
         assert sent.zerocopy_calls == sent.completions + sent.quarantined_sends + zerocopy, sent
