@@ -208,7 +208,7 @@ async def test_auto_copies_to_loopback_peers_from_the_start() -> None:
             stats = a.statistics()
             assert not stats.zerocopy_enabled and stats.sent.zerocopy_calls == 0
             assert stats.fallbacks == (
-                ("the peer is on loopback, where the kernel copies every zero-copy send anyway", 1),
+                ("the peer is on loopback, where Linux copies every zero-copy send anyway", 1),
             )
         # An explicit zero-copy kernel is taken at its word, even on loopback.
     async with open_pool(max_bytes=8 * MiB, kernel="msg_zerocopy") as pool:
@@ -328,7 +328,7 @@ async def test_a_request_whose_result_never_comes_does_not_hang_its_sender(monke
     # quarantines the send; the task waiting for its result must wake too.
     monkeypatch.setattr(IoUringKernel, "flush", lambda self: None)
     monkeypatch.setattr(IoUringKernel, "_submitter", lambda self: trio.sleep_forever())
-    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr("trio_zc._kernels._closing.ABORT_GRACE", 0.05)
     always = ZeroCopyPolicy(min_zerocopy_bytes=0, copied_streak=0)
     async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=always) as pool:
         a, b = await stream_pair(pool)
