@@ -24,7 +24,12 @@ Theory of operation
 :class:`DrainingClose` is the close protocol, one object per channel; it
 reaches the channel only through :class:`Drainable`. The MSG_ZEROCOPY and
 mock channels (:mod:`._completion`) and the io_uring channel
-(:mod:`._io_uring`) each own one. :func:`settle_all` is what a pool closing
+(:mod:`._io_uring`) each own one. It also owns the two things every such
+close does the same way: waiting until no send is in flight (a channel
+calls :meth:`DrainingClose.notify` whenever its count drops), and
+quarantining what never completes (the channel hands its outstanding sends
+over, :meth:`Drainable.take_outstanding`; the leases and counts are settled
+here). :func:`settle_all` is what a pool closing
 past its deadline runs for every busy connection at once. :class:`RefusalRetry`
 is rule 3, shared by the same three channels.
 """
@@ -40,7 +45,7 @@ import trio
 
 from .._errors import QuarantineWarning
 from .._stats import Counters
-from ._base import Transport
+from ._base import SendableLease, Transport
 
 #: After aborting a connection, how long to wait for the completions that
 #: the abort makes Linux send (they normally arrive at once).
@@ -60,11 +65,14 @@ class Drainable(Protocol):
     def sends_in_flight(self) -> int:
         """Zero-copy calls whose completion has not arrived."""
 
-    async def wait_drained(self) -> None:
-        """Return once no send of the channel is in flight."""
+    def poll_completions(self) -> None:
+        """Act on completions waiting now, if the channel reads its own (never blocks)."""
 
-    def forget_outstanding(self) -> int:
-        """Quarantine every send still in flight (their completions never count); how many."""
+    def take_outstanding(self) -> list[tuple[SendableLease, int]]:
+        """Every send still in flight, as (lease, bytes), forgotten by the channel from now on.
+
+        A completion that arrives for one of them later must change nothing.
+        """
 
     def close_transport(self) -> None:
         """Close the transport for good, after whatever the channel must do first."""
@@ -73,10 +81,27 @@ class Drainable(Protocol):
 class DrainingClose:
     """The close protocol (rules 1 and 2) for one channel."""
 
-    __slots__ = ("_channel",)
+    __slots__ = ("_channel", "_drained")
 
     def __init__(self, channel: Drainable) -> None:
         self._channel = channel
+        # Set by notify() once nothing is in flight, while wait_drained() waits.
+        self._drained: trio.Event | None = None
+
+    def notify(self) -> None:
+        """The channel's sends in flight went down: wake :meth:`wait_drained` if none are left."""
+        if self._drained is not None and not self._channel.sends_in_flight:
+            self._drained.set()
+
+    async def wait_drained(self) -> None:
+        """Return once no send of the channel is in flight."""
+        channel = self._channel
+        while channel.sends_in_flight:
+            self._drained = trio.Event()
+            channel.poll_completions()
+            if channel.sends_in_flight:
+                await self._drained.wait()
+        self._drained = None
 
     async def aclose(self, drain_timeout: float) -> None:
         """Wait up to *drain_timeout* for completions, then settle the rest and close."""
@@ -87,7 +112,7 @@ class DrainingClose:
         try:
             if channel.sends_in_flight:
                 with trio.move_on_after(drain_timeout):
-                    await channel.wait_drained()
+                    await self.wait_drained()
         finally:
             # Also when cancelled (rule 2): force the rest, then close.
             try:
@@ -104,15 +129,19 @@ class DrainingClose:
         channel.transport.abort()
         with trio.CancelScope(shield=True):
             with trio.move_on_after(ABORT_GRACE):
-                await channel.wait_drained()
+                await self.wait_drained()
         self.quarantine_outstanding()
 
     def quarantine_outstanding(self) -> None:
         """Quarantine whatever is still in flight, and say so."""
         channel = self._channel
-        count = channel.forget_outstanding()
-        if not count:
+        outstanding = channel.take_outstanding()
+        if not outstanding:
             return
+        for lease, nbytes in outstanding:
+            lease.quarantine_send()
+            channel.counters.count("bytes_in_flight", -nbytes)
+        count = len(outstanding)
         channel.counters.count("quarantined_sends", count)
         warnings.warn(
             QuarantineWarning(

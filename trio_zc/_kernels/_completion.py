@@ -87,7 +87,6 @@ class CompletionChannel(Channel):
         self.zerocopy = zerocopy
         self.tracker: CompletionTracker[Call] = CompletionTracker(counter_start)
         self.closing = DrainingClose(self)
-        self._drained: trio.Event | None = None
 
     @property
     def sends_in_flight(self) -> int:
@@ -121,8 +120,7 @@ class CompletionChannel(Channel):
                     self._complete(record)
                 else:
                     self.queued_error = record
-        if self._drained is not None and not self.tracker.outstanding:
-            self._drained.set()
+        self.closing.notify()
 
     def _complete(self, record: ZeroCopyCompletion) -> None:
         try:
@@ -195,21 +193,14 @@ class CompletionChannel(Channel):
 
     # -- closing (what DrainingClose needs) ---------------------------------------
 
-    async def wait_drained(self) -> None:
-        while self.tracker.outstanding:
-            self._drained = trio.Event()
-            self.drain()
-            if self.tracker.outstanding:
-                await self._drained.wait()
-        self._drained = None
+    def poll_completions(self) -> None:
+        self.drain()
 
-    def forget_outstanding(self) -> int:
+    def take_outstanding(self) -> list[Call]:
         calls = self.tracker.items_outstanding()
-        for lease, n in calls:
-            lease.quarantine_send()
-            self.counters.count("bytes_in_flight", -n)
+        # Later records for these counter values are garbage to the new tracker.
         self.tracker = CompletionTracker(self.tracker.next_counter)
-        return len(calls)
+        return calls
 
     def close_transport(self) -> None:
         self.transport.close()

@@ -111,7 +111,6 @@ class IoUringChannel(Channel):
         self.socket = socket
         self.calls: set[_Call] = set()
         self.closing = DrainingClose(self)
-        self._drained: trio.Event | None = None
         self.copy_only_reason = not_tcp(socket.sock) or (
             local_peer(socket.sock) if kernel.copy_local_peers else None
         )
@@ -189,27 +188,22 @@ class IoUringChannel(Channel):
         taken = max(call.res or 0, 0)
         self.counters.completed(1, call.nbytes, taken, copied)
         self.on_completions(1, copied)
-        if self._drained is not None and not self.calls:
-            self._drained.set()
+        self.closing.notify()
 
-    async def wait_drained(self) -> None:
-        while self.calls:
-            self._drained = trio.Event()
-            await self._drained.wait()
-        self._drained = None
+    def poll_completions(self) -> None:
+        pass  # the kernel's reaper task routes every completion
 
-    def forget_outstanding(self) -> int:
+    def take_outstanding(self) -> list[tuple[SendableLease, int]]:
         calls, self.calls = self.calls, set()
         for call in calls:
+            # Its notification, if it ever comes, changes nothing (see _reaper).
             call.quarantined = True
-            call.lease.quarantine_send()
-            self.counters.count("bytes_in_flight", -call.nbytes)
             if call.res is None:
                 # Its result never came either: a task still waiting for it
                 # (a send, or a copy behind its barrier) would wait for ever.
                 call.res = -errno.ECANCELED
                 call.done.set()
-        return len(calls)
+        return [(call.lease, call.nbytes) for call in calls]
 
     def close_transport(self) -> None:
         # An entry prepared but not handed to the kernel yet names this

@@ -19,12 +19,10 @@ from typing import Final
 
 import trio
 
+from .._libc import function
 from ._base import Transport
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_connect = _libc.connect
-_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_connect.restype = ctypes.c_int
+_connect = function("connect", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32])
 _AF_UNSPEC_ADDR: Final = struct.pack("=H14x", socket.AF_UNSPEC)
 
 #: ``TCP_NOTSENT_LOWAT`` where Python knows it.
