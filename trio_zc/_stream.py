@@ -17,37 +17,34 @@ import trio
 
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
-from ._lease import SealedLease, WritableLease, _LeaseRecord, exact_int
-from ._lifecycle import LeaseState
-from ._limits import check_max_in_flight as _check_max_in_flight
-from ._limits import check_send_timeout as _check_send_timeout
-from ._policy import SendDecider
 from ._kernels._base import Transport
 from ._kernels._socket import SocketTransport, take_socket
-from ._pool import BufferPool
+from ._lease import SealedLease, WritableLease, _LeaseRecord
+from ._lifecycle import LeaseState
+from ._policy import SendDecider
+from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
+from ._validate import (
+    check_drain_timeout,
+    check_max_in_flight,
+    check_receive_size,
+    check_send_timeout,
+    exact_int,
+)
 
 
-#: What ``receive_some()`` asks for when given no size, as in Trio.
-DEFAULT_RECEIVE_SIZE = 65536
 #: The most ``receive_some()`` asks the OS for in one call: Python allocates
 #: the whole size up front, so ``receive_some(2**40)`` would otherwise fail
 #: with a bare MemoryError. Returning fewer bytes than asked is always allowed.
 MAX_RECEIVE_SIZE = 16 * 2**20
 
 
-def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
-    if drain_timeout is None:
-        return pool._stream_defaults.drain_timeout
-    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
-        raise TypeError(f"drain_timeout must be a number or None, not {type(drain_timeout).__name__}")
-    if not drain_timeout >= 0:
-        raise ValueError(f"drain_timeout must be a non-negative number, not {drain_timeout!r}")
-    return float(drain_timeout)
-
-
 def _index(name: str, value: object) -> int:
     return value if type(value) is int else exact_int(name, value)
+
+
+def _foreign(lease: SealedLease) -> ForeignLeaseError:
+    return ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
 
 
 class ZeroCopyStream(trio.abc.HalfCloseableStream):
@@ -73,10 +70,12 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         pool: BufferPool,
         drain_timeout: float | None = None,
     ) -> None:
-        if not isinstance(pool, BufferPool):
-            raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
-        pool._check_open()
-        self._drain_timeout = _check_drain_timeout(pool, drain_timeout)
+        check_pool(pool)
+        self._drain_timeout = (
+            pool._stream_defaults.drain_timeout
+            if drain_timeout is None
+            else check_drain_timeout(drain_timeout, or_none=True)
+        )
         # A socket becomes the channel's transport (the channel owns it from
         # here on); a kernel that makes its own (the mock) passes that.
         connection = transport if isinstance(transport, Transport) else SocketTransport(take_socket(transport))
@@ -148,7 +147,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     @send_timeout.setter
     def send_timeout(self, value: float | None) -> None:
-        self._send_timeout = _check_send_timeout(value)
+        self._send_timeout = check_send_timeout(value)
 
     @property
     def max_in_flight(self) -> int:
@@ -164,7 +163,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     @max_in_flight.setter
     def max_in_flight(self, value: int) -> None:
-        self._max_in_flight = _check_max_in_flight(value)
+        self._max_in_flight = check_max_in_flight(value)
 
     def _check_not_forked(self) -> None:
         """Refuse in a process forked from the stream's (rule 8 of the life cycle).
@@ -182,11 +181,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 " cannot use its parent's streams (aclose() only closes the child's descriptor)"
             )
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+
     def _check_sendable(self) -> None:
         if self._broken is not None:
             raise trio.BrokenResourceError(self._broken)
-        if self._closed:
-            raise trio.ClosedResourceError("this stream was closed")
+        self._check_open()
         if self._eof_sent:
             raise trio.ClosedResourceError("can't send data after sending EOF")
 
@@ -214,7 +216,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             raise TypeError(f"send_lease() takes a SealedLease, not {type(lease).__name__}")
         slot = lease._live()
         if slot.home is not self._pool._home:
-            raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
+            raise _foreign(lease)
         start = _index("offset", offset)
         if not 0 <= start < slot.nbytes:
             raise ValueError(f"offset {start} is outside the lease's {slot.nbytes} bytes")
@@ -248,7 +250,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             if state is not LeaseState.SEALED and state is not LeaseState.SENDING:
                 lease._live()  # raises
             if slot.home is not self._pool._home:
-                raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
+                raise _foreign(lease)
             start, length = 0, slot.nbytes
         else:
             slot, start, length = self._lease_slot(lease, offset, nbytes)
@@ -350,32 +352,24 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         self._check_not_forked()
         with self._send_conflict:
-            if self._closed:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_open()
             await self._channel.wait_writable()
 
     async def send_eof(self) -> None:
         self._check_not_forked()
         with self._send_conflict:
             await trio.lowlevel.checkpoint()
-            if self._closed:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_open()
             self._channel.send_eof()
             self._eof_sent = True
 
     # -- receiving --------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        max_bytes = _index("max_bytes", max_bytes)
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        max_bytes = min(max_bytes, MAX_RECEIVE_SIZE)
+        max_bytes = min(check_receive_size(max_bytes), MAX_RECEIVE_SIZE)
         self._check_not_forked()
         with self._receive_conflict:
-            if self._closed:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_open()
             return await self._channel.receive_some(max_bytes)
 
     # -- closing ----------------------------------------------------------------
@@ -423,12 +417,10 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     def getsockname(self) -> object:
         """The local address of the underlying socket."""
-        if self._closed:
-            raise trio.ClosedResourceError("this stream was closed")
+        self._check_open()
         return self._channel.transport.sockname()
 
     def getpeername(self) -> object:
         """The remote address of the underlying socket."""
-        if self._closed:
-            raise trio.ClosedResourceError("this stream was closed")
+        self._check_open()
         return self._channel.transport.peername()

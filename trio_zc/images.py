@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import trio
 
 from ._lease import SealedLease, WritableLease
+from ._validate import check_positive_index
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -227,18 +228,6 @@ def _check_image(image: object) -> Image.Image:
     return image
 
 
-def _check_guess(guess: object) -> int:
-    if isinstance(guess, bool):
-        raise TypeError("guess must be a positive int (bytes), not bool")
-    try:
-        value = operator.index(guess)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"guess must be a positive int (bytes), not {type(guess).__name__}") from None
-    if value < 1:
-        raise ValueError(f"guess must be a positive int, not {value}")
-    return value
-
-
 async def encode(
     pool: BufferPool, image: Image.Image, format: str, *, guess: int | None = None, **save_options: Any
 ) -> SealedLease:
@@ -269,7 +258,7 @@ async def encode(
         raw = image.width * image.height * max(len(image.getbands()), 1)
         guess = max(_MIN_GUESS, raw // 2)
     else:
-        guess = _check_guess(guess)
+        guess = check_positive_index("guess", guess)
     await trio.lowlevel.checkpoint()
     # The first lease only if it is free now: waiting for a guessed size
     # could wait for far more than the image needs (for ever, if that much

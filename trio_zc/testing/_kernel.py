@@ -48,6 +48,7 @@ from .._kernels._completion import CompletionChannel
 from .._pool import BufferPool
 from .._stats import Counters
 from .._stream import ZeroCopyStream
+from .._validate import check_bool
 from ._peer import MockPeer
 from ._transport import MockTransport
 from ._wire import _MASK, _Connection, _Waiters
@@ -87,8 +88,7 @@ class MockKernel(Kernel):
         receive_buffer: int = 4 * 2**20,
         call_sites: bool = True,
     ) -> None:
-        if call_sites.__class__ is not bool:
-            raise TypeError(f"call_sites must be True or False, not {type(call_sites).__name__}")
+        check_bool("call_sites", call_sites)
         if not isinstance(counter_start, int) or isinstance(counter_start, bool) or not 0 <= counter_start <= _MASK:
             raise ValueError("counter_start must be an int in [0, 2**32)")
         for name, value in (("socket_buffer", socket_buffer), ("receive_buffer", receive_buffer)):

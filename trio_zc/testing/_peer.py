@@ -8,6 +8,7 @@ from typing import Final
 import trio
 
 from .._conflict import ConflictDetector
+from .._validate import check_at_least, check_receive_size, exact_int
 from ._sends import MockSend
 from ._wire import _MASK, _Connection
 
@@ -38,13 +39,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
     # -- the stream interface ---------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is None:
-            max_bytes = 65536
-        elif max_bytes.__class__ is not int:
-            if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
-                raise TypeError("max_bytes must be an int")
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+        max_bytes = check_receive_size(max_bytes)
         with self._receive_conflict:
             await trio.lowlevel.checkpoint_if_cancelled()
             conn = self._conn
@@ -203,7 +198,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
         if nbytes is None:
             self._conn.hold_transmission = False
         else:
-            _check_count("transmit's nbytes", nbytes, 0)
+            nbytes = check_at_least("transmit's nbytes", nbytes, 0)
         moved = self._conn.transmit(nbytes)
         self._conn.kernel.wake(self._conn)
         return moved
@@ -243,8 +238,8 @@ class MockPeer(trio.abc.HalfCloseableStream):
         Ranges that are not outstanding are refused by the library (and
         counted as malformed), exactly as garbage from a real kernel would be.
         """
-        _check_count("lo", lo, None)
-        _check_count("hi", hi, None)
+        lo = exact_int("lo", lo)
+        hi = exact_int("hi", hi)
         conn = self._conn
         # Held records keep what this one does not report (each call is
         # reported once), even where they wrap or overlap it only in part.
@@ -269,7 +264,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
     def accept_at_most(self, nbytes: int | None) -> None:
         """Make each send call accept at most *nbytes* (None: no limit)."""
         if nbytes is not None:
-            _check_count("accept_at_most's nbytes", nbytes, None)
+            nbytes = exact_int("accept_at_most's nbytes", nbytes)
         if nbytes is not None and nbytes < 1:
             raise ValueError("accept_at_most needs a positive size or None")
         self._conn.accept_limit = nbytes
@@ -282,22 +277,14 @@ class MockPeer(trio.abc.HalfCloseableStream):
         """
         if err not in INJECTABLE_ERRNOS:
             raise ValueError(f"fail_sends takes ENOBUFS, EAGAIN, ECONNRESET or EPIPE, not {err!r}")
-        _check_count("count", count, 1)
-        _check_count("after", after, 0)
+        count = check_at_least("count", count, 1)
+        after = check_at_least("after", after, 0)
         self._conn.failures.extend([err] * count)
         self._conn.fail_after = after
 
     def reset(self) -> None:
         """Reset the connection, as a peer that crashed would."""
         self._conn.break_connection()
-
-
-def _check_count(name: str, value: object, minimum: int | None) -> None:
-    """Refuse a control's argument that is not an int (of at least *minimum*)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value}")
 
 
 def _outside(record: list[object], lo: int, hi: int) -> list[list[object]]:
