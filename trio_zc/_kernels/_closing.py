@@ -138,11 +138,12 @@ class DrainingClose:
         outstanding = channel.take_outstanding()
         if not outstanding:
             return
-        for lease, nbytes in outstanding:
+        nbytes = 0
+        for lease, n in outstanding:
             lease.quarantine_send()
-            channel.counters.count("bytes_in_flight", -nbytes)
+            nbytes += n
         count = len(outstanding)
-        channel.counters.count("quarantined_sends", count)
+        channel.counters.quarantined(count, nbytes)
         warnings.warn(
             QuarantineWarning(
                 f"a connection closed with {count} zero-copy send(s) Linux never"
@@ -178,7 +179,7 @@ class RefusalRetry:
 
     def refused(self, counters: Counters) -> bool:
         """Linux refused to pin memory: count it; whether to try once more."""
-        counters.count("enobufs")
+        counters.refused()
         if self._retried:
             return False
         self._retried = True

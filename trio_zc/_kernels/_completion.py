@@ -108,12 +108,12 @@ class CompletionChannel(Channel):
             return
         for ancdata, truncated in self.zerocopy.completion_records():
             if truncated:
-                self.counters.count("malformed_records")
+                self.counters.malformed()
                 continue
             try:
                 records = parse_ancdata(ancdata)
             except MalformedRecordError:
-                self.counters.count("malformed_records")
+                self.counters.malformed()
                 continue
             for record in records:
                 if isinstance(record, ZeroCopyCompletion):
@@ -127,7 +127,7 @@ class CompletionChannel(Channel):
             calls = self.tracker.complete(record.lo, record.hi, copied=record.copied)
         except CompletionRangeError:
             # Garbage must never release memory (rule 2); count it and go on.
-            self.counters.count("malformed_records")
+            self.counters.malformed()
             return
         self.zerocopy.releasing(calls)
         nbytes = 0

@@ -84,7 +84,7 @@ class SendfileChannel(Channel):
                     raise trio.BrokenResourceError("sendfile sent nothing")
                 sent += n
         finally:
-            self.counters.count("bytes_zerocopy", sent)
+            self.counters.sent_by_reference(sent)
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return sent
