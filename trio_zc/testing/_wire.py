@@ -18,16 +18,32 @@ Rules
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 if TYPE_CHECKING:
     from .._kernels._completion import CompletionChannel
-    from ._kernel import MockKernel
     from ._sends import MockSend
 
 _MASK: Final = 0xFFFFFFFF
+
+
+class Pump(Protocol):
+    """What a connection needs of the mock kernel that carries it (:class:`~trio_zc.testing.MockKernel`).
+
+    The wire knows the kernel only through this, so that the kernel may
+    import the wire and not the other way round.
+    """
+
+    #: Whether zero-copy sends record where the application made them.
+    call_sites: bool
+
+    def wake(self, conn: _Connection | None = None) -> None:
+        """Something changed on *conn*: pump it if it has work."""
+
+    def wake_busy(self, conn: _Connection) -> None:
+        """*conn* has work: pump it."""
 
 
 class _Segment:
@@ -89,7 +105,7 @@ class _Pipe(_Waiters):
 class _Connection:
     """The shared state of one mock connection (both directions)."""
 
-    def __init__(self, kernel: MockKernel, name: str, socket_buffer: int, receive_buffer: int) -> None:
+    def __init__(self, kernel: Pump, name: str, socket_buffer: int, receive_buffer: int) -> None:
         self.kernel = kernel
         self.name = name
         self.socket_buffer = socket_buffer
