@@ -196,11 +196,6 @@ class Channel:
     #: peer on loopback under "auto", not TCP...), or None.
     copy_only_reason: str | None = None
 
-    #: Set while an earlier send is still in Linux's hands after its task
-    #: was cancelled (io_uring): a copy must wait for it, or the two sends'
-    #: bytes would interleave.
-    send_barrier: trio.Event | None = None
-
     def __init__(self, transport: Transport, counters: Counters, on_completions: CompletionListener) -> None:
         self.transport = transport
         self.counters = counters
@@ -211,12 +206,10 @@ class Channel:
     def copy_now(self, data: memoryview) -> int:
         """Copy what the connection takes of *data* at once, without waiting; bytes taken.
 
-        Never blocks and never yields: 0 when nothing can be taken now (or
-        while :attr:`send_barrier` is up). A caller that gets every byte
-        taken is done with the memory before any other task can run.
+        Never blocks and never yields: 0 when nothing can be taken now. A
+        caller that gets every byte taken is done with the memory before
+        any other task can run.
         """
-        if self.send_barrier is not None:
-            return 0  # an earlier send's bytes must go first
         try:
             n = self.transport.send(data)
         except BlockingIOError:
@@ -229,8 +222,6 @@ class Channel:
     async def send_copy(self, data: memoryview) -> None:
         """Send every byte of *data* by copying it."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self.send_barrier is not None:
-            await self.pass_barrier()
         total = len(data)
         sent = self.copy_now(data)  # most sends: one call, no slice
         if sent == total:
@@ -240,13 +231,6 @@ class Channel:
             await self.wait_writable()  # a checkpoint
             with data[sent:] as rest:
                 sent += self.copy_now(rest)
-
-    async def pass_barrier(self) -> None:
-        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
-        barrier = self.send_barrier
-        if barrier is not None:
-            await barrier.wait()
-            self.send_barrier = None
 
     # -- zero-copy (what zero-copy channels override) -------------------------------
 

@@ -99,6 +99,11 @@ class _Call:
 class IoUringChannel(Channel):
     """A TCP socket whose zero-copy sends go through the pool's ring."""
 
+    #: Set while an earlier send is still in Linux's hands after its task
+    #: was cancelled: a later send, copied or not, must wait for it, or the
+    #: two sends' bytes would interleave.
+    send_barrier: trio.Event | None = None
+
     def __init__(
         self,
         kernel: IoUringKernel,
@@ -118,6 +123,24 @@ class IoUringChannel(Channel):
     @property
     def sends_in_flight(self) -> int:
         return len(self.calls)
+
+    def copy_now(self, data: memoryview) -> int:
+        if self.send_barrier is not None:
+            return 0  # an earlier send's bytes must go first
+        return super().copy_now(data)
+
+    async def send_copy(self, data: memoryview) -> None:
+        if self.send_barrier is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self.pass_barrier()
+        await super().send_copy(data)
+
+    async def pass_barrier(self) -> None:
+        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
+        barrier = self.send_barrier
+        if barrier is not None:
+            await barrier.wait()
+            self.send_barrier = None
 
     def _where(self, lease: SendableLease, pos: int) -> tuple[int, int | None, int]:
         """Where the lease's bytes from *pos* are, the fixed buffer holding
