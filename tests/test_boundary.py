@@ -14,6 +14,7 @@ functions all count, since each is a dependency a reader must follow.
    close protocol (the drain wait) and the refusal retry live in
    ``_kernels/_closing.py``, the connection reset in ``_kernels/_socket.py``,
    each argument check in ``_validate.py``.
+4. Every package directory is one the project ships.
 """
 
 from __future__ import annotations
@@ -220,3 +221,14 @@ def test_each_argument_check_is_written_once() -> None:
     for message in ("drain_timeout must", "send_timeout must", "max_in_flight must", "must be True or False"):
         assert places(re.escape(message)) == ["_validate.py"], message
     assert places(r"^def exact_int\b") == ["_validate.py"]
+
+
+def test_every_package_directory_ships() -> None:
+    """pyproject.toml lists every package of the tree, or a wheel leaves it out (an editable install hides that)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    listed = re.search(r"^packages = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert listed is not None
+    shipped = set(re.findall(r'"([\w.]+)"', listed.group(1)))
+    directories = {path.parent for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts}
+    assert all((directory / "__init__.py").exists() for directory in directories), sorted(directories)
+    assert shipped == {module_name(directory / "__init__.py") for directory in directories}
