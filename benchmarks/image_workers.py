@@ -1,0 +1,275 @@
+"""Image work in worker processes against Pillow in the event loop or in threads.
+
+Everything is reported as ratios and distributions within one run: absolute
+figures on a shared machine are noise. Four parts:
+
+1. Speed: encodes per second of the same images (RGB photos with noise),
+   one thread (the ceiling of ``trio.to_thread`` for JPEG, whose encoder
+   holds the GIL) against the workers (one process per core), fed PIL
+   images (the parent pastes each into a lease) or raw pixels already in a
+   lease (``RawImage``, packed RGB: the worker unpacks them). Also the
+   parent's CPU time per image (user + system, all its threads).
+2. The event loop's gaps: a task that sleeps 1 ms in a loop records the time
+   between its wake-ups while the images encode in the loop
+   (``images.encode``), in threads, or in the workers.
+3. Mapping: what a worker pays to map a job's source range for the job
+   alone (narrow; what the workers do) against one mapping of the whole
+   pool kept for the worker's life.
+4. Small images: one image at a time, in the loop against a worker round
+   trip; where the workers stop paying.
+
+Run: python benchmarks/image_workers.py [--width 4000 --height 3000 --images 4 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import mmap
+import os
+import resource
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import trio
+from PIL import Image
+
+import trio_zc
+from trio_zc import images
+
+
+def photos(count: int, width: int, height: int) -> list[Image.Image]:
+    """*count* different RGB photos: gradients with noise, which JPEG finds as hard as a photo."""
+    rng = np.random.default_rng(1)
+    y, x = np.ogrid[:height, :width]
+    out = []
+    for n in range(count):
+        base = np.empty((height, width, 3), dtype=np.uint8)
+        base[..., 0] = (x * 255 // max(width - 1, 1) + 40 * n) % 256
+        base[..., 1] = (y * 255 // max(height - 1, 1)) % 256
+        base[..., 2] = (x + y + 60 * n) % 256
+        base += rng.integers(0, 32, base.shape, dtype=np.uint8)
+        out.append(Image.fromarray(base, "RGB"))
+    return out
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Ticker:
+    """Sleeps 1 ms at a time and records the gaps between its wake-ups."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self.recording = False
+
+    async def run(self) -> None:
+        last = trio.current_time()
+        while True:
+            await trio.sleep(0.001)
+            now = trio.current_time()
+            if self.recording:
+                self.gaps.append(now - last)
+            last = now
+
+
+def gap_summary(gaps: list[float]) -> tuple[float, float]:
+    """(max, p99) of the gaps, in milliseconds."""
+    ordered = sorted(gaps)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return ordered[-1] * 1e3, p99 * 1e3
+
+
+def encode_in_thread(image: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+async def all_at_once(jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    results: list[Any] = [None] * len(jobs)
+
+    async def one(i: int) -> None:
+        results[i] = await jobs[i]()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(jobs)):
+            nursery.start_soon(one, i)
+    return results
+
+
+def mapping_cost(nbytes: int, repeat: int) -> tuple[float, float]:
+    """Seconds per job to read every page of an *nbytes* range: mapped per job, and kept mapped."""
+    size = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    fd = os.memfd_create("trio_zc-bench")
+    try:
+        os.ftruncate(fd, size * 4)
+        with mmap.mmap(fd, size * 4) as whole:
+            whole.write(b"\x01" * (size * 4))  # the pages exist, as in a pool in use
+            pages = range(0, size, mmap.PAGESIZE)
+            narrow = []
+            for r in range(repeat):
+                start = time.perf_counter()
+                with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=(r % 4) * size) as m:
+                    total = sum(m[i] for i in pages)
+                narrow.append(time.perf_counter() - start)
+            kept = []
+            for r in range(repeat):
+                base = (r % 4) * size
+                start = time.perf_counter()
+                total = sum(whole[base + i] for i in pages)
+                kept.append(time.perf_counter() - start)
+            del total
+    finally:
+        os.close(fd)
+    return statistics.median(narrow), statistics.median(kept)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    pictures = photos(args.images, args.width, args.height)
+    raw_bytes = args.width * args.height * 3
+    results: dict[str, Any] = {}
+    async with trio_zc.open_pool(max_bytes=max(64 << 20, raw_bytes * args.images * 3)) as pool:
+        raws = []
+        for picture in pictures:
+            raws.append(images.RawImage(await images.pixels(pool, picture), "RGB", picture.size))
+        expected = [encode_in_thread(p, args.quality) for p in pictures]
+        async with images.open_workers(pool, args.processes) as workers:
+            # Warm up: every worker maps and encodes once, the pool's pages exist.
+            for sealed in await all_at_once(
+                [lambda p=p: workers.encode(p, "JPEG", quality=args.quality) for p in pictures]
+            ):
+                sealed.release()
+
+            # 1. Speed, rounds interleaved so that drift hits every case alike.
+            cases: dict[str, list[float]] = {"thread": [], "workers-pil": [], "workers-raw": []}
+            parent_cpu: dict[str, list[float]] = {"workers-pil": [], "workers-raw": []}
+            for _ in range(args.rounds):
+                start = time.perf_counter()
+                got = await trio.to_thread.run_sync(lambda: [encode_in_thread(p, args.quality) for p in pictures])
+                cases["thread"].append(len(pictures) / (time.perf_counter() - start))
+                assert got == expected
+                for name, sources in (("workers-pil", pictures), ("workers-raw", raws)):
+                    start, used = time.perf_counter(), cpu()
+                    sealed_all = await all_at_once(
+                        [lambda s=s: workers.encode(s, "JPEG", quality=args.quality) for s in sources]
+                    )
+                    cases[name].append(len(sources) / (time.perf_counter() - start))
+                    parent_cpu[name].append((cpu() - used) / len(sources))
+                    for sealed, want in zip(sealed_all, expected):
+                        assert bytes(sealed.view()) == want, "a worker's JPEG differs from Pillow's in-process one"
+                        sealed.release()
+            rate = {name: statistics.median(values) for name, values in cases.items()}
+            results["rate"] = rate
+            results["rounds"] = cases
+            results["parent_cpu"] = {name: statistics.median(v) for name, v in parent_cpu.items()}
+
+            # 2. The event loop's gaps.
+            ticker = Ticker()
+            gaps: dict[str, tuple[float, float]] = {}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker.run)
+                await trio.sleep(0.05)
+
+                async def in_loop() -> None:
+                    for p in pictures:
+                        (await images.encode(pool, p, "JPEG", quality=args.quality)).release()
+
+                async def in_threads() -> None:
+                    await all_at_once(
+                        [lambda p=p: trio.to_thread.run_sync(encode_in_thread, p, args.quality) for p in pictures]
+                    )
+
+                async def in_workers() -> None:
+                    for sealed in await all_at_once(
+                        [lambda p=p: workers.encode(p, "JPEG", quality=args.quality) for p in pictures]
+                    ):
+                        sealed.release()
+
+                async def in_workers_raw() -> None:
+                    for sealed in await all_at_once(
+                        [lambda r=r: workers.encode(r, "JPEG", quality=args.quality) for r in raws]
+                    ):
+                        sealed.release()
+
+                for name, job in (("loop", in_loop), ("threads", in_threads), ("workers-pil", in_workers),
+                                  ("workers-raw", in_workers_raw)):
+                    collected: list[float] = []
+                    for _ in range(args.rounds):
+                        ticker.gaps = []
+                        ticker.recording = True
+                        await job()
+                        ticker.recording = False
+                        collected += ticker.gaps
+                        await trio.sleep(0.02)
+                    gaps[name] = gap_summary(collected)
+                nursery.cancel_scope.cancel()
+            results["gaps"] = gaps
+
+            # 4. Small images, one at a time.
+            small = photos(1, 320, 240)[0]
+            latency: dict[str, float] = {}
+            for name in ("loop", "workers"):
+                samples = []
+                for _ in range(args.small):
+                    start = time.perf_counter()
+                    if name == "loop":
+                        sealed = await images.encode(pool, small, "JPEG", quality=args.quality)
+                    else:
+                        sealed = await workers.encode(small, "JPEG", quality=args.quality)
+                    samples.append(time.perf_counter() - start)
+                    sealed.release()
+                latency[name] = statistics.median(samples)
+            results["small"] = latency
+            results["workers"] = workers.statistics()
+        for raw in raws:
+            raw.lease.release()
+    # 3. Mapping.
+    results["mapping"] = mapping_cost(raw_bytes, max(args.rounds, 3))
+    return results
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    rate = results["rate"]
+    mp = args.width * args.height / 1e6
+    print(f"image workers: {args.images} JPEGs of {args.width}x{args.height} RGB ({mp:.1f} MP), quality {args.quality},"
+          f" {results['workers'].processes} worker processes, {os.cpu_count()} CPUs, {args.rounds} rounds")
+    print("speed (encodes per second, median of rounds; x = against one thread):")
+    print("  rounds:", {k: [round(v, 1) for v in vs] for k, vs in results["rounds"].items()})
+    for name in ("thread", "workers-pil", "workers-raw"):
+        print(f"  {name:<12} {rate[name]:8.2f}/s  x{rate[name] / rate['thread']:.2f}")
+    print("parent CPU per image (user + system, every thread of the server process):")
+    for name, value in results["parent_cpu"].items():
+        print(f"  {name:<12} {value * 1e3:8.2f} ms")
+    print("event loop gaps while they encode (1 ms ticker; max / p99 in ms):")
+    for name, (biggest, p99) in results["gaps"].items():
+        print(f"  {name:<12} {biggest:8.1f} / {p99:.1f}")
+    narrow, kept = results["mapping"]
+    mb = args.width * args.height * 3 / 1e6
+    print(f"mapping a {mb:.0f} MB source, read once: per job {narrow * 1e3:.2f} ms, kept mapped {kept * 1e3:.2f} ms"
+          f" (the narrow mapping costs {(narrow - kept) * 1e3:.2f} ms a job)")
+    small = results["small"]
+    print(f"small image (320x240 JPEG), one at a time: in the loop {small['loop'] * 1e3:.2f} ms,"
+          f" through a worker {small['workers'] * 1e3:.2f} ms")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--height", type=int, default=3000)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quality", type=int, default=85)
+    parser.add_argument("--processes", type=int, default=None, help="worker processes (default: one per core)")
+    parser.add_argument("--small", type=int, default=50, help="small images timed one at a time")
+    args = parser.parse_args(argv)
+    report(args, trio.run(run, args))
+
+
+if __name__ == "__main__":
+    main()
