@@ -103,31 +103,56 @@ async def all_at_once(jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
     return results
 
 
-def mapping_cost(nbytes: int, repeat: int) -> tuple[float, float]:
-    """Seconds per job to read every page of an *nbytes* range: mapped per job, and kept mapped."""
+def mapping_cost(nbytes: int, repeat: int) -> tuple[float, float, float]:
+    """Seconds per job to read every page of an *nbytes* range of a memfd.
+
+    (mapped for the job alone, the same with MAP_POPULATE, kept mapped): what
+    a worker pays to reach a source, besides reading it.
+    """
     size = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
     fd = os.memfd_create("trio_zc-bench")
     try:
         os.ftruncate(fd, size * 4)
         with mmap.mmap(fd, size * 4) as whole:
             whole.write(b"\x01" * (size * 4))  # the pages exist, as in a pool in use
-            pages = range(0, size, mmap.PAGESIZE)
-            narrow = []
-            for r in range(repeat):
-                start = time.perf_counter()
-                with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=(r % 4) * size) as m:
-                    total = sum(m[i] for i in pages)
-                narrow.append(time.perf_counter() - start)
+
+            def touch(view: memoryview) -> None:
+                np.frombuffer(view, dtype=np.uint8)[:: mmap.PAGESIZE].sum()
+
+            def narrow(flags: int) -> float:
+                times = []
+                for r in range(repeat):
+                    start = time.perf_counter()
+                    m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | flags, prot=mmap.PROT_READ, offset=(r % 4) * size)
+                    with memoryview(m) as view:
+                        touch(view)
+                    m.close()
+                    times.append(time.perf_counter() - start)
+                return statistics.median(times)
+
             kept = []
-            for r in range(repeat):
-                base = (r % 4) * size
-                start = time.perf_counter()
-                total = sum(whole[base + i] for i in pages)
-                kept.append(time.perf_counter() - start)
-            del total
+            with memoryview(whole) as view:
+                for r in range(repeat):
+                    start = time.perf_counter()
+                    touch(view[(r % 4) * size : (r % 4 + 1) * size])
+                    kept.append(time.perf_counter() - start)
+            return narrow(0), narrow(mmap.MAP_POPULATE), statistics.median(kept)
     finally:
         os.close(fd)
-    return statistics.median(narrow), statistics.median(kept)
+
+
+def busy_jiffies() -> int:
+    """CPU time the whole machine spent busy, in clock ticks (all CPUs)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]) - idle
+
+
+def process_jiffies(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,6 +174,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # 1. Speed, rounds interleaved so that drift hits every case alike.
             cases: dict[str, list[float]] = {"thread": [], "workers-pil": [], "workers-raw": []}
             parent_cpu: dict[str, list[float]] = {"workers-pil": [], "workers-raw": []}
+            ours = [os.getpid(), *workers.statistics().pids]
+            machine, mine = busy_jiffies(), sum(process_jiffies(pid) for pid in ours)
+            began = time.perf_counter()
             for _ in range(args.rounds):
                 start = time.perf_counter()
                 got = await trio.to_thread.run_sync(lambda: [encode_in_thread(p, args.quality) for p in pictures])
@@ -164,9 +192,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for sealed, want in zip(sealed_all, expected):
                         assert bytes(sealed.view()) == want, "a worker's JPEG differs from Pillow's in-process one"
                         sealed.release()
+            elapsed = time.perf_counter() - began
+            others = (busy_jiffies() - machine) - (sum(process_jiffies(pid) for pid in ours) - mine)
+            # The share of the machine's CPUs that other processes used meanwhile.
+            results["others"] = others / os.sysconf("SC_CLK_TCK") / elapsed / (os.cpu_count() or 1)
             rate = {name: statistics.median(values) for name, values in cases.items()}
             results["rate"] = rate
             results["rounds"] = cases
+            # Each round against the thread round just before it: neighbours
+            # in time see the same load from the rest of the machine.
+            results["paired"] = {
+                name: statistics.median(w / t for w, t in zip(cases[name], cases["thread"]))
+                for name in ("workers-pil", "workers-raw")
+            }
             results["parent_cpu"] = {name: statistics.median(v) for name, v in parent_cpu.items()}
 
             # 2. The event loop's gaps.
@@ -239,20 +277,22 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     mp = args.width * args.height / 1e6
     print(f"image workers: {args.images} JPEGs of {args.width}x{args.height} RGB ({mp:.1f} MP), quality {args.quality},"
           f" {results['workers'].processes} worker processes, {os.cpu_count()} CPUs, {args.rounds} rounds")
-    print("speed (encodes per second, median of rounds; x = against one thread):")
-    print("  rounds:", {k: [round(v, 1) for v in vs] for k, vs in results["rounds"].items()})
+    print(f"other processes used {results['others']:.0%} of the machine's CPUs during the speed rounds")
+    print("speed (encodes per second, median of rounds; x = median of each round against the thread round before it):")
     for name in ("thread", "workers-pil", "workers-raw"):
-        print(f"  {name:<12} {rate[name]:8.2f}/s  x{rate[name] / rate['thread']:.2f}")
+        paired = 1.0 if name == "thread" else results["paired"][name]
+        rounds = ", ".join(f"{v:.1f}" for v in results["rounds"][name])
+        print(f"  {name:<12} {rate[name]:8.2f}/s  x{paired:.2f}   (rounds: {rounds})")
     print("parent CPU per image (user + system, every thread of the server process):")
     for name, value in results["parent_cpu"].items():
         print(f"  {name:<12} {value * 1e3:8.2f} ms")
     print("event loop gaps while they encode (1 ms ticker; max / p99 in ms):")
     for name, (biggest, p99) in results["gaps"].items():
         print(f"  {name:<12} {biggest:8.1f} / {p99:.1f}")
-    narrow, kept = results["mapping"]
+    narrow, populated, kept = results["mapping"]
     mb = args.width * args.height * 3 / 1e6
-    print(f"mapping a {mb:.0f} MB source, read once: per job {narrow * 1e3:.2f} ms, kept mapped {kept * 1e3:.2f} ms"
-          f" (the narrow mapping costs {(narrow - kept) * 1e3:.2f} ms a job)")
+    print(f"reaching every page of a {mb:.0f} MB source: mapped for the job {narrow * 1e3:.2f} ms"
+          f" (with MAP_POPULATE {populated * 1e3:.2f} ms), through the pool's mapping kept {kept * 1e3:.2f} ms")
     small = results["small"]
     print(f"small image (320x240 JPEG), one at a time: in the loop {small['loop'] * 1e3:.2f} ms,"
           f" through a worker {small['workers'] * 1e3:.2f} ms")

@@ -291,6 +291,9 @@ async def test_bad_calls_raise_clear_errors_and_leave_everything_whole() -> None
         with pytest.raises(ValueError, match="processes must be at least 1"):
             async with images.open_workers(pool, 0):
                 pass  # pragma: no cover
+        with pytest.raises(ValueError, match="nice must be from 0 to 19, not -1"):
+            async with images.open_workers(pool, nice=-1):
+                pass  # pragma: no cover
         with pytest.raises(TypeError, match="pool must be a BufferPool"):
             async with images.open_workers(object()):  # type: ignore[arg-type]
                 pass  # pragma: no cover
@@ -595,17 +598,19 @@ async def test_many_tasks_share_the_workers_first_come_first_served() -> None:
 
 def test_workers_are_started_processes_not_forks() -> None:
     """A worker runs a fresh interpreter (exec), never a fork of a process holding a pool."""
-    async def main() -> tuple[list[str], str]:
+    async def main() -> tuple[list[str], str, int]:
         async with trio_zc.open_pool(max_bytes=1 * MiB) as pool:
             async with images.open_workers(pool, 1) as workers:
                 (pid,) = workers.statistics().pids
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     argv = [part.decode() for part in f.read().split(b"\0") if part]
                 maps = pathlib.Path(f"/proc/{pid}/maps").read_text()
-        return argv, maps
+                nice = os.getpriority(os.PRIO_PROCESS, pid)
+        return argv, maps, nice
 
-    argv, maps = trio.run(main)
+    argv, maps, nice = trio.run(main)
     assert argv[0] == sys.executable and argv[1:3] == ["-I", "-c"]
+    assert nice == os.getpriority(os.PRIO_PROCESS, 0) + images.DEFAULT_NICE
     # Its mappings of the pool: the read-only one of the whole pool, no other.
     pool_maps = [line for line in maps.splitlines() if "trio_zc-arena" in line]
     assert len(pool_maps) == 1 and pool_maps[0].split()[1].startswith("r--s"), pool_maps

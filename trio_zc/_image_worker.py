@@ -20,8 +20,9 @@ half a request behind.
   it, and must not be able to run code in the server through the reply.
 
 1. ``hello``, carrying the pool's memfd as ``SCM_RIGHTS`` ancillary data,
-   with the parent's ``sys.path`` and the modules to import (Pillow
-   plugins); the answer is ``{"ready": pid, "pillow": version}``.
+   with the parent's ``sys.path``, the modules to import (Pillow plugins)
+   and the ``nice`` increment; the answer is ``{"ready": pid, "pillow":
+   version}``.
 2. A job (``encode``, ``decode`` or ``resize``), naming its source as a
    range of the memfd. The worker reads that range, does the work into its
    own memory, drops every view of the source and answers ``{"need": n,
@@ -62,6 +63,10 @@ from typing import IO, Any, cast
 MAX_MESSAGE = 1 << 22
 
 PAGE_SIZE = mmap.PAGESIZE
+
+#: How many of Pillow's freed memory blocks (16 MiB each by default) a worker
+#: keeps for reuse, unless ``PILLOW_BLOCKS_MAX`` in the environment says.
+BLOCKS_MAX = 8
 
 #: Bits per pixel of the packed raw layout of each mode (``Image.tobytes()``).
 RAW_BITS: dict[str, int] = {
@@ -201,6 +206,10 @@ class Worker:
         from PIL import Image
 
         self.Image = Image
+        if "PILLOW_BLOCKS_MAX" not in os.environ:
+            # Keep freed image memory for the next image: a fresh 48 MB image
+            # (12 MP RGB) costs 12,000 page faults, 15 ms of a 35 ms encode.
+            Image.core.set_blocks_max(BLOCKS_MAX)  # type: ignore[attr-defined]
 
     # -- sources -----------------------------------------------------------
 
@@ -274,7 +283,10 @@ class Worker:
     def write(self, request: dict[str, Any], result: Any) -> dict[str, Any]:
         """Copy *result* (encoded bytes, or an image's pixels) into the lease the parent gave."""
         length = request["length"]
-        target = mmap.mmap(self.memfd, _round_up(length), flags=mmap.MAP_SHARED, offset=request["offset"])
+        # Populated at once: one call instead of a page fault per page (the
+        # copy takes half the time).
+        flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+        target = mmap.mmap(self.memfd, _round_up(length), flags=flags, offset=request["offset"])
         try:
             target.madvise(mmap.MADV_NOHUGEPAGE)
             if isinstance(result, memoryview):
@@ -373,6 +385,9 @@ def main(fd: int) -> None:
     memfd = fds[0]
     try:
         sys.path[:] = hello["sys_path"]
+        # Below the server in the scheduler's eyes, so that its event loop
+        # gets a CPU at once when it wakes up, even with every core encoding.
+        os.nice(hello["nice"])
         import importlib
 
         import PIL

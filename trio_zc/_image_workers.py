@@ -124,6 +124,10 @@ _LOADER: Final = (
 #: (it exits at once: it is blocked reading that socket) before killing it.
 _EXIT_GRACE: Final = 5.0
 
+#: How much lower the workers' scheduling priority is than the server's, by
+#: default (an ``os.nice`` increment).
+DEFAULT_NICE: Final = 10
+
 #: The largest reply a worker sends (JSON with at most a 1 KiB palette).
 _MAX_REPLY: Final = 1 << 16
 
@@ -399,8 +403,10 @@ class ImageWorkers:
         processes: int,
         kill_on_cancel: bool,
         preload: tuple[str, ...],
+        nice: int,
     ) -> None:
         self._pool = pool
+        self._nice = nice
         self._nursery = nursery
         self._processes = processes
         self._kill_on_cancel = kill_on_cancel
@@ -416,6 +422,10 @@ class ImageWorkers:
         self._start_error: BaseException | None = None
         self._closed = False
         self._completed = self._failed = self._crashed = self._started = 0
+        #: One thread at a time copies PIL images into leases: the copies
+        #: are memory-bound, and more of them at once would only take CPU
+        #: time from the event loop's thread (and the workers).
+        self._copier = trio.CapacityLimiter(1)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -613,7 +623,7 @@ class ImageWorkers:
                 raise ValueError(f"the image's {nbytes} bytes of pixels are more than the pool can ever hold")
             lease = await self._pool.acquire(nbytes)
             try:
-                await trio.to_thread.run_sync(_paste_into, lease, image, mode)
+                await trio.to_thread.run_sync(_paste_into, lease, image, mode, limiter=self._copier)
                 owned = lease.seal()
             except BaseException:
                 lease.release()
@@ -944,7 +954,7 @@ class ImageWorkers:
         worker = _Worker(next(self._numbers), process, trio.socket.from_stdlib_socket(parent))
         self._workers[worker.number] = worker
         try:
-            hello = pickle.dumps({"sys_path": list(sys.path), "preload": list(self._preload)})
+            hello = pickle.dumps({"sys_path": list(sys.path), "preload": list(self._preload), "nice": self._nice})
             fds = array.array("i", [self._pool._arena.fd])
             try:
                 await worker.sock.sendmsg([hello], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -1061,6 +1071,7 @@ async def open_workers(
     *,
     kill_on_cancel: bool = False,
     preload: Sequence[str] = (),
+    nice: int = DEFAULT_NICE,
 ) -> AsyncIterator[ImageWorkers]:
     """Worker processes for image work, for the duration of a block.
 
@@ -1094,10 +1105,14 @@ async def open_workers(
         raise TypeError(f"kill_on_cancel must be a bool, not {type(kill_on_cancel).__name__}")
     if isinstance(preload, str) or not all(isinstance(name, str) for name in preload):
         raise TypeError("preload must be a sequence of module names")
+    if isinstance(nice, bool) or not isinstance(nice, int):
+        raise TypeError(f"nice must be an int from 0 to 19, not {type(nice).__name__}")
+    if not 0 <= nice <= 19:
+        raise ValueError(f"nice must be from 0 to 19, not {nice}")
     error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            workers = ImageWorkers(pool, nursery, count, kill_on_cancel, tuple(preload))
+            workers = ImageWorkers(pool, nursery, count, kill_on_cancel, tuple(preload), nice)
             try:
                 await workers._start()
                 yield workers

@@ -49,6 +49,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - Pillow is in the test e
     raise ModuleNotFoundError("trio_zc.images needs Pillow: pip install 'trio_zc[images]'") from exc
 
 __all__ = [
+    "DEFAULT_NICE",
     "BrokenWorkerError",
     "ImageWorkers",
     "RawImage",
@@ -405,6 +406,7 @@ def _raw_size(image: Image.Image) -> int:
 
 
 # At the end: the workers' module uses the helpers above.
+from ._image_workers import DEFAULT_NICE as DEFAULT_NICE  # noqa: E402
 from ._image_workers import BrokenWorkerError as BrokenWorkerError  # noqa: E402
 from ._image_workers import ImageWorkers as ImageWorkers  # noqa: E402
 from ._image_workers import RawImage as RawImage  # noqa: E402
