@@ -67,15 +67,21 @@ class Ticker:
     def __init__(self) -> None:
         self.gaps: list[float] = []
         self.recording = False
+        self.last = 0.0
 
     async def run(self) -> None:
-        last = trio.current_time()
+        self.last = trio.current_time()
         while True:
             await trio.sleep(0.001)
             now = trio.current_time()
             if self.recording:
-                self.gaps.append(now - last)
-            last = now
+                self.gaps.append(now - self.last)
+            self.last = now
+
+    def stop(self) -> None:
+        """Stop recording; the wait still running counts too (it may be the only one)."""
+        self.recording = False
+        self.gaps.append(trio.current_time() - self.last)
 
 
 def gap_summary(gaps: list[float]) -> tuple[float, float]:
@@ -242,7 +248,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         ticker.gaps = []
                         ticker.recording = True
                         await job()
-                        ticker.recording = False
+                        ticker.stop()
                         collected += ticker.gaps
                         await trio.sleep(0.02)
                     gaps[name] = gap_summary(collected)
