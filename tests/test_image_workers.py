@@ -442,6 +442,40 @@ async def test_a_released_source_stays_out_of_the_pool_until_the_worker_is_done(
         assert whole(pool) and pool.statistics().free_bytes == pool.max_bytes
 
 
+async def test_a_result_waits_for_memory_holding_none_and_its_cancel_leaks_nothing() -> None:
+    """The worker keeps the result while the pool is full; the call holds no lease meanwhile."""
+    image = photo()
+    png = saved(image, "PNG")
+    async with trio_zc.open_pool(max_bytes=256 * 1024) as pool:
+        raw = await raw_of(pool, image)
+        async with images.open_workers(pool, 1) as workers:
+            filler = await pool.acquire(pool.statistics().largest_free_block)
+            results: list[trio_zc.SealedLease] = []
+            async with trio.open_nursery() as nursery:
+                async def encode() -> None:
+                    results.append(await workers.encode(raw, "PNG"))
+
+                nursery.start_soon(encode)
+                await eventually(lambda: pool.statistics().tasks_waiting == 1, "the result waits for memory")
+                stats = pool.statistics()
+                assert stats.writable_leases == 1 and stats.sealed_leases == 1  # the filler and the source
+                assert workers.statistics().busy == 1
+                filler.release()
+            assert bytes(results[0].view()) == png
+            results[0].release()
+            # Again, and cancelled while it waits: the worker drops its result.
+            filler = await pool.acquire(pool.statistics().largest_free_block)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(encode)
+                await eventually(lambda: pool.statistics().tasks_waiting == 1, "the result waits for memory")
+                nursery.cancel_scope.cancel()
+            await eventually(lambda: workers.statistics().idle == 1, "the worker dropped the result")
+            filler.release()
+            assert whole(pool, held=1) and pool.statistics().tasks_waiting == 0
+            assert await encoded(workers, raw, "PNG") == png
+        raw.lease.release()
+
+
 # -- workers that die ------------------------------------------------------------
 
 
