@@ -26,6 +26,8 @@ import trio_zc
 from trio_zc import images
 from trio_zc.images import BrokenWorkerError, RawImage
 
+from .streams import ALWAYS_ZC, KERNELS, kernel, receive_exactly, stream_pair
+
 MiB = 1 << 20
 PLUGIN = "tests.image_worker_plugin"
 #: The longest any wait here may take before the test fails (generous: the
@@ -226,6 +228,29 @@ async def test_decode_and_resize_equal_pillow_in_process() -> None:
             assert bytes(jpeg.view()) == saved(Image.open(io.BytesIO(data)).resize((100, 75)), "JPEG", quality=80)
             for lease in (decoded.lease, small.lease, jpeg):
                 lease.release()
+        assert whole(pool)
+
+
+@pytest.mark.parametrize("kernel_name", [k for k in KERNELS if k != "mock"])
+@pytest.mark.parametrize("protect_sealed", [False, True])
+async def test_what_workers_encode_goes_out_on_every_kernel_intact(kernel_name: str, protect_sealed: bool) -> None:
+    """Encoded in workers, sent over loopback TCP; the receiver compares bytes."""
+    pictures = [photo(300 + 40 * n, 200, seed=n) for n in range(4)]
+    async with trio_zc.open_pool(
+        max_bytes=8 * MiB, kernel=kernel(kernel_name), policy=ALWAYS_ZC, protect_sealed=protect_sealed
+    ) as pool:
+        async with images.open_workers(pool, 2) as workers:
+            stream, peer = await stream_pair(pool)
+            async with stream, peer:
+                for n, picture in enumerate(pictures):
+                    source: Any = picture if n % 2 else await raw_of(pool, picture)
+                    sealed = await workers.encode(source, "JPEG", quality=90)
+                    if isinstance(source, RawImage):
+                        source.lease.release()
+                    await stream.send_lease(sealed)
+                    sealed.release()
+                    expected = saved(picture, "JPEG", quality=90)
+                    assert await receive_exactly(peer, len(expected)) == expected
         assert whole(pool)
 
 
