@@ -160,6 +160,20 @@ async def test_encode_gives_the_bytes_pillow_gives_in_process() -> None:
         assert whole(pool)
 
 
+@pytest.mark.parametrize(("mode", "size"), [("RGB", (1000, 1100)), ("L", (1000, 4500)), ("I;16", (999, 2201))])
+async def test_a_large_image_is_copied_in_strips_exactly(mode: str, size: tuple[int, int]) -> None:
+    """A PIL image larger than one strip (2 MiB) goes to the worker in strips, rows in their place."""
+    image = photo(*size, mode=mode)
+    async with trio_zc.open_pool(max_bytes=32 * MiB) as pool:
+        async with images.open_workers(pool, 1) as workers:
+            fmt = "TIFF"  # stores the pixels as they are
+            assert await encoded(workers, image, fmt) == saved(image, fmt)
+            resized = await workers.resize(image, (size[0] // 3, size[1] // 3))
+            assert bytes(resized.lease.view()) == image.resize((size[0] // 3, size[1] // 3)).tobytes()
+            resized.lease.release()
+        assert whole(pool)
+
+
 async def test_a_rgbx_raw_image_is_mapped_and_encodes_as_its_rgb_twin() -> None:
     """Pixels drawn four bytes a pixel (no unpacking in the worker) give the RGB image's JPEG."""
     image = photo(120, 80)
@@ -397,12 +411,14 @@ async def cancel_at_step(step: int, call: Callable[[], Awaitable[Any]], *, parke
 @pytest.mark.parametrize("kill_on_cancel", [False, True])
 async def test_cancelling_at_every_await_leaks_nothing(kill_on_cancel: bool) -> None:
     image = photo(160, 120)
+    large = photo(1000, 1100)  # three strips
     png = saved(image, "PNG")
-    async with trio_zc.open_pool(max_bytes=4 * MiB) as pool:
+    async with trio_zc.open_pool(max_bytes=16 * MiB) as pool:
         raw = await raw_of(pool, image)
         async with images.open_workers(pool, 2, kill_on_cancel=kill_on_cancel) as workers:
             calls: dict[str, Callable[[], Awaitable[Any]]] = {
                 "encode image": lambda: workers.encode(image, "PNG"),
+                "encode large image": lambda: workers.encode(large, "JPEG"),
                 "encode raw": lambda: workers.encode(raw, "PNG"),
                 "decode": lambda: workers.decode(png),
                 "resize": lambda: workers.resize(raw, (80, 60)),
@@ -420,6 +436,7 @@ async def test_cancelling_at_every_await_leaks_nothing(kill_on_cancel: bool) -> 
                     if not cancelled:
                         lease = result if isinstance(result, trio_zc.SealedLease) else result.lease
                         assert bytes(lease.view()) == (
+                            saved(large, "JPEG") if name == "encode large image" else
                             png if name.startswith("encode") else
                             image.tobytes() if name == "decode" else image.resize((80, 60)).tobytes()
                         )
