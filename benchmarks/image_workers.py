@@ -11,7 +11,10 @@ figures on a shared machine are noise. Four parts:
    parent's CPU time per image (user + system, all its threads).
 2. The event loop's gaps: a task that sleeps 1 ms in a loop records the time
    between its wake-ups while the images encode in the loop
-   (``images.encode``), in threads, or in the workers.
+   (``images.encode``), in threads, or in the workers; and, as baselines,
+   with nothing else to do, and beside one process per worker that only
+   spins at the workers' priority (what the machine's scheduler leaves an
+   event loop when every core is busy).
 3. Mapping: what a worker pays to map a job's source range for the job
    alone (narrow; what the workers do) against one mapping of the whole
    pool kept for the worker's life.
@@ -29,6 +32,8 @@ import mmap
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -84,11 +89,15 @@ class Ticker:
         self.gaps.append(trio.current_time() - self.last)
 
 
-def gap_summary(gaps: list[float]) -> tuple[float, float]:
-    """(max, p99) of the gaps, in milliseconds."""
+def gap_summary(gaps: list[float]) -> tuple[float, float, int, int]:
+    """(max, p99) of the gaps in milliseconds, how many passed 5 ms, and how many there were."""
     ordered = sorted(gaps)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return ordered[-1] * 1e3, p99 * 1e3
+    return ordered[-1] * 1e3, p99 * 1e3, sum(g > 0.005 for g in gaps), len(gaps)
+
+
+#: A process that keeps one core busy, at the nice increment in argv[1].
+SPIN = "import os, sys\nos.nice(int(sys.argv[1]))\nwhile True:\n    pass\n"
 
 
 def encode_in_thread(image: Image.Image, quality: int) -> bytes:
@@ -166,21 +175,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     raw_bytes = args.width * args.height * 3
     results: dict[str, Any] = {}
     async with trio_zc.open_pool(max_bytes=max(64 << 20, raw_bytes * args.images * 3)) as pool:
+        # Steady state: a server's pool pages are touched once in its life,
+        # the first time a lease lands on them (a page fault each); here all
+        # at once, before anything is measured.
+        async with pool.lease(pool.max_bytes) as whole:
+            whole.write(bytes(pool.max_bytes))
         raws = []
         for picture in pictures:
             raws.append(images.RawImage(await images.pixels(pool, picture), "RGB", picture.size))
         expected = [encode_in_thread(p, args.quality) for p in pictures]
-        async with images.open_workers(pool, args.processes) as workers:
-            # Warm up: every worker maps and encodes once, the pool's pages exist.
-            for sealed in await all_at_once(
-                [lambda p=p: workers.encode(p, "JPEG", quality=args.quality) for p in pictures]
-            ):
-                sealed.release()
+        async with images.open_workers(pool, args.processes, nice=args.nice) as workers:
+            # Warm up: every worker maps and encodes once.
+            for _ in range(2):
+                for sealed in await all_at_once(
+                    [lambda p=p: workers.encode(p, "JPEG", quality=args.quality) for p in pictures]
+                ):
+                    sealed.release()
 
             # 1. Speed, rounds interleaved so that drift hits every case alike.
             cases: dict[str, list[float]] = {"thread": [], "workers-pil": [], "workers-raw": []}
             parent_cpu: dict[str, list[float]] = {"workers-pil": [], "workers-raw": []}
             ours = [os.getpid(), *workers.statistics().pids]
+            results["processes"] = len(ours) - 1
             machine, mine = busy_jiffies(), sum(process_jiffies(pid) for pid in ours)
             began = time.perf_counter()
             for _ in range(args.rounds):
@@ -241,16 +257,39 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     ):
                         sealed.release()
 
-                for name, job in (("loop", in_loop), ("threads", in_threads), ("workers-pil", in_workers),
-                                  ("workers-raw", in_workers_raw)):
+                # Two baselines, as long as a round of the workers: the
+                # ticker alone, and beside one spinning process per worker at
+                # the workers' priority (what the machine's scheduler gives
+                # an event loop with every core busy, whatever the work).
+                round_time = len(pictures) / rate["workers-raw"]
+
+                async def idle() -> None:
+                    await trio.sleep(round_time)
+
+                async def spinning() -> None:
+                    await trio.sleep(round_time)
+
+                cases_gap = (("idle", idle), ("spinners", spinning), ("loop", in_loop), ("threads", in_threads),
+                             ("workers-pil", in_workers), ("workers-raw", in_workers_raw))
+                for name, job in cases_gap:
                     collected: list[float] = []
-                    for _ in range(args.rounds):
-                        ticker.gaps = []
-                        ticker.recording = True
-                        await job()
-                        ticker.stop()
-                        collected += ticker.gaps
-                        await trio.sleep(0.02)
+                    spinners = [] if name != "spinners" else [
+                        subprocess.Popen([sys.executable, "-c", SPIN, str(args.nice)])
+                        for _ in range(results["processes"])
+                    ]
+                    try:
+                        await trio.sleep(0.05)
+                        for _ in range(args.rounds):
+                            ticker.gaps = []
+                            ticker.recording = True
+                            await job()
+                            ticker.stop()
+                            collected += ticker.gaps
+                            await trio.sleep(0.02)
+                    finally:
+                        for spinner in spinners:
+                            spinner.kill()
+                            spinner.wait()
                     gaps[name] = gap_summary(collected)
                 nursery.cancel_scope.cancel()
             results["gaps"] = gaps
@@ -282,7 +321,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     rate = results["rate"]
     mp = args.width * args.height / 1e6
     print(f"image workers: {args.images} JPEGs of {args.width}x{args.height} RGB ({mp:.1f} MP), quality {args.quality},"
-          f" {results['workers'].processes} worker processes, {os.cpu_count()} CPUs, {args.rounds} rounds")
+          f" {results['workers'].processes} worker processes at nice +{args.nice}, {os.cpu_count()} CPUs,"
+          f" {args.rounds} rounds")
     print(f"other processes used {results['others']:.0%} of the machine's CPUs during the speed rounds")
     print("speed (encodes per second, median of rounds; x = median of each round against the thread round before it):")
     for name in ("thread", "workers-pil", "workers-raw"):
@@ -292,9 +332,9 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print("parent CPU per image (user + system, every thread of the server process):")
     for name, value in results["parent_cpu"].items():
         print(f"  {name:<12} {value * 1e3:8.2f} ms")
-    print("event loop gaps while they encode (1 ms ticker; max / p99 in ms):")
-    for name, (biggest, p99) in results["gaps"].items():
-        print(f"  {name:<12} {biggest:8.1f} / {p99:.1f}")
+    print("event loop gaps while they encode (1 ms ticker; max / p99 in ms, and how many of all passed 5 ms):")
+    for name, (biggest, p99, over, count) in results["gaps"].items():
+        print(f"  {name:<12} {biggest:8.1f} / {p99:.1f}   {over} of {count}")
     narrow, populated, kept = results["mapping"]
     mb = args.width * args.height * 3 / 1e6
     print(f"reaching every page of a {mb:.0f} MB source: mapped for the job {narrow * 1e3:.2f} ms"
@@ -313,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", type=int, default=85)
     parser.add_argument("--processes", type=int, default=None, help="worker processes (default: one per core)")
     parser.add_argument("--small", type=int, default=50, help="small images timed one at a time")
+    parser.add_argument("--nice", type=int, default=images.DEFAULT_NICE, help="the workers' nice increment")
     args = parser.parse_args(argv)
     report(args, trio.run(run, args))
 

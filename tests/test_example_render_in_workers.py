@@ -40,8 +40,8 @@ def test_the_image_workers_benchmark_runs_and_reports_every_figure() -> None:
         assert re.search(rf"  {case} +[\d.]+/s  x[\d.]+", out), (case, out)
     for case in ("workers-pil", "workers-raw"):
         assert re.search(rf"  {case} +[\d.]+ ms", out), (case, out)
-    for case in ("loop", "threads", "workers-pil", "workers-raw"):
-        assert re.search(rf"  {case} +[\d.]+ / [\d.]+", out), (case, out)
+    for case in ("idle", "spinners", "loop", "threads", "workers-pil", "workers-raw"):
+        assert re.search(rf"  {case} +[\d.]+ / [\d.]+   \d+ of \d+", out), (case, out)
     assert re.search(r"mapped for the job [\d.]+ ms \(with MAP_POPULATE [\d.]+ ms\), through the pool's mapping kept", out)
     assert re.search(r"in the loop [\d.]+ ms, through a worker [\d.]+ ms", out)
     assert result.stderr == ""
