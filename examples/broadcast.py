@@ -8,15 +8,20 @@ to the pool once the kernel is done with it.
 
 Options: ``--clients N`` (default 50), ``--kernel`` (default
 ``msg_zerocopy``, so that loopback, too, shows sends the kernel completes
-after ``send_lease`` returned; ``auto`` would simply copy to loopback peers).
+after ``send_lease`` returned; ``auto`` would simply copy to loopback peers),
+``--leave N`` (default 0): N of the clients leave part-way through the image
+-- in turn closing, resetting, or just no longer reading -- and the others
+still get it whole: a client that leaves ends its own send only.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import socket
 import struct
 import sys
+
 import numpy as np
 import trio
 from PIL import Image
@@ -27,6 +32,11 @@ from trio_zc import images
 # Each client gets a header (body length and the SHA-256 it must find), then the body.
 HEADER = struct.Struct("!Q32s")
 WIDTH, HEIGHT = 1280, 720
+#: A client that stops reading for this long is cut off (its connection reset,
+#: the memory it held back in the pool) rather than holding the broadcast up.
+SEND_TIMEOUT = 2.0
+#: How the clients given by --leave go away, in turn.
+LEAVING = ("close", "reset", "stop reading")
 
 
 def render() -> Image.Image:
@@ -58,6 +68,36 @@ async def client(port: int, results: list[bool]) -> None:
         results.append(hashlib.sha256(body).digest() == digest)
 
 
+async def leaving_client(port: int, how: str, done: trio.Event) -> None:
+    """A client that goes away part-way through the image: closes, resets, or stops reading."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        # A small receive buffer, so that it leaves before the image is all sent.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        if how == "stop reading":
+            await done.wait()  # connected, never reads; gone when the broadcast is over
+            return
+        await sock.recv(1000)
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def send_to(stream: trio_zc.ZeroCopyStream, header: bytes, sealed: trio_zc.SealedLease) -> bool:
+    """Send the header and the image to one client; False if that client went away.
+
+    A client that closes or resets its connection, or stops reading for
+    longer than send_timeout, makes only its own send raise
+    BrokenResourceError: the other sends go on.
+    """
+    try:
+        await stream.send_all(header)  # small: copied
+        await stream.send_lease(sealed)
+    except trio.BrokenResourceError:
+        return False
+    return True
+
+
 def describe(stats: trio_zc.PoolStatistics) -> str:
     return (
         f"{stats.free_bytes} of {stats.max_bytes} bytes free, {stats.sealed_leases} sealed,"
@@ -65,16 +105,21 @@ def describe(stats: trio_zc.PoolStatistics) -> str:
     )
 
 
-async def main(clients: int, kernel: str) -> int:
+async def main(clients: int, kernel: str, leave: int = 0) -> int:
     results: list[bool] = []
-    async with trio_zc.open_pool(max_bytes=8 << 20, kernel=kernel) as pool:
+    delivered: list[bool] = []
+    broadcast_done = trio.Event()
+    async with trio_zc.open_pool(max_bytes=8 << 20, kernel=kernel, send_timeout=SEND_TIMEOUT) as pool:
         # Everything below is bounded: a hang fails with TooSlowError instead.
         with trio.fail_after(60):
             listener = (await trio_zc.open_tcp_listeners(0, pool=pool, host="127.0.0.1"))[0]
             port = listener.listener.socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
-                for _ in range(clients):
-                    nursery.start_soon(client, port, results)
+                for index in range(clients):
+                    if index < leave:
+                        nursery.start_soon(leaving_client, port, LEAVING[index % len(LEAVING)], broadcast_done)
+                    else:
+                        nursery.start_soon(client, port, results)
                 # The broadcaster's side of every connection is a ZeroCopyStream on the pool.
                 streams: list[trio_zc.ZeroCopyStream] = []
                 async with listener:
@@ -86,8 +131,6 @@ async def main(clients: int, kernel: str) -> int:
                 sealed = await images.encode(pool, render(), "JPEG", quality=90)
                 digest = hashlib.sha256(sealed.view()).digest()
                 header = HEADER.pack(sealed.nbytes, digest)
-                for stream in streams:
-                    await stream.send_all(header)  # small: copied
 
                 # The same SealedLease to every stream at once. That is safe
                 # because a sealed lease is read-only (its pages are
@@ -95,9 +138,13 @@ async def main(clients: int, kernel: str) -> int:
                 # same time, and nobody can change the bytes under any of them.
                 # The lease counts its sends in flight: each send holds the
                 # memory until the kernel reports that send complete.
+                async def deliver(stream: trio_zc.ZeroCopyStream) -> None:
+                    delivered.append(await send_to(stream, header, sealed))
+
                 async with trio.open_nursery() as senders:
                     for stream in streams:
-                        senders.start_soon(stream.send_lease, sealed)
+                        senders.start_soon(deliver, stream)
+                broadcast_done.set()
                 # Every send_lease() returned: the kernel accepted every byte,
                 # but with zero-copy it may still be reading the memory.
                 in_flight = sealed.sends_in_flight
@@ -118,9 +165,13 @@ async def main(clients: int, kernel: str) -> int:
         after_close = pool.statistics()
 
     intact = sum(results)
+    stayed = clients - leave
     print(f"broadcast one {WIDTH}x{HEIGHT} JPEG ({nbytes} bytes) to {clients} clients"
           f" with kernel {after_close.kernel!r}")
-    print(f"{intact}/{clients} clients received intact copies (SHA-256)")
+    print(f"{intact}/{stayed} clients received intact copies (SHA-256)")
+    if leave:
+        print(f"{leave} clients left part-way ({', '.join(LEAVING)}, in turn):"
+              f" {delivered.count(False)} sends ended early, each on its own connection only")
     print(
         f"zero-copy: {sum(s.zerocopy_calls for s in sent)} calls,"
         f" {sum(s.completions for s in sent)} completions,"
@@ -138,7 +189,7 @@ async def main(clients: int, kernel: str) -> int:
     print(f"pool while the lease was held: {describe(before_release)}")
     print(f"pool right after release: {describe(at_release)}")
     print(f"pool after the streams closed: {describe(after_close)}")
-    ok = intact == clients and len(results) == clients
+    ok = intact == stayed and len(results) == stayed
     ok = ok and after_close.free_bytes == after_close.max_bytes and after_close.sends_in_flight == 0
     print("all memory back in the pool" if ok else "FAILED")
     return 0 if ok else 1
@@ -149,5 +200,8 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--kernel", default="msg_zerocopy",
                         choices=["auto", "msg_zerocopy", "io_uring", "sendfile", "copy"])
+    parser.add_argument("--leave", type=int, default=0, help="clients that leave part-way")
     args = parser.parse_args()
-    sys.exit(trio.run(main, args.clients, args.kernel))
+    if not 0 <= args.leave <= args.clients:
+        parser.error("--leave must be between 0 and --clients")
+    sys.exit(trio.run(main, args.clients, args.kernel, args.leave))

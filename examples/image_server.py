@@ -1,10 +1,11 @@
 """An HTTP/1.1 image server: h11 speaks the protocol, trio_zc sends the images.
 
 Run it with ``python examples/image_server.py --port 8080`` (serves on
-127.0.0.1 until Ctrl-C; needs h11, NumPy and Pillow), then open
-http://127.0.0.1:8080/. ``python examples/image_server.py --self-test``
-starts the server on a free loopback port, fetches pages and images from it
-with the standard library's HTTP clients, checks them and exits.
+127.0.0.1 until Ctrl-C; needs h11, NumPy and Pillow; ``--port 0`` picks a
+free port), then open http://127.0.0.1:8080/.
+``python examples/image_server.py --self-test`` starts the server on a free
+loopback port, fetches pages and images from it with the standard library's
+HTTP clients, checks them and exits.
 
 Routes: ``GET /`` (a small HTML page), ``GET /image/<n>.jpg`` (a generated
 image, encoded into a lease for each request), anything else 404.
@@ -13,6 +14,13 @@ h11 does no I/O: it turns events into bytes and bytes into events. That lets
 the server write the response head with ``send_all`` (a small copy) and the
 body with ``send_lease`` (no copy), while h11 still checks the framing: see
 :func:`send_image`.
+
+Clients come and go as they like: one that resets, closes mid-response or
+stops reading ends its own connection only. ``trio_zc.serve_tcp`` does that
+for the handler (it ends the connection whose own stream broke, and closes
+the stream when the handler returns); the handler's part is to bound how
+long a client may keep it waiting (``IDLE_TIMEOUT`` for reading, the pool's
+``send_timeout`` for writing) and to answer what it cannot parse with 400.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ MAX_RECEIVE = 64 * 1024
 #: How long a keep-alive connection may sit idle (or a request take to
 #: arrive) before the server closes it; bounds what a slow client can hold.
 IDLE_TIMEOUT = 20.0
+#: The longest one send may take: a client that stops reading is cut off
+#: after this (its connection reset, the memory it held back in the pool).
+SEND_TIMEOUT = 10.0
 IMAGE_PATH = re.compile(rb"/image/(\d+)\.jpg")
 
 
@@ -98,6 +109,7 @@ class ServerStats:
     requests: int = 0
     images: int = 0
     image_bytes: int = 0
+    bad_requests: int = 0
 
 
 async def next_event(conn: h11.Connection, stream: trio_zc.ZeroCopyStream) -> Any:
@@ -191,50 +203,59 @@ async def respond(
 async def handle_connection(
     stream: trio_zc.ZeroCopyStream, pool: trio_zc.BufferPool, stats: ServerStats
 ) -> None:
-    """One connection: requests one after another, for as long as both sides keep it alive."""
+    """One connection: requests one after another, for as long as both sides keep it alive.
+
+    No ``try``/``except`` for a client that goes away: its stream raises
+    BrokenResourceError, and ``trio_zc.serve_tcp`` ends this connection (and
+    only this one) when it does. serve_tcp also closes the stream when this
+    returns, waiting (boundedly) for the sends still in flight, so their
+    memory is never reused early.
+    """
     stats.connections += 1
     stats.open_connections += 1
     conn = h11.Connection(h11.SERVER)
     try:
-        # Closing the stream waits (boundedly) for the kernel to finish the
-        # sends still in flight, so their memory is never reused early.
-        async with stream:
-            while True:
-                try:
-                    event: Any = None
-                    with trio.move_on_after(IDLE_TIMEOUT):
-                        event = await next_event(conn, stream)
-                    if not isinstance(event, h11.Request):
-                        # Idle too long (event still None) or the client
-                        # closed the connection (ConnectionClosed).
-                        break
-                    await respond(conn, stream, pool, event, stats)
-                    # Read the rest of the request (a GET has no body, but
-                    # h11 wants EndOfMessage before it starts a new cycle).
+        while True:
+            try:
+                event: Any = None
+                with trio.move_on_after(IDLE_TIMEOUT):
+                    event = await next_event(conn, stream)
+                if not isinstance(event, h11.Request):
+                    # Idle too long (event still None) or the client
+                    # closed the connection (ConnectionClosed).
+                    return
+                await respond(conn, stream, pool, event, stats)
+                # Read the rest of the request (a GET has no body, but h11
+                # wants EndOfMessage before it starts a new cycle), within
+                # the same bound: a client trickling a body holds nothing long.
+                with trio.move_on_after(IDLE_TIMEOUT) as body_scope:
                     while type(event) is not h11.EndOfMessage:
                         event = await next_event(conn, stream)
                         if type(event) is h11.ConnectionClosed:
                             return
-                except h11.RemoteProtocolError as exc:
-                    # A malformed request: answer 400 if a response can still
-                    # be started, then close (h11 is in ERROR state now).
-                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        status = exc.error_status_hint
-                        await send_simple(conn, stream, status, "text/plain", b"bad request\n")
+                if body_scope.cancelled_caught:
                     return
-                # Keep-alive: both sides DONE means h11 may start over on the
-                # same connection. MUST_CLOSE (HTTP/1.0 client, "Connection:
-                # close") means the response was the last one.
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                else:
-                    break
+            except h11.RemoteProtocolError as exc:
+                # A malformed request: answer 400 if a response can still be
+                # started, then close (h11 is in ERROR state now).
+                stats.bad_requests += 1
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status = exc.error_status_hint
+                    await send_simple(conn, stream, status, "text/plain", b"bad request\n")
+                return
+            # Keep-alive: both sides DONE means h11 may start over on the
+            # same connection. MUST_CLOSE (HTTP/1.0 client, "Connection:
+            # close") means the response was the last one.
+            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+            else:
+                return
     finally:
         stats.open_connections -= 1
 
 
-async def serve(port: int) -> None:
-    async with trio_zc.open_pool(max_bytes=16 << 20) as pool:
+async def serve(port: int, send_timeout: float = SEND_TIMEOUT) -> None:
+    async with trio_zc.open_pool(max_bytes=16 << 20, send_timeout=send_timeout) as pool:
         stats = ServerStats()
         # Ctrl-C as a signal we wait for, rather than a KeyboardInterrupt
         # raised in whichever task runs: the server then stops by
@@ -250,7 +271,12 @@ async def serve(port: int) -> None:
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
-    print(f"stopped after {stats.requests} requests over {stats.connections} connections")
+    lost = sum(listener.statistics().connection_errors for listener in listeners)
+    print(
+        f"stopped after {stats.requests} requests over {stats.connections} connections"
+        f" ({stats.images} images, {stats.bad_requests} bad requests,"
+        f" {lost} connections ended by their client)"
+    )
 
 
 # -- self-test ------------------------------------------------------------------
@@ -319,7 +345,7 @@ def client_checks(port: int) -> list[str]:
 
 
 async def self_test() -> int:
-    async with trio_zc.open_pool(max_bytes=16 << 20) as pool:
+    async with trio_zc.open_pool(max_bytes=16 << 20, send_timeout=SEND_TIMEOUT) as pool:
         stats = ServerStats()
         # Bounded: the whole test must finish in well under a minute.
         with trio.fail_after(60):
@@ -362,10 +388,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     parser.add_argument("--self-test", action="store_true", help="serve on a free port, check, exit")
+    parser.add_argument("--send-timeout", type=float, default=SEND_TIMEOUT,
+                        help=f"cut off a client that stops reading after this many seconds (default {SEND_TIMEOUT})")
     args = parser.parse_args()
     if args.self_test:
         return trio.run(self_test)
-    trio.run(serve, args.port)
+    trio.run(serve, args.port, args.send_timeout)
     return 0
 
 

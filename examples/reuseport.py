@@ -25,6 +25,8 @@ import trio
 import trio_zc
 
 HEADER = struct.Struct("!I32sI")  # length, SHA-256, serving process id
+#: A client that stops reading for this long is cut off, its memory back in the pool.
+SEND_TIMEOUT = 10.0
 
 
 def listening_socket(port: int) -> trio.socket.SocketType:
@@ -37,22 +39,23 @@ def listening_socket(port: int) -> trio.socket.SocketType:
 
 async def worker_main(port: int, ready: multiprocessing.synchronize.Event) -> None:
     image = os.urandom(512 * 1024)  # stands in for a processed image
-    async with trio_zc.open_pool(max_bytes=32 * 2**20) as pool:
+    async with trio_zc.open_pool(max_bytes=32 * 2**20, send_timeout=SEND_TIMEOUT) as pool:
         sock = listening_socket(port)
         await sock.bind(("127.0.0.1", port))
         sock.listen(128)
         listener = trio_zc.ZeroCopyListener(trio.SocketListener(sock), pool=pool)
 
         async def handle(stream: trio_zc.ZeroCopyStream) -> None:
-            async with stream:
-                async with pool.lease(len(image)) as lease:
-                    lease.write(image)
-                    sealed = lease.seal()
-                    await stream.send_all(HEADER.pack(len(image), hashlib.sha256(image).digest(), os.getpid()))
-                    await stream.send_lease(sealed)
+            # No try/except for a client that goes away: trio_zc.serve_listeners
+            # ends that connection (and closes the stream) when its stream breaks.
+            async with pool.lease(len(image)) as lease:
+                lease.write(image)
+                sealed = lease.seal()
+                await stream.send_all(HEADER.pack(len(image), hashlib.sha256(image).digest(), os.getpid()))
+                await stream.send_lease(sealed)
 
         ready.set()
-        await trio.serve_listeners(handle, [listener])
+        await trio_zc.serve_listeners(handle, [listener])
 
 
 def worker(port: int, ready: multiprocessing.synchronize.Event) -> None:

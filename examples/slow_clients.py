@@ -68,7 +68,9 @@ async def main(stalled: int, timeout: float | None) -> int:
         async with trio.open_nursery() as nursery:
             listeners = await trio_zc.open_tcp_listeners(0, pool=pool, host="127.0.0.1")
             port = listeners[0].listener.socket.getsockname()[1]
-            nursery.start_soon(trio.serve_listeners, lambda s: handle(s, results), listeners)
+            # trio_zc.serve_listeners (not trio's): a client that resets or
+            # closes early ends its own connection, never the server.
+            nursery.start_soon(trio_zc.serve_listeners, lambda s: handle(s, results), listeners)
             sleepers = []
             for _ in range(stalled):
                 sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -431,6 +431,13 @@ async def _resize_adopted(c: Ctx) -> None:
     buffer.extend(b"more")
 
 
+async def _adopt_twice(c: Ctx) -> None:
+    buffer = bytearray(pattern(1000, 7))
+    c.track(c.pool.adopt(buffer), bytes(buffer))
+    await c.mark()
+    c.pool.adopt(memoryview(buffer)[10:20])
+
+
 async def _adopt_read_only(c: Ctx) -> None:
     data = pattern(SEALED_BYTES, 6)
     sealed = c.track(c.pool.adopt(data), data)
@@ -486,6 +493,18 @@ async def _serve_without_pool(c: Ctx) -> None:
         raise AssertionError("unreachable")
 
     await trio_zc.serve_tcp(handler, 0, pool=None, host="127.0.0.1")  # type: ignore[arg-type]
+
+
+async def _serve_plain_listeners(c: Ctx) -> None:
+    async def handler(stream: trio_zc.ZeroCopyStream) -> None:
+        raise AssertionError("unreachable")
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        await trio_zc.serve_listeners(handler, listeners)  # type: ignore[arg-type]
+    finally:
+        for listener in listeners:
+            await listener.aclose()
 
 
 def _photo(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Image.Image:
@@ -778,6 +797,9 @@ ROWS: list[Row] = [
     R("serve-tcp-pool-none", SOCKETS, "serving with no pool (no listener is left open)",
       "await trio_zc.serve_tcp(handler, 0, pool=None)",
       TE, "pool must be a BufferPool", _serve_without_pool, "tcp"),
+    R("serve-listeners-plain", SOCKETS, "serving Trio's own listeners (their streams would not be zero-copy)",
+      "await trio_zc.serve_listeners(handler, await trio.open_tcp_listeners(0))",
+      TE, "serve_listeners() takes ZeroCopyListener objects, not SocketListener", _serve_plain_listeners, "tcp"),
     # -- buffers --------------------------------------------------------------------
     R("adopt-str", BUFFERS, "adopting a str", "pool.adopt('pixels')",
       TE, "adopt() needs a buffer (bytes, bytearray, array, mmap), not str",
@@ -794,6 +816,9 @@ ROWS: list[Row] = [
     R("adopt-read-only", BUFFERS, "adopting read-only bytes (sending only reads them)",
       "await stream.send_lease(pool.adopt(b'...'))",
       None, "accepted: sent as they are", _adopt_read_only),
+    R("adopt-overlapping", BUFFERS, "adopting part of a buffer another live lease already adopted",
+      "pool.adopt(buffer); pool.adopt(memoryview(buffer)[10:20])",
+      VE, "already covers", _adopt_twice),
     R("resize-adopted", BUFFERS, "resizing a bytearray while it is adopted",
       "sealed = pool.adopt(buffer); buffer.extend(b'more')",
       BufferError, "Existing exports of data: object cannot be re-sized", _resize_adopted),

@@ -25,6 +25,18 @@ def test_send_images_example_verifies_every_image() -> None:
     assert "receiver verified 6/6 images (SHA-256)" in result.stdout
     assert "0 sends in flight" in result.stdout
     assert result.stderr == ""
+    # What was copied is told as it is: the headers, and the images the
+    # stream copied (all of them, to a peer on loopback under "auto").
+    sent = re.search(r"sent 6 images \(([\d.]+) MB\)", result.stdout)
+    copied = re.search(
+        r"copied at the send call: (\d+) bytes, the 6 headers \(288 bytes: send_all\(\) copies\)"
+        r" and (\d+) bytes of images",
+        result.stdout,
+    )
+    assert sent and copied, result.stdout
+    assert int(copied.group(1)) == 288 + int(copied.group(2))
+    if "the peer is on loopback" in result.stdout:
+        assert f"{int(copied.group(2)) / 1e6:.1f}" == sent.group(1)
 
 
 def test_the_example_application_tests_on_the_mock_kernel_pass() -> None:
@@ -65,6 +77,16 @@ def test_broadcast_example_sends_one_lease_to_every_client() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "50/50 clients received intact copies (SHA-256)" in result.stdout
     assert "pool after the streams closed: 8388608 of 8388608 bytes free" in result.stdout
+    assert "all memory back in the pool" in result.stdout
+    assert result.stderr == ""
+
+
+def test_broadcast_example_goes_on_when_clients_leave_part_way() -> None:
+    """Two clients close, two reset and two stop reading mid-image: the other 44 get it whole."""
+    result = run_example("broadcast.py", "--leave", "6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "44/44 clients received intact copies (SHA-256)" in result.stdout
+    assert "6 clients left part-way (close, reset, stop reading, in turn): 6 sends ended early" in result.stdout
     assert "all memory back in the pool" in result.stdout
     assert result.stderr == ""
 

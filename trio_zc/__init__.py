@@ -13,9 +13,11 @@ from ._errors import LeaseQuarantinedError as LeaseQuarantinedError
 from ._errors import LiveViewsError as LiveViewsError
 from ._errors import QuarantineWarning as QuarantineWarning
 from ._errors import StaleLeaseError as StaleLeaseError
+from ._highlevel import ListenerStatistics as ListenerStatistics
 from ._highlevel import ZeroCopyListener as ZeroCopyListener
 from ._highlevel import open_tcp_listeners as open_tcp_listeners
 from ._highlevel import open_tcp_stream as open_tcp_stream
+from ._highlevel import serve_listeners as serve_listeners
 from ._highlevel import serve_tcp as serve_tcp
 from ._lease import ReadOnlyBuffer as ReadOnlyBuffer
 from ._lease import SealedLease as SealedLease

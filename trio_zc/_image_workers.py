@@ -90,6 +90,7 @@ import attrs
 import trio
 
 from . import _image_worker
+from ._background import background_nursery
 from ._errors import ForeignLeaseError
 from ._lease import SealedLease, WritableLease, _Slot
 
@@ -97,9 +98,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ._pool import BufferPool
-
-if sys.version_info < (3, 11):  # pragma: no cover - the test environment is newer
-    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 try:
     import PIL
@@ -391,10 +389,15 @@ async def _paste_into(lease: WritableLease, image: Image.Image, mode: str) -> No
     try:
         for top in range(0, height, rows):
             bottom = min(height, top + rows)
-            with view[top * line : bottom * line] as part:
+            part = view[top * line : bottom * line]
+            strip = None
+            try:
                 strip = _core.map_buffer(part, (width, bottom - top), "raw", 0, (mode, 0, 1))
                 strip.paste(image.im, (0, -top, width, height - top))
+            finally:
+                # Whatever happened: no view of the lease outlives the copy.
                 del strip
+                part.release()
             await trio.lowlevel.checkpoint()
     finally:
         view.release()
@@ -641,7 +644,9 @@ class ImageWorkers:
                 await _paste_into(lease, image, mode)
                 owned = lease.seal()
             except BaseException:
-                lease.release()
+                # As a lease's scope gives it up: abandoned, not freed, if a
+                # view of it were still alive.
+                self._pool._release(lease._slot, "copying an image into it failed")
                 raise
             spec["layout"] = "core"
         else:
@@ -1142,30 +1147,19 @@ async def open_workers(
         raise TypeError(f"nice must be an int from 0 to 19, not {type(nice).__name__}")
     if not 0 <= nice <= 19:
         raise ValueError(f"nice must be from 0 to 19, not {nice}")
-    error: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            workers = ImageWorkers(pool, nursery, count, kill_on_cancel, tuple(preload), nice)
-            try:
-                await workers._start()
-                yield workers
-            finally:
-                with trio.CancelScope(shield=True):
-                    await workers._aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The nursery wraps what the block raised; the block's caller should
-        # see it as it was raised (tasks of ours never raise).
-        if len(group.exceptions) != 1:
-            raise
-        error = group.exceptions[0]
-    if error is not None:
-        # Raised here, outside the except block, so that its __context__ is
-        # not the group.
+    # A background nursery: an exception of the block comes out of
+    # open_workers as itself, never wrapped in an ExceptionGroup (its tasks
+    # -- replacing workers, finishing abandoned jobs -- never raise).
+    async with background_nursery() as nursery:
+        workers = ImageWorkers(pool, nursery, count, kill_on_cancel, tuple(preload), nice)
         try:
-            raise error
+            await workers._start()
+            yield workers
         finally:
-            error = None
+            # Every worker process reaped before the block ends, even when
+            # it was cancelled; then the nursery's tasks are cancelled.
+            with trio.CancelScope(shield=True):
+                await workers._aclose()
 
 
 from ._ki import protect_package as _protect_package

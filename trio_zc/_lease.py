@@ -246,6 +246,20 @@ class _Slot(Lifecycle):
             await trio.lowlevel.checkpoint()
 
 
+def exact_int(name: str, value: object, expected: str = "an int") -> int:
+    """*value*, an int but not a bool, as an exact :class:`int`; TypeError otherwise.
+
+    A subclass of int is taken at its value: its own comparisons and
+    arithmetic, which could say anything (or call back into the lease),
+    never decide a bound. The type is checked with ``type()``, which an
+    object cannot fake, unlike ``isinstance`` (``__class__``).
+    """
+    kind = type(value)
+    if not issubclass(kind, int) or issubclass(kind, bool):
+        raise TypeError(f"{name} must be {expected}, not {kind.__name__}")
+    return int.__index__(value)  # type: ignore[arg-type]
+
+
 def _check_shape(shape: object) -> tuple[int, ...]:
     # Any integer operator.index takes (NumPy's int64 too), but not a bool,
     # which is an int to Python and never meant as a size.
@@ -353,7 +367,14 @@ class WritableLease:
                     f" the lease holds {slot.capacity}"
                 )
             view = slot.new_view()
-        array: numpy.typing.NDArray[Any] = numpy.frombuffer(view, dtype=dt, count=count)
+        try:
+            array: numpy.typing.NDArray[Any] = numpy.frombuffer(view, dtype=dt, count=count)
+        except BaseException:
+            # NumPy refused (an object or zero-size dtype): the application
+            # never gets this view, so it must not count as alive -- the
+            # exception's traceback keeps this frame, and the view, alive.
+            view.release()
+            raise
         return array.reshape(dims)
 
     def write(self, data: Any, offset: int = 0) -> int:
@@ -362,28 +383,34 @@ class WritableLease:
         Returns the offset just past what was written, so writes chain.
         Leaves no view behind. Safe from any thread (see the class docs).
         """
-        if offset.__class__ is not int:
-            if not isinstance(offset, int) or isinstance(offset, bool):
-                raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if type(offset) is not int:
+            offset = exact_int("offset", offset)
         slot = self._slot
-        # The state is checked and the bytes copied under the lease's lock:
-        # a seal or release in another thread cannot fall between the two.
-        with slot.lock:
-            if slot.state is not _WRITABLE:
-                self._live()  # raises
-            if data.__class__ is bytes and offset == slot.clean:
-                # The common case (an image written whole, or in order, from
-                # bytes): nothing to clear and nothing to cast.
-                end = offset + len(data)
-                if end > slot.capacity:
-                    raise ValueError(
-                        f"writing {len(data)} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
-                    )
-                start = slot.offset + offset
-                slot.pool._arena.rw[start : start + len(data)] = data
-                slot.clean = end
-                return end
-            with memoryview(data) as src:
+        # The source's buffer is taken before the lease's lock: taking it may
+        # run the application's code (a class's __buffer__, Python 3.12+),
+        # which could call back into this lease -- under the lock, a hang.
+        src = None if type(data) is bytes else memoryview(data)
+        try:
+            # The state is checked and the bytes copied under the lease's lock:
+            # a seal or release in another thread cannot fall between the two.
+            with slot.lock:
+                if slot.state is not _WRITABLE:
+                    self._live()  # raises
+                if src is None:
+                    if offset == slot.clean:
+                        # The common case (an image written whole, or in order,
+                        # from bytes): nothing to clear and nothing to cast.
+                        end = offset + len(data)
+                        if end > slot.capacity:
+                            raise ValueError(
+                                f"writing {len(data)} bytes at offset {offset} overruns the lease"
+                                f" ({slot.capacity} bytes)"
+                            )
+                        start = slot.offset + offset
+                        slot.pool._arena.rw[start : start + len(data)] = data
+                        slot.clean = end
+                        return end
+                    src = memoryview(data)  # bytes: no application code runs
                 n = src.nbytes
                 if offset < 0 or offset + n > slot.capacity:
                     raise ValueError(
@@ -400,6 +427,9 @@ class WritableLease:
                 if offset + n > slot.clean:
                     slot.clean = offset + n
             return offset + n
+        finally:
+            if src is not None:
+                src.release()  # outside the lock too (__release_buffer__)
 
     def seal(self, nbytes: int | None = None) -> SealedLease:
         """Make the lease read-only and sendable; this handle goes stale.
@@ -421,10 +451,11 @@ class WritableLease:
             pool._wrong_thread("WritableLease.seal()")
         if nbytes is None:
             nbytes = slot.capacity
-        elif not isinstance(nbytes, int) or isinstance(nbytes, bool):
-            raise TypeError(f"nbytes must be an int or None, not {type(nbytes).__name__}")
-        elif not 0 < nbytes <= slot.capacity:
-            raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
+        else:
+            if type(nbytes) is not int:
+                nbytes = exact_int("nbytes", nbytes, "an int or None")
+            if not 0 < nbytes <= slot.capacity:
+                raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
         lock = slot.lock
         if not lock.acquire(blocking=False):
             raise trio.BusyResourceError(
