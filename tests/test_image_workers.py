@@ -678,6 +678,8 @@ def test_workers_are_started_processes_not_forks() -> None:
         async with trio_zc.open_pool(max_bytes=1 * MiB) as pool:
             async with images.open_workers(pool, 1) as workers:
                 (pid,) = workers.statistics().pids
+                image = photo()
+                assert await encoded(workers, image, "PNG") == saved(image, "PNG")
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     argv = [part.decode() for part in f.read().split(b"\0") if part]
                 maps = pathlib.Path(f"/proc/{pid}/maps").read_text()
@@ -687,6 +689,7 @@ def test_workers_are_started_processes_not_forks() -> None:
     argv, maps, nice = trio.run(main)
     assert argv[0] == sys.executable and argv[1:3] == ["-I", "-c"]
     assert nice == os.getpriority(os.PRIO_PROCESS, 0) + images.DEFAULT_NICE
-    # Its mappings of the pool: the read-only one of the whole pool, no other.
+    # Its mappings of the pool, after a job: the read-only one of the whole
+    # pool, and no other (the job's writable mapping of its lease is gone).
     pool_maps = [line for line in maps.splitlines() if "trio_zc-arena" in line]
     assert len(pool_maps) == 1 and pool_maps[0].split()[1].startswith("r--s"), pool_maps

@@ -415,6 +415,11 @@ class ImageWorkers:
     finishes the job in the background (its result is thrown away) or, with
     ``kill_on_cancel=True``, is killed and replaced; either way the lease it
     writes stays held until it is done or reaped.
+
+    While a worker reads a source lease, the lease counts one send in
+    flight (:attr:`PoolStatistics.sends_in_flight
+    <trio_zc.PoolStatistics.sends_in_flight>`): released meanwhile, it
+    drains, and goes back to the pool when the worker is done with it.
     """
 
     def __init__(
