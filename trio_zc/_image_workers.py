@@ -464,9 +464,9 @@ class ImageWorkers:
         :class:`RawImage` (read from its lease, no copy) or a PIL image,
         whose pixels the parent copies once into a lease, a strip at a time
         (about 2.5 ms of the event loop's time for 12 MP RGB, in steps of
-        0.1 ms): its pixels, mode, size, palette and ``info``
-        travel, as when Pillow pickles an image; attributes of an opened
-        file that ``info`` does not hold (the JPEG tables that
+        0.1 ms): its pixels (the current frame), mode, size, palette and
+        ``info`` travel, as when Pillow pickles an image; attributes of an
+        opened file that ``info`` does not hold (the JPEG tables that
         ``quality="keep"`` reuses) do not. A lazily opened image is loaded
         first, in the event loop: decode files with :meth:`decode`.
 
