@@ -1116,10 +1116,10 @@ async def open_workers(
     process's (an ``os.nice`` increment): when the event loop wakes up with
     every core encoding, it gets a CPU at once. The price: on a machine
     busy with other processes, the workers get less of it; 0 makes them
-    compete as equals. Each worker keeps up to 8 of Pillow's freed memory
-    blocks (16 MiB each) for the next image, which saves a third of a
-    12 MP encode's time; ``PILLOW_BLOCKS_MAX`` in the environment sets
-    another number.
+    compete as equals. A worker takes about 15 MB of memory at rest, and
+    keeps up to 8 of Pillow's freed memory blocks (16 MiB each) for the
+    next image, which saves a third of a 12 MP encode's time;
+    ``PILLOW_BLOCKS_MAX`` in the environment sets another number.
 
     With *kill_on_cancel*, a cancelled call kills its worker (a new one is
     started) instead of letting it finish the job in the background.
