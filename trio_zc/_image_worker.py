@@ -39,8 +39,8 @@ lease's pages and no others.
 
 Sources are read through one read-only mapping of the whole pool, made at
 the hello and kept: mapping each source's range for its job alone costs the
-page-table work again every job (3.3 ms for a 36 MB source, a tenth of a
-12 MP JPEG encode; ``benchmarks/image_workers.py`` measures it), and a
+page-table work again every job (3.5 to 4 ms for a 36 MB source, a tenth of
+a 12 MP JPEG encode; ``benchmarks/image_workers.py`` measures it), and a
 read-only mapping cannot write into another image whatever its size: a
 stray write faults there as it would in a narrow one.
 """

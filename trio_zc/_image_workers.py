@@ -38,8 +38,8 @@ How a job goes (the worker's side is in :mod:`trio_zc._image_worker`):
    no copy). While the worker reads it, the source counts as a
    send in flight of its lease: releasing the lease meanwhile leaves it
    draining, not free, until the worker answers (or is reaped).
-2. The worker maps that range read-only, does the work into its own memory,
-   unmaps it and says how many bytes the result needs.
+2. The worker reads that range, does the work into its own memory, drops
+   its views of the source and says how many bytes the result needs.
 3. The parent leases exactly that and holds the lease's writer lock
    (``_Slot.lock``, see "Threads" in ``_lease.py``) while the worker maps the
    lease read-write and copies the result in. Only when the worker says it
@@ -47,10 +47,9 @@ How a job goes (the worker's side is in :mod:`trio_zc._image_worker`):
 
 Why the result is made in the worker's memory first, and copied into an
 exact lease, rather than encoded straight into a lease of a guessed size:
-the pool's memory is held only for the copy (about a millisecond for a
-5 MB JPEG), not for the whole encode (1.4 s for a 12 MP WebP), and never
-more than the image needs. The copy is the worker's: the server process
-copies nothing.
+the pool's memory is held only for the copy (0.8 ms for a 5 MB JPEG),
+not for the whole encode (1.4 s for a 12 MP WebP), and never more than the
+image needs. The copy is the worker's: the server process copies nothing.
 
 Why the lock: it is the lease's existing "another writer is still at it"
 mechanism. While it is held, ``seal()`` and ``release()`` refuse, and the
@@ -60,13 +59,17 @@ the lock is free. A second flag would have to be taught to all of those.
 The lock is released only when the worker said it is done, or after its
 process was reaped: memory a worker may still write never goes back.
 
-Why narrow mappings: a worker maps only the ranges of its current job (the
-source read-only, the result's lease read-write, only for the copy), so a
-stray write in native code faults instead of landing in another image in
-flight. It costs page-table work per job: about 2 ms for a 36 MB source
-(0.2 us a page), measured by benchmarks/image_workers.py. A worker holds the
-memfd itself, though, so this guards against accidents, not against a
-worker taken over by a hostile image.
+What a worker maps: the whole pool read-only, once, kept for its life
+(sources are read there), and a lease read-write only for the copy of a
+result into it, that lease's pages alone. Nothing it maps writable outlives
+a job, so a stray write in native code (a codec's bug) faults instead of
+landing in another image in flight; a read-only mapping cannot write
+whatever its size. Mapping each source's range for its job alone would cost
+the page-table work again every job: 3.5 to 4 ms for a 36 MB source against
+0.1 ms through the kept mapping, a tenth of a 12 MP JPEG encode (measured
+by benchmarks/image_workers.py). A worker holds the memfd itself, though,
+so all this guards against accidents, not against a worker taken over by a
+hostile image.
 """
 
 from __future__ import annotations
