@@ -21,9 +21,9 @@ typecheck: $(STAMP)
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mypy --config-file tests/typing/mypy.ini tests/typing
 
-# The documentation, built with warnings as errors.
+# The documentation, built with warnings as errors and every cross-reference checked (-n), offline.
 docs: $(STAMP)
-	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(BIN)/python -m sphinx -n -W --keep-going -q -b html docs docs/_build/html
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
