@@ -126,6 +126,16 @@ def test_wheel_built_from_the_sdist_installs_and_the_sdists_tests_pass(
         assert b"MIT License" in zf.read(license_file)
         # Only the package: no tests, docs or examples at the top of site-packages.
         assert {n.split("/")[0] for n in names} == {"trio_zc", license_file.split("/")[0]}
+    # README and the tutorial name the wheel a newcomer gets.
+    for page in ("README.md", "docs/tutorial.rst"):
+        assert f"dist/{wheel.name}[images]" in (ROOT / page).read_text(), page
+    # `pip wheel` (the other way they give) builds the same files.
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", tmp_path / "pip-wheel", tree)
+    (other,) = (tmp_path / "pip-wheel").glob("*.whl")
+    assert other.name == wheel.name
+    with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(other) as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
     python = _throwaway_venv(tmp_path / "venv", _dependencies_view(tmp_path))
     _pip_install(python, wheel)
     # -P: the unpacked tree (the working directory) must not shadow the installed package.
@@ -134,7 +144,8 @@ def test_wheel_built_from_the_sdist_installs_and_the_sdists_tests_pass(
     # The sdist's own tests, from the unpacked tree, on the installed wheel (a fast subset).
     output = _run(
         python, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-        "tests/test_lifecycle.py", "tests/test_lease.py", "tests/test_examples.py", "-m", "not slow",
+        "tests/test_lifecycle.py", "tests/test_lease.py", "tests/test_examples.py", "tests/test_docs.py",
+        "-m", "not slow",
         cwd=tree,
     )
     assert " passed" in output and "failed" not in output and "error" not in output.lower(), output
