@@ -30,11 +30,15 @@ pytest: $(STAMP)
 
 venv: $(STAMP)
 
+# setuptools announces every editable install with a ten-line banner that asks
+# nothing of anyone; it was most of what a first `make demo` printed.
+EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
+
 # Reinstall whenever the project's metadata changes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,images]'
+	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e '.[dev,images]'
 	touch $(STAMP)
 
 clean:

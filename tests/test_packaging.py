@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.parser
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import sysconfig
@@ -27,14 +28,19 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def _run(*args: str | os.PathLike[str], cwd: pathlib.Path | None = None, timeout: float = 300) -> str:
+def _run(
+    *args: str | os.PathLike[str],
+    cwd: pathlib.Path | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> str:
     result = subprocess.run(
         [os.fspath(a) for a in args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{output}"
@@ -65,11 +71,12 @@ def _throwaway_venv(where: pathlib.Path, deps: pathlib.Path) -> pathlib.Path:
     return python
 
 
-def _pip_install(python: pathlib.Path, *args: str | os.PathLike[str]) -> str:
+def _pip_install(python: pathlib.Path, *args: str | os.PathLike[str], env: dict[str, str] | None = None) -> str:
     # This environment's pip, installing into the throwaway one.
     return _run(
         sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--no-deps", "--no-build-isolation",
         *args,
+        env=env,
     )
 
 
@@ -164,7 +171,12 @@ def test_install_from_a_checkout_plain_and_editable(
     (tmp_path / "first.py").write_text(program)
     assert "bytes ready to send" in _run(plain, "-P", tmp_path / "first.py", cwd=tmp_path)
     editable = _throwaway_venv(tmp_path / "editable", deps)
-    _pip_install(editable, "-e", tree)
+    # As `make venv` installs: without setuptools' banners (the license's deprecation,
+    # which setuptools>=77 and the SPDX form end, and the editable install's).
+    quiet = re.search(r'^EDITABLE_QUIET := PYTHONWARNINGS="([^"]+)"$', (tree / "Makefile").read_text(), re.M)
+    assert quiet is not None
+    output = _pip_install(editable, "-e", tree, env={"PYTHONWARNINGS": quiet.group(1)})
+    assert "Warning" not in output and "!!" not in output, output
     where = _run(editable, "-c", "import trio_zc; print(trio_zc.__file__)", cwd=tmp_path)
     assert pathlib.Path(where.strip()) == tree / "trio_zc" / "__init__.py"
     # The CLI works outside a checkout, from the installed package.
