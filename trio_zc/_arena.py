@@ -76,6 +76,26 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 Exporter = ctypes.Array[ctypes.c_char]
 
 
+def _map_read_only(fd: int, size: int) -> mmap.mmap:
+    """A shared, read-only mapping of the memfd *fd* that can never become writable.
+
+    Mapped from a descriptor opened read-only (the memfd reopened through
+    ``/proc/self/fd``): a read-only mapping of the read-write descriptor
+    could still be made writable (``mprotect``), and its ``mmap`` object --
+    the ``obj`` of every sealed view -- could punch the pool's pages out
+    with ``madvise(MADV_REMOVE)``, turning images in flight into zeros.
+    Without procfs it falls back to the read-write descriptor.
+    """
+    try:
+        ro_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # pragma: no cover - no procfs
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    try:
+        return mmap.mmap(ro_fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    finally:
+        os.close(ro_fd)  # the mmap object keeps a duplicate of its own
+
+
 class Arena:
     """A memfd of *size* bytes (a multiple of the page size), mapped read-write."""
 
@@ -91,7 +111,7 @@ class Arena:
             # arena unsafe (see _thp.py). Sizes the settings force anyway are
             # handled by aligning leases to them.
             self._map.madvise(mmap.MADV_NOHUGEPAGE)
-            self._ro_map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            self._ro_map = _map_read_only(self.fd, size)
             self._ro_map.madvise(mmap.MADV_NOHUGEPAGE)
         except BaseException:
             if hasattr(self, "_map"):
@@ -166,6 +186,10 @@ class Arena:
             del self._ro_map, ro_map
         os.close(self.fd)
         self._fd_open = False
+        if not self.ranges():
+            # Nothing of it is mapped any more: forget it now, or a process
+            # that opens and closes pools would keep every closed arena.
+            _MAPPED.pop(id(self), None)
 
     def ranges(self) -> list[tuple[int, int]]:
         """The address ranges ``[start, end)`` of the arena's mappings that still exist."""

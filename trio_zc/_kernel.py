@@ -233,6 +233,14 @@ class Kernel(abc.ABC):
     #: Whether a pool took this kernel (see :meth:`claim`).
     _claimed: bool = False
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # A copy would share the original's connections, epoll or ring while
+        # passing claim() on its own: two pools on one kernel, each closing
+        # (and resetting) the other's connections. deepcopy and pickle too.
+        raise TypeError(
+            f"a {type(self).__name__} cannot be copied or pickled: make a new one for each pool"
+        )
+
     def claim(self) -> None:
         """Take this kernel for the pool being opened; refused if any pool ever had it.
 

@@ -67,6 +67,17 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return f"not a TCP socket (family {sock.family.name})"
         try:
+            if sock.getsockopt(socket.SOL_SOCKET, SO_ZEROCOPY):
+                # Someone else turned it on: another stream over a duplicate
+                # of this descriptor, or the application's own MSG_ZEROCOPY
+                # sends. The completion counter is per socket, not per
+                # descriptor: it may not start at 0, and another reader of
+                # the error queue may take our completions (or we theirs),
+                # which would free memory the kernel still reads.
+                return (
+                    "SO_ZEROCOPY was already on for this socket (a duplicate descriptor, or"
+                    " zero-copy sends of its own): its completion counter is not this stream's"
+                )
             sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
         except OSError as exc:
             if exc.errno in _UNSUPPORTED:
@@ -77,7 +88,10 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
     # -- completions ------------------------------------------------------------
 
     def before_wait(self) -> None:
-        self.drain()
+        if self.unavailable is None:
+            # Only a channel that sends zero-copy reads the error queue: on a
+            # socket shared with another stream the records are that one's.
+            self.drain()
 
     def read_records(self) -> Iterator[tuple[Ancdata, bool]]:
         while True:

@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import attrs
 import trio
@@ -35,7 +35,7 @@ from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._choice import make_kernel
 from ._kernel import Kernel
-from ._lease import SealedLease, WritableLease, _Slot
+from ._lease import SealedLease, WritableLease, _Slot, adopted_memory, exact_int
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -54,6 +54,7 @@ _SWEEP_INTERVAL: Final = 0.05
 # Memory the kernel may still read when its pool closed: kept alive (mapped)
 # for the life of the process, because nobody will ever say it is free.
 _graveyard: list[object] = []
+
 
 # Pools not yet closed, for the fork handler below.
 _open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
@@ -129,28 +130,37 @@ class LeaseScope:
     # A plain class rather than @asynccontextmanager: this runs once per
     # image, and a generator-based context manager costs several
     # microseconds more per use.
-    __slots__ = ("_pool", "_nbytes", "_schedule", "_slot")
+    __slots__ = ("_pool", "_nbytes", "_schedule", "_slot", "_entering")
 
     def __init__(self, pool: BufferPool, nbytes: int, schedule: bool) -> None:
         self._pool = pool
         self._nbytes = nbytes
         self._schedule = schedule
         self._slot: _Slot | None = None
+        # Set from the start of __aenter__: a second task entering the same
+        # scope while the first waits for its lease would otherwise get a
+        # lease of its own, and one of the two would never be released.
+        self._entering = False
 
     async def __aenter__(self) -> WritableLease:
-        if self._slot is not None:
+        if self._slot is not None or self._entering:
             raise RuntimeError("this pool.lease() scope was already entered; call pool.lease() again")
+        self._entering = True
         # BufferPool.acquire() inlined (nbytes was checked by pool.lease()):
         # a second coroutine per image costs more than these lines.
         pool = self._pool
-        if pool._closed:
-            pool._check_open()  # raises
-        await trio.lowlevel.checkpoint_if_cancelled()
-        lease = pool._take(self._nbytes)
-        if lease is None:
-            lease = await pool._wait_for(self._nbytes)
-        elif self._schedule:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+        try:
+            if pool._closed:
+                pool._check_open()  # raises
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lease = pool._take(self._nbytes)
+            if lease is None:
+                lease = await pool._wait_for(self._nbytes)
+            elif self._schedule:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        except BaseException:
+            self._entering = False  # nothing was taken: the scope may be entered again
+            raise
         self._slot = lease._slot
         return lease
 
@@ -207,6 +217,8 @@ class BufferPool:
         self._thread = threading.get_ident()
         #: Set in a forked child: why nothing of this pool may be used there.
         self._forked: str | None = None
+        #: Leases whose memory could not be made writable again (protect_sealed).
+        self._unprotectable: list[str] = []
         _open_pools.add(self)
         # Defaults for the pool's streams (see open_pool).
         self._send_timeout: float | None = None
@@ -215,6 +227,13 @@ class BufferPool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<trio_zc.BufferPool {state}, {self._arena.size} bytes>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # copy.copy() would make a second pool object over the same arena,
+        # allocator and leases, with a "closed" flag of its own: after the
+        # pool's block ended it would still hand out leases of unmapped (or
+        # remapped) memory. copy.deepcopy() and pickle end here too.
+        raise TypeError("a BufferPool cannot be copied or pickled: it owns its memory; pass the pool itself")
 
     # -- checks -------------------------------------------------------------
 
@@ -241,12 +260,15 @@ class BufferPool:
         for slot in self._slots.values():
             slot.stale_reason = self._forked
             slot.fork()
+            # A lock held by a thread of the parent (a write in progress at
+            # the fork) would stay held for ever here, where that thread does
+            # not exist: write() and view() would hang instead of refusing.
+            slot.lock = threading.Lock()
         self._slots.clear()
         self._abandoned.clear()
 
     def _check_nbytes(self, nbytes: object) -> int:
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
-            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        nbytes = exact_int("nbytes", nbytes)
         if nbytes <= 0:
             raise ValueError(f"nbytes must be positive, not {nbytes}")
         if nbytes > self._arena.size:
@@ -319,8 +341,8 @@ class BufferPool:
         (see the "tight send loops" recipe). Never use it in a loop that
         has no other checkpoint.
         """
-        if self._closed or nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
-            # The checks with their messages (an int subclass passes them).
+        if self._closed or type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
+            # The checks with their messages (an int subclass passes them, at its value).
             self._check_open()
             nbytes = self._check_nbytes(nbytes)
         if schedule.__class__ is not bool:
@@ -366,8 +388,8 @@ class BufferPool:
         """
         if schedule.__class__ is not bool:
             raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
-        if nbytes.__class__ is not int or not 0 < nbytes <= self._arena.size:
-            nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes)
+        if type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
+            nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes, at its value)
         return LeaseScope(self, nbytes, schedule)
 
     def adopt(self, buffer: Any) -> SealedLease:
@@ -386,6 +408,10 @@ class BufferPool:
         it after the first one gave it back. It raises :class:`ValueError`;
         send the lease itself, or part of it with
         :meth:`ZeroCopyStream.send_lease`'s *offset* and *nbytes*.
+
+        The same memory may be adopted more than once (by this pool or
+        another): :meth:`SealedLease.wait_reusable` of any of those leases
+        returns only once no lease over that memory has a send in flight.
         """
         self._check_open()
         if threading.get_ident() != self._thread:
@@ -401,17 +427,20 @@ class BufferPool:
                 raise ValueError("adopt() needs a C-contiguous buffer; this one is strided")
             if view.nbytes == 0:
                 raise ValueError("adopt() needs a non-empty buffer")
-            if overlaps_arena(buffer_address(view), view.nbytes):
+            address = buffer_address(view)
+            if overlaps_arena(address, view.nbytes):
                 raise ValueError(
                     "adopt() cannot take pool memory (a view of a lease): the lease it belongs to"
                     " decides when that memory is reused. Send that lease instead, or a part of"
                     " it with send_lease(lease, offset, nbytes)"
                 )
+            immutable = type(view.obj) is bytes
             # Read-only: the sealed handle never writes, and neither may
             # anything reached through it (SealedLease.view().obj).
             with view.cast("B") as flat:
                 readonly = flat.toreadonly()
         slot = _Slot(self, 0, readonly.nbytes, readonly)
+        adopted_memory.add(slot, address, immutable)
         self._slots[slot.id] = slot
         self._leases_total += 1
         return SealedLease(slot)
@@ -459,6 +488,8 @@ class BufferPool:
         self._sends_in_flight -= 1
         if slot.state in TERMINAL_STATES:
             self._settle(slot)
+        elif slot.idle is not None and not slot.inflight:
+            slot.idle.set()  # an overlapping adopted lease's wait_reusable() waits for this
         if self._sends_in_flight == 0 and self._drained is not None:
             self._drained.set()
 
@@ -468,6 +499,7 @@ class BufferPool:
             return
         if slot.state is LeaseState.FREE:
             if slot.adopted is not None:
+                adopted_memory.discard(slot)
                 slot.adopted.release()
             elif not self._arena.closed:
                 # Free memory keeps its bytes: the next lease clears what
@@ -475,7 +507,18 @@ class BufferPool:
                 # (see _Slot.clean), which costs nothing when the whole
                 # lease is written with write().
                 if self._protect_sealed and slot.sealed:
-                    self._arena.protect(slot.offset, slot.block_length, writable=True)
+                    try:
+                        self._arena.protect(slot.offset, slot.block_length, writable=True)
+                    except OSError as exc:
+                        # The process has no memory-map area to spare
+                        # (vm.max_map_count): the pages stay read-only, so
+                        # they cannot be handed out. Withheld for good,
+                        # counted as quarantined, and said at close.
+                        self._quarantined_leases += 1
+                        self._quarantined_bytes += slot.block_length
+                        self._unprotectable.append(f"{slot.describe()}: {exc}")
+                        slot.wake_reusable()
+                        return
                 if slot.needs_punch:
                     # A socket may still hold these pages (sendfile): give
                     # them up and let the next writer fault in fresh zero
@@ -597,6 +640,15 @@ class BufferPool:
                     ),
                     stacklevel=4,
                 )
+            if self._unprotectable:
+                warnings.warn(
+                    QuarantineWarning(
+                        f"{len(self._unprotectable)} released lease(s) could not be made writable"
+                        " again (protect_sealed; the process ran out of memory-map areas,"
+                        f" vm.max_map_count): that memory was withheld: {self._unprotectable[0]}"
+                    ),
+                    stacklevel=4,
+                )
             if inflight:
                 warnings.warn(
                     QuarantineWarning(
@@ -651,13 +703,36 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
+def _map_areas() -> tuple[int, int]:
+    """The process's memory-map areas and the most it may have (0, 0 where unknown)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f), limit
+    except (OSError, ValueError):
+        return 0, 0
+
+
 def _cannot_map(size: int, exc: OSError) -> OSError:
     """What to raise when the arena of *size* bytes could not be made: which limit was hit."""
     soft_as = resource.getrlimit(resource.RLIMIT_AS)[0]
     if exc.errno == errno.ENOMEM:
-        why = "more address space than this process has free"
-        if soft_as != resource.RLIM_INFINITY:
-            why += f" (its RLIMIT_AS is {soft_as} bytes)"
+        map_areas, max_map_count = _map_areas()
+        if max_map_count and map_areas >= max_map_count - 2:
+            # Out of memory-map areas (an arena takes two), not of memory.
+            why = f"the process already has as many memory mappings as vm.max_map_count allows ({max_map_count})"
+        else:
+            why = "more address space than this process has free"
+            if soft_as != resource.RLIM_INFINITY:
+                why += f" (its RLIMIT_AS is {soft_as} bytes)"
+    elif exc.errno == errno.EMFILE:
+        why = (
+            "no file descriptor left for the pool's memory"
+            f" (RLIMIT_NOFILE: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        )
+    elif exc.errno == errno.ENFILE:
+        why = "the system's table of open files is full"
     elif exc.errno == errno.EFBIG:
         why = f"larger than the files this process may make (RLIMIT_FSIZE: {resource.getrlimit(resource.RLIMIT_FSIZE)[0]})"
     else:

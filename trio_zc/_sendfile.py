@@ -45,7 +45,7 @@ class SendfileChannel(SocketChannel):
 
     async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
-        arena_fd = slot.pool._arena.fd
+        arena = slot.pool._arena
         offset = slot.offset + start
         total = len(data)
         sent = 0
@@ -59,8 +59,17 @@ class SendfileChannel(SocketChannel):
                 # After a wait, another task may have closed the stream, and
                 # the descriptor number may be another connection's by now.
                 self.check_open()
+                if arena.closed:
+                    # Likewise the pool's block may have ended (its drain
+                    # deadline passed while this send waited for the peer):
+                    # the memfd is closed, and its number may name another
+                    # file by now -- another pool's memory, say.
+                    raise trio.ClosedResourceError(
+                        "the stream's pool closed while this send waited; the rest of the lease"
+                        " was not sent"
+                    )
                 try:
-                    n = os.sendfile(self.fd, arena_fd, offset + sent, total - sent)
+                    n = os.sendfile(self.fd, arena.fd, offset + sent, total - sent)
                 except BlockingIOError:
                     await self.wait_writable()
                     waited = True

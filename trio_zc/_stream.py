@@ -9,15 +9,16 @@ kernel through a :class:`~trio_zc._kernel.Channel`.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
-from ._lease import SealedLease, WritableLease, _Slot
+from ._lease import SealedLease, WritableLease, _Slot, exact_int
 from ._lifecycle import LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -103,9 +104,7 @@ def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
 
 
 def _index(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
+    return value if type(value) is int else exact_int(name, value)
 
 
 class ZeroCopyStream(trio.abc.HalfCloseableStream):
@@ -190,6 +189,12 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         state = "closed" if self._closed else "open"
         return f"<trio_zc.ZeroCopyStream {state}, kernel {self._pool._kernel.name!r}>"
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # A copy would share the connection but not the check that refuses
+        # two sends at once (the bytes of two images would interleave) nor
+        # the closed flag. copy.deepcopy() and pickle end here too.
+        raise TypeError("a ZeroCopyStream cannot be copied or pickled: it owns its connection")
+
     @property
     def pool(self) -> BufferPool:
         """The pool whose leases this stream sends."""
@@ -236,6 +241,22 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
     def max_in_flight(self, value: int) -> None:
         self._max_in_flight = _check_max_in_flight(value)
 
+    def _check_not_forked(self) -> None:
+        """Refuse in a process forked from the stream's (rule 8 of the life cycle).
+
+        The child shares the connection with its parent, and with it the
+        socket's error queue (the parent's completions), the kernel's epoll
+        or ring, and the connection's state: a child that sent, received,
+        half-closed or reset through it would take the parent's completions
+        or break its images.
+        """
+        pid = self._pool._pid
+        if os.getpid() != pid:
+            raise trio.ClosedResourceError(
+                f"this stream belongs to process {pid}, which forked this one; a forked child"
+                " cannot use its parent's streams (aclose() only closes the child's descriptor)"
+            )
+
     def _check_sendable(self) -> None:
         if self._broken is not None:
             raise trio.BrokenResourceError(self._broken)
@@ -248,6 +269,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         """Send *data* by copying it (for headers and other small things)."""
         if isinstance(data, (SealedLease, WritableLease)):
             raise TypeError("send_all() copies bytes; send a SealedLease with send_lease()")
+        self._check_not_forked()
         with self._send_conflict:
             self._check_sendable()
             with memoryview(data) as view, view.cast("B") as flat:
@@ -294,7 +316,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         cancelled :meth:`send_all`; the lease stays referenced by the calls
         already made, and is never released early.
         """
-        if type(lease) is SealedLease and offset.__class__ is int and offset == 0 and nbytes is None:
+        if type(lease) is SealedLease and type(offset) is int and offset == 0 and nbytes is None:
             # The common call, checked with less ceremony: it runs once per image.
             slot = lease._slot
             state = slot.state
@@ -401,12 +423,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(self._broken)
 
     async def wait_send_all_might_not_block(self) -> None:
+        self._check_not_forked()
         with self._send_conflict:
             if self._closed:
                 raise trio.ClosedResourceError("this stream was closed")
             await self._channel.wait_writable()
 
     async def send_eof(self) -> None:
+        self._check_not_forked()
         with self._send_conflict:
             await trio.lowlevel.checkpoint()
             if self._closed:
@@ -423,6 +447,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         max_bytes = min(max_bytes, MAX_RECEIVE_SIZE)
+        self._check_not_forked()
         with self._receive_conflict:
             if self._closed:
                 raise trio.ClosedResourceError("this stream was closed")
@@ -438,11 +463,24 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         completions of closed sockets), then forces the connection down;
         memory the kernel never reports done is quarantined. Cancelling
         skips the wait, never the safety.
+
+        In a process forked from the stream's, it closes only that process's
+        copy of the descriptor: the connection, its sends in flight and
+        their completions stay the parent's.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        if os.getpid() != self._pool._pid:
+            # No drain (the completions are the parent's to read), no reset
+            # (the connection is the parent's), no unregistering from the
+            # kernel's epoll (shared with the parent): just our descriptor.
+            close_socket = getattr(self._channel, "close_socket", None)
+            if close_socket is not None:
+                close_socket()
+            await trio.lowlevel.checkpoint()
+            return
         if self._room is not None:
             self._room.set()  # a send waiting for room gives up: the stream is closed
         await self._channel.aclose(self._drain_timeout)

@@ -377,7 +377,12 @@ async def pixels(pool: BufferPool, image: Image.Image) -> SealedLease:
                 raise RuntimeError(f"the raw encoder gave {offset} bytes, not {expected}")
         return lease.seal()
     except BaseException:
-        lease.release()
+        # The view and the image over it may still be alive (the frames of
+        # the exception's traceback hold them): lease.release() would raise
+        # LiveViewsError over the real error and leave the lease held by
+        # nobody. Give it up as a lease's scope does: it is abandoned, and
+        # goes back to the pool once those views are gone.
+        pool._release(lease._slot, "pixels() failed")
         raise
 
 
