@@ -431,13 +431,6 @@ async def _resize_adopted(c: Ctx) -> None:
     buffer.extend(b"more")
 
 
-async def _adopt_twice(c: Ctx) -> None:
-    buffer = bytearray(pattern(1000, 7))
-    c.track(c.pool.adopt(buffer), bytes(buffer))
-    await c.mark()
-    c.pool.adopt(memoryview(buffer)[10:20])
-
-
 async def _adopt_read_only(c: Ctx) -> None:
     data = pattern(SEALED_BYTES, 6)
     sealed = c.track(c.pool.adopt(data), data)
@@ -816,9 +809,6 @@ ROWS: list[Row] = [
     R("adopt-read-only", BUFFERS, "adopting read-only bytes (sending only reads them)",
       "await stream.send_lease(pool.adopt(b'...'))",
       None, "accepted: sent as they are", _adopt_read_only),
-    R("adopt-overlapping", BUFFERS, "adopting part of a buffer another live lease already adopted",
-      "pool.adopt(buffer); pool.adopt(memoryview(buffer)[10:20])",
-      VE, "already covers", _adopt_twice),
     R("resize-adopted", BUFFERS, "resizing a bytearray while it is adopted",
       "sealed = pool.adopt(buffer); buffer.extend(b'more')",
       BufferError, "Existing exports of data: object cannot be re-sized", _resize_adopted),

@@ -13,6 +13,7 @@ stops on SIGINT, cleanly, having counted the clients that left.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import importlib.util
@@ -67,6 +68,8 @@ class Server:
     def __init__(self, process: subprocess.Popen[str], port: int) -> None:
         self.process = process
         self.port = port
+        #: Whether a test made clients leave (the server must then have counted some).
+        self.leavers = False
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -80,12 +83,14 @@ def server() -> Iterator[Server]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    running: Server | None = None
     try:
         assert process.stdout is not None
         line = process.stdout.readline()  # the server prints its address once it listens
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert match is not None, line + process.stderr.read() if process.stderr else line
-        yield Server(process, int(match[1]))
+        running = Server(process, int(match[1]))
+        yield running
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)  # the process this fixture started
@@ -99,7 +104,9 @@ def server() -> Iterator[Server]:
     assert process.returncode == 0, out + err
     assert err == "", err
     counted = re.search(r"(\d+) connections ended by their client", out)
-    assert counted is not None and int(counted[1]) > 0, out
+    assert counted is not None, out
+    if running is not None and running.leavers:
+        assert int(counted[1]) > 0, out
 
 
 def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
@@ -159,6 +166,7 @@ LEAVE_POINTS = ["mid-header", "after the request", "after part of the body", "af
 @pytest.mark.parametrize("how", ["close", "reset"])
 @pytest.mark.parametrize("point", LEAVE_POINTS)
 def test_a_client_that_leaves_ends_only_its_connection(server: Server, point: str, how: str) -> None:
+    server.leavers = True
     for _ in range(3):
         sock = connect(server.port, rcvbuf=8192)
         if point == "mid-header":
@@ -175,6 +183,7 @@ def test_a_client_that_leaves_ends_only_its_connection(server: Server, point: st
 
 def test_the_testers_case_many_times_over(server: Server) -> None:
     """GET /image/7.jpg, read 3,000 bytes, close: 50 times, 10 at once, then a normal client."""
+    server.leavers = True
     for _ in range(5):
         socks = [connect(server.port, rcvbuf=8192) for _ in range(10)]
         for sock in socks:
@@ -208,8 +217,12 @@ def test_garbage_gets_400_or_a_close_and_the_server_goes_on(server: Server, kind
             sock.sendall(GARBAGE[kind])
             sock.shutdown(socket.SHUT_WR)
             answer = receive_at_least(sock, 1 << 30)  # until the server closes
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             answer = b""  # the server closed with our garbage unread: also fine
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            answer = b""  # reset already, before our shutdown: the same
     if kind == "garbage after a request":
         # The good request is answered in full first.
         assert answer.startswith(b"HTTP/1.1 200 ")
@@ -234,6 +247,7 @@ PIPELINED = 1000  # more answers than loopback's socket buffers hold (about 13 M
 
 
 def test_a_client_that_stops_reading_is_cut_off_and_others_are_served(server: Server) -> None:
+    server.leavers = True
     stalled = []
     for _ in range(5):
         sock = connect(server.port, rcvbuf=4096)
@@ -323,6 +337,7 @@ async def run_load(port: int, connections: int, duration: float) -> LoadResult:
 
 
 def test_a_load_client_like_wrk_then_dropping_every_connection(server: Server) -> None:
+    server.leavers = True
     for _ in range(2):  # twice: the first run's abrupt end must not have hurt the server
         started = time.monotonic()
         result = trio.run(run_load, server.port, 32, 3.0)

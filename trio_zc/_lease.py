@@ -121,6 +121,7 @@ class _Slot(Lifecycle):
         "needs_punch",
         "clean",
         "lock",
+        "idle",
     )
 
     def __init__(
@@ -165,6 +166,9 @@ class _Slot(Lifecycle):
         #: Held while a write or a view is made (from any thread), and taken
         #: without waiting by seal and release: see "Threads" above.
         self.lock = threading.Lock()
+        #: Set when the last send in flight ends, for a wait_reusable() of
+        #: another adopted lease over the same memory; made only when one waits.
+        self.idle: trio.Event | None = None
 
     def make_clean(self, upto: int | None = None) -> None:
         """Zero whatever before *upto* (default: the whole lease) is not clean yet."""
@@ -236,6 +240,17 @@ class _Slot(Lifecycle):
     def wake_reusable(self) -> None:
         if self._reusable is not None:
             self._reusable.set()
+        if self.idle is not None:
+            self.idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no send of this lease is in flight (or it has ended)."""
+        if self.inflight and not self.done:
+            if self.idle is None or self.idle.is_set():
+                self.idle = trio.Event()
+            await self.idle.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def wait_done(self) -> None:
         if not self.done:
@@ -244,6 +259,47 @@ class _Slot(Lifecycle):
             await self._reusable.wait()
         else:
             await trio.lowlevel.checkpoint()
+
+
+class AdoptedMemory:
+    """The application memory that live adopted leases cover, in every pool.
+
+    The same buffer may be adopted more than once (the same static page
+    for every client, or a frame adopted per send); each lease knows only
+    its own sends, so ``wait_reusable()`` asks here whether any other lease
+    over the same memory is still being read. Immutable ``bytes`` are never
+    written, so they never wait for each other.
+    """
+
+    def __init__(self) -> None:
+        self._ranges: dict[_Slot, tuple[int, int, bool]] = {}
+
+    def add(self, slot: _Slot, start: int, immutable: bool) -> None:
+        self._ranges[slot] = (start, start + slot.capacity, immutable)
+
+    def discard(self, slot: _Slot) -> None:
+        # Kept while the lease lives (also after the application let go of
+        # it), and for good if quarantined: the kernel may read it for ever.
+        if slot.state is LeaseState.FREE:
+            self._ranges.pop(slot, None)
+
+    def region(self, slot: _Slot) -> tuple[int, int, bool] | None:
+        """*slot*'s memory as ``(start, end, immutable)``, while it is registered."""
+        return self._ranges.get(slot)
+
+    def busy_overlapping(self, slot: _Slot, region: tuple[int, int, bool]) -> _Slot | None:
+        """Another lease over *region* (*slot*'s memory) with sends in flight, or quarantined."""
+        start, end, immutable = region
+        for other, (lo, hi, other_immutable) in self._ranges.items():
+            if other is slot or not (start < hi and lo < end) or (immutable and other_immutable):
+                continue
+            if other.inflight or other.state is LeaseState.QUARANTINED or other.state is _TAINTED:
+                return other
+        return None
+
+
+#: The one registry (adopted leases of every pool).
+adopted_memory = AdoptedMemory()
 
 
 def exact_int(name: str, value: object, expected: str = "an int") -> int:
@@ -591,13 +647,15 @@ class SealedLease:
         """Release the lease and wait until the kernel is done with its memory.
 
         This is how code that adopted its own buffer learns when it may
-        write into it again. Raises :class:`LeaseQuarantinedError` if the
+        write into it again: it returns once no lease over that memory (this
+        one, or another adoption of the same buffer) has a send in flight. Raises :class:`LeaseQuarantinedError` if the
         kernel will never confirm (a connection it was sent on closed with
         the send in flight, or the pool closed before the confirmation):
         never reuse the buffer then. Cancelling the wait does not undo the
         release.
         """
         slot = self._live()
+        region = adopted_memory.region(slot)
         slot.pool._release(slot, "it was released by wait_reusable()")
         await slot.wait_done()
         if slot.state is LeaseState.QUARANTINED:
@@ -605,3 +663,11 @@ class SealedLease:
                 f"{slot.describe()}: {slot.quarantine_reason} before the kernel confirmed"
                 " it was done reading this memory; never reuse it"
             )
+        # Other leases over the same memory (adopted twice) may still be read.
+        while region is not None and (other := adopted_memory.busy_overlapping(slot, region)) is not None:
+            if other.state is LeaseState.QUARANTINED or other.state is _TAINTED:
+                raise LeaseQuarantinedError(
+                    f"{slot.describe()}: its memory overlaps {other.describe()}, which the kernel"
+                    " may read for ever (a send of it was lost); never reuse it"
+                )
+            await other.wait_idle()

@@ -35,7 +35,7 @@ from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._choice import make_kernel
 from ._kernel import Kernel
-from ._lease import SealedLease, WritableLease, _Slot, exact_int
+from ._lease import SealedLease, WritableLease, _Slot, adopted_memory, exact_int
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 from ._limits import check_max_in_flight as _check_max_in_flight
 from ._limits import check_send_timeout as _check_send_timeout
@@ -55,36 +55,6 @@ _SWEEP_INTERVAL: Final = 0.05
 # for the life of the process, because nobody will ever say it is free.
 _graveyard: list[object] = []
 
-class _AdoptedMemory:
-    """The application memory that live adopted leases cover, in every pool.
-
-    Two leases over one buffer would each say, through ``wait_reusable()``,
-    when *its* sends are done, and the application would write the buffer
-    while the other's sends still read it; so adopt() refuses an overlap,
-    unless both sides are immutable ``bytes`` (which nobody can write).
-    """
-
-    def __init__(self) -> None:
-        self._ranges: dict[_Slot, tuple[int, int, bool]] = {}
-
-    def overlapping(self, start: int, length: int, immutable: bool) -> str | None:
-        """A description of a live adopted lease that overlaps, or None."""
-        end = start + length
-        for slot, (lo, hi, other_immutable) in self._ranges.items():
-            if start < hi and lo < end and not (immutable and other_immutable):
-                return slot.describe()
-        return None
-
-    def add(self, slot: _Slot, start: int, immutable: bool) -> None:
-        self._ranges[slot] = (start, start + slot.capacity, immutable)
-
-    def discard(self, slot: _Slot) -> None:
-        # Quarantined leases stay: their memory is exported for good, and
-        # the kernel may still read it.
-        self._ranges.pop(slot, None)
-
-
-_adopted = _AdoptedMemory()
 
 # Pools not yet closed, for the fork handler below.
 _open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
@@ -439,11 +409,9 @@ class BufferPool:
         send the lease itself, or part of it with
         :meth:`ZeroCopyStream.send_lease`'s *offset* and *nbytes*.
 
-        Nor can memory that another live adopted lease (of any pool) covers
-        be adopted again, unless both are immutable ``bytes``: the
-        ``wait_reusable()`` of one lease would say the buffer may be written
-        while the other's sends still read it. Adopt the buffer once and send
-        that lease (or parts of it) as often as you like.
+        The same memory may be adopted more than once (by this pool or
+        another): :meth:`SealedLease.wait_reusable` of any of those leases
+        returns only once no lease over that memory has a send in flight.
         """
         self._check_open()
         if threading.get_ident() != self._thread:
@@ -467,19 +435,12 @@ class BufferPool:
                     " it with send_lease(lease, offset, nbytes)"
                 )
             immutable = type(view.obj) is bytes
-            other = _adopted.overlapping(address, view.nbytes, immutable)
-            if other is not None:
-                raise ValueError(
-                    f"adopt() cannot take memory that {other} already covers: wait_reusable() of"
-                    " one would say the buffer may be written while the other's sends still read"
-                    " it. Adopt a buffer once and send that lease, or parts of it, as often as needed"
-                )
             # Read-only: the sealed handle never writes, and neither may
             # anything reached through it (SealedLease.view().obj).
             with view.cast("B") as flat:
                 readonly = flat.toreadonly()
         slot = _Slot(self, 0, readonly.nbytes, readonly)
-        _adopted.add(slot, address, immutable)
+        adopted_memory.add(slot, address, immutable)
         self._slots[slot.id] = slot
         self._leases_total += 1
         return SealedLease(slot)
@@ -527,6 +488,8 @@ class BufferPool:
         self._sends_in_flight -= 1
         if slot.state in TERMINAL_STATES:
             self._settle(slot)
+        elif slot.idle is not None and not slot.inflight:
+            slot.idle.set()  # an overlapping adopted lease's wait_reusable() waits for this
         if self._sends_in_flight == 0 and self._drained is not None:
             self._drained.set()
 
@@ -536,7 +499,7 @@ class BufferPool:
             return
         if slot.state is LeaseState.FREE:
             if slot.adopted is not None:
-                _adopted.discard(slot)
+                adopted_memory.discard(slot)
                 slot.adopted.release()
             elif not self._arena.closed:
                 # Free memory keeps its bytes: the next lease clears what
