@@ -30,11 +30,13 @@ def test_the_example_server_renders_every_image_right_in_workers() -> None:
 def test_the_image_workers_benchmark_runs_and_reports_every_figure() -> None:
     result = run(
         str(ROOT / "benchmarks" / "image_workers.py"),
-        "--width", "64", "--height", "48", "--images", "2", "--rounds", "1", "--small", "2", "--processes", "2",
+        "--width", "64", "--height", "48", "--images", "2", "--speed-images", "3", "--rounds", "1", "--small", "2", "--processes", "2",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "image workers: 2 JPEGs of 64x48 RGB" in out and "2 worker processes" in out
+    assert "image workers: JPEGs of 64x48 RGB" in out and "2 worker processes" in out
+    assert re.search(r"target: workers encode >= 1.6x one thread: (met|MISSED)", out), out
+    assert re.search(r"target: the event loop.s largest gap < 5.0 ms while workers encode: (met|MISSED)", out), out
     assert re.search(r"other processes used -?\d+% of the machine's CPUs", out), out
     for case in ("thread", "workers-pil", "workers-raw"):
         assert re.search(rf"  {case} +[\d.]+/s  x[\d.]+", out), (case, out)
