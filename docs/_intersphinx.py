@@ -125,6 +125,8 @@ PROJECTS: dict[str, tuple[str, str, dict[str, tuple[str, str]]]] = {
         {
             "PIL.Image.Image": ("py:class", "reference/Image.html#"),
             "PIL.Image.Image.save": ("py:method", "reference/Image.html#"),
+            "PIL.Image.open": ("py:function", "reference/Image.html#"),
+            "PIL.UnidentifiedImageError": ("py:exception", "PIL.html#"),
         },
     ),
 }
