@@ -7,6 +7,14 @@
   lease and returns it sealed at exactly the encoded length; :func:`pixels`
   puts an image's raw pixels into a lease with one copy.
 
+Off the event loop: :func:`open_workers` starts worker processes that
+encode, decode and resize into leases of the pool (:class:`ImageWorkers`),
+on every core, while the event loop goes on serving; :func:`encode` runs
+Pillow in the event loop, which stalls every other task for the length of
+the encode (tens of milliseconds for a 12-megapixel JPEG) and is the better
+choice only for small images, where handing the job to a worker costs more
+than the work (see :func:`open_workers`).
+
 The encoded size is unknown in advance, so :func:`encode` starts with a lease
 of a guessed size, if the pool has one free at once; if the image outgrows
 it, the rest goes to a spill buffer and, at the end, into a lease of the
@@ -27,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 import trio
 
+from ._image_worker import RAW_BITS, raw_size
 from ._lease import SealedLease, WritableLease
 from ._validate import check_positive_index
 
@@ -40,7 +49,16 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - Pillow is in the test env
     raise ModuleNotFoundError("trio_zc.images needs Pillow: pip install 'trio_zc[images]'") from exc
 
-__all__ = ["encode", "pixels"]
+__all__ = [
+    "DEFAULT_NICE",
+    "BrokenWorkerError",
+    "ImageWorkers",
+    "RawImage",
+    "WorkerStatistics",
+    "encode",
+    "open_workers",
+    "pixels",
+]
 
 #: The smallest first guess for an encoded image.
 _MIN_GUESS = 64 * 1024
@@ -376,15 +394,22 @@ async def pixels(pool: BufferPool, image: Image.Image) -> SealedLease:
 
 
 def _raw_size(image: Image.Image) -> int:
-    # Bits per pixel of the packed raw layout (what tobytes() returns).
-    bits = {"1": 1, "L": 8, "P": 8, "I": 32, "F": 32, "RGB": 24, "RGBA": 32, "RGBX": 32, "CMYK": 32,
-            "YCbCr": 24, "LAB": 24, "HSV": 24, "LA": 16, "PA": 16, "La": 16, "RGBa": 32,
-            "I;16": 16, "I;16L": 16, "I;16B": 16}.get(image.mode)
-    if bits is None:
+    if image.mode not in RAW_BITS:
         raise ValueError(f"pixels() does not know the layout of mode {image.mode!r}")
-    row = (image.width * bits + 7) // 8
-    return row * image.height
+    return raw_size(image.mode, image.width, image.height)
 
+
+# At the end: the workers' module uses the helpers above.
+from ._image_workers import DEFAULT_NICE as DEFAULT_NICE  # noqa: E402
+from ._image_workers import BrokenWorkerError as BrokenWorkerError  # noqa: E402
+from ._image_workers import ImageWorkers as ImageWorkers  # noqa: E402
+from ._image_workers import RawImage as RawImage  # noqa: E402
+from ._image_workers import WorkerStatistics as WorkerStatistics  # noqa: E402
+from ._image_workers import open_workers as open_workers  # noqa: E402
+
+for _obj in (BrokenWorkerError, ImageWorkers, RawImage, WorkerStatistics, open_workers):
+    _obj.__module__ = __name__
+del _obj
 
 from ._ki import protect_package as _protect_package
 
