@@ -75,7 +75,10 @@ _ALIASES = {
 # Private classes in public signatures, shown as the public name an application uses.
 _PUBLIC_FOR_PRIVATE = {
     # open_pool(kernel=...): a kernel's name, or the only public Kernel, the mock.
-    "trio_zc._kernel.Kernel": "trio_zc.testing.MockKernel",
+    "trio_zc._kernels._base.Kernel": "trio_zc.testing.MockKernel",
+    # What a kernel sees of a lease (the boundary protocol): a sealed lease.
+    "SendableLease": "trio_zc.SealedLease",
+    "trio_zc._kernels._base.SendableLease": "trio_zc.SealedLease",
 }
 
 

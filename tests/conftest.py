@@ -4,10 +4,10 @@ import os
 from collections.abc import Callable
 
 import trio_zc
-from trio_zc._lease import _Slot
+from trio_zc._lease import _LeaseRecord
 
 
-def slot_of(lease: trio_zc.WritableLease | trio_zc.SealedLease) -> _Slot:
+def slot_of(lease: trio_zc.WritableLease | trio_zc.SealedLease) -> _LeaseRecord:
     return lease._slot
 
 

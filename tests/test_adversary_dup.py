@@ -29,7 +29,7 @@ import trio
 import trio.testing
 
 import trio_zc
-from trio_zc._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
+from trio_zc._kernels._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
 
 from .streams import ALWAYS_ZC, pattern, receive_exactly, socket_pair
 

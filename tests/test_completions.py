@@ -1,4 +1,4 @@
-"""Tests of the zero-copy completion tracker (trio_zc._completions)."""
+"""Tests of the zero-copy completion tracker (trio_zc._kernels._completions)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_zc._completions import CompletionRangeError, CompletionTracker
+from trio_zc._kernels._completions import CompletionRangeError, CompletionTracker
 
 U32 = 2**32
 MASK = U32 - 1
@@ -72,7 +72,7 @@ def test_record_returns_consecutive_values_and_wraps() -> None:
 def test_record_refuses_an_ambiguous_window(monkeypatch: pytest.MonkeyPatch) -> None:
     # 2**32 - 1 real records would need tens of gigabytes; shrink the limit
     # to check that the refusal happens and leaves the tracker usable.
-    import trio_zc._completions as mod
+    import trio_zc._kernels._completions as mod
 
     monkeypatch.setattr(mod, "_WINDOW_LIMIT", 3)
     t = tracker_with(3)

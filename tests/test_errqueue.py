@@ -1,4 +1,4 @@
-"""Tests of the error-queue parser (trio_zc._errqueue), including one against the kernel."""
+"""Tests of the error-queue parser (trio_zc._kernels._errqueue), including one against the kernel."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_zc._completions import CompletionRangeError, CompletionTracker
-from trio_zc._errqueue import (
+from trio_zc._kernels._completions import CompletionRangeError, CompletionTracker
+from trio_zc._kernels._errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
     MSG_ZEROCOPY,

@@ -2,12 +2,12 @@
 
 Three layers, each fed with arbitrary and adversarial input:
 
-1. The error-queue parser (:mod:`trio_zc._errqueue`), checked against an
+1. The error-queue parser (:mod:`trio_zc._kernels._errqueue`), checked against an
    independent reading of ``struct sock_extended_err`` written here from the
    kernel's format: every cmsg either becomes exactly the record that
    reading gives, or is refused with :class:`MalformedRecordError` whose
    message names what was wrong. No other exception may escape.
-2. A real :class:`~trio_zc._completion_channel.CompletionChannel` (the mock
+2. A real :class:`~trio_zc._kernels._completion.CompletionChannel` (the mock
    kernel's, over a real pool with real leases) with sends in flight, fed
    arbitrary error-queue messages through its ``drain``: only a well-formed
    completion covering exactly calls that are outstanding releases
@@ -39,8 +39,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_zc import BufferPool, ZeroCopyPolicy, ZeroCopyStream, open_pool
-from trio_zc._completion_channel import Ancdata, CompletionChannel
-from trio_zc._errqueue import (
+from trio_zc._kernels._completion import Ancdata, CompletionChannel
+from trio_zc._kernels._errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
     SO_EE_ORIGIN_ICMP,
@@ -56,9 +56,9 @@ from trio_zc._errqueue import (
     parse_ancdata,
     parse_cmsg,
 )
-from trio_zc._lease import _Slot
+from trio_zc._lease import _LeaseRecord
 from trio_zc._lifecycle import LeaseState
-from trio_zc._uring_tracker import (
+from trio_zc._kernels._uring_tracker import (
     IORING_CQE_F_MORE,
     IORING_CQE_F_NOTIF,
     IORING_NOTIF_USAGE_ZC_COPIED,
@@ -291,7 +291,7 @@ def channel_cases(draw: st.DrawFn) -> ChannelCase:
 class Model:
     """Which calls are outstanding, and what the channel must have counted."""
 
-    def __init__(self, calls: dict[int, tuple[_Slot, int]]) -> None:
+    def __init__(self, calls: dict[int, tuple[_LeaseRecord, int]]) -> None:
         self.outstanding = dict(calls)
         self.malformed = 0
         self.completions = 0
@@ -341,7 +341,7 @@ def deliver(channel: CompletionChannel, ancdata: Ancdata, truncated: bool) -> No
     def read_records() -> Iterator[tuple[Ancdata, bool]]:
         yield ancdata, truncated
 
-    with unittest.mock.patch.object(channel, "read_records", read_records):
+    with unittest.mock.patch.object(channel.zerocopy, "completion_records", read_records):
         channel.drain()
 
 
@@ -355,10 +355,10 @@ async def run_channel_case(case: ChannelCase) -> int:
             channel = mock.connections[0].channel
             assert channel is not None
             # The window as the mock kernel numbered it: counter -> (slot, bytes).
-            calls: dict[int, tuple[_Slot, int]] = {}
+            calls: dict[int, tuple[_LeaseRecord, int]] = {}
             for send in peer.sends:
-                assert send.slot is not None
-                calls[send.counter] = (send.slot, send.nbytes)
+                assert send.record is not None
+                calls[send.counter] = (send.record, send.nbytes)
             assert sorted(calls) == sorted((case.start + k) & MASK for k in range(sum(case.lease_calls)))
             slots = {id(slot): slot for slot, _ in calls.values()}
             assert len(slots) == len(case.lease_calls)
@@ -627,7 +627,7 @@ def test_the_ring_uses_16_byte_cqes_and_32_byte_ones_are_refused() -> None:
     # Rings set up with IORING_SETUP_CQE32 have 32-byte entries; this
     # library's ring does not ask for them, so an entry of any other size is
     # refused by length instead of being read as two.
-    from trio_zc import _uring
+    from trio_zc._kernels import _ring as _uring
 
     assert _uring._CQE_SIZE == 16
     big = pack_cqe(Cqe(1, 100, MORE)) + bytes(16)

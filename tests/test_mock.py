@@ -422,7 +422,7 @@ async def test_a_kernel_object_serves_one_pool_for_its_whole_life() -> None:
 
 
 async def test_a_real_kernel_object_serves_one_pool_too() -> None:
-    from trio_zc._msg_zerocopy import MsgZeroCopyKernel
+    from trio_zc._kernels._msg_zerocopy import MsgZeroCopyKernel
 
     kernel = MsgZeroCopyKernel()
     async with open_pool(max_bytes=MiB, kernel=kernel):

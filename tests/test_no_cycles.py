@@ -137,8 +137,8 @@ async def test_the_check_sees_the_old_cycle(collector_off: CollectorOff) -> None
         lease = await pool.acquire(4096)
         sealed = lease.seal()
         # What the record once held: its handle, which holds the record.
-        sealed._slot.sealed = sealed  # type: ignore[assignment]
+        sealed._slot.was_sealed = sealed  # type: ignore[assignment]
         sealed.release()
         del lease, sealed
         collector_off.collect()
-    assert library_garbage(collector_off.garbage) == ["SealedLease", "_Slot"]
+    assert library_garbage(collector_off.garbage) == ["SealedLease", "_LeaseRecord"]

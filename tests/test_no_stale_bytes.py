@@ -42,8 +42,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import trio_zc
-from trio_zc._lease import _Slot
-from trio_zc._thp import shmem_folios
+from trio_zc._lease import _LeaseRecord
+from trio_zc._kernels._thp import shmem_folios
 from trio_zc.testing import MockKernel, MockPeer
 
 from .streams import receive_exactly, socket_pair
@@ -422,7 +422,7 @@ class Sender:
         self.held: list[trio_zc.SealedLease] = []
         #: Arena ranges [start, end) of every image so far, and of those released in flight.
         self.used: list[tuple[int, int]] = []
-        self.in_flight_ranges: list[tuple[int, int, _Slot]] = []
+        self.in_flight_ranges: list[tuple[int, int, _LeaseRecord]] = []
 
     def release(self, sealed: trio_zc.SealedLease) -> None:
         slot = sealed._slot

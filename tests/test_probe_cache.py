@@ -19,10 +19,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_zc import _uring, open_pool
-from trio_zc._io_uring import IoUringKernel
-from trio_zc._msg_zerocopy import MsgZeroCopyKernel
-from trio_zc._uring import probe
+from trio_zc import open_pool
+from trio_zc._kernels import _ring as _uring
+from trio_zc._kernels._io_uring import IoUringKernel
+from trio_zc._kernels._msg_zerocopy import MsgZeroCopyKernel
+from trio_zc._kernels._ring import probe
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHILD = REPO / "tests" / "children" / "probe_child.py"

@@ -51,7 +51,7 @@ from hypothesis.stateful import (
 
 import trio_zc
 from trio_zc import LeaseState
-from trio_zc._lease import _Slot
+from trio_zc._lease import _LeaseRecord
 from trio_zc._lifecycle import OWNED_STATES
 from trio_zc.testing import MockKernel, MockPeer
 
@@ -97,7 +97,7 @@ class Item:
     k: int
     kind: str  # "lease", "adopted" or "header"
     value: int
-    slot: _Slot | None = None
+    slot: _LeaseRecord | None = None
     writable: trio_zc.WritableLease | None = None
     sealed: trio_zc.SealedLease | None = None
     written: bool = False
@@ -840,7 +840,7 @@ class PoolMachine(RuleBasedStateMachine):
         by_slot = {i.slot.id: i for i in self.items if i.slot is not None}
         for conn in self.conns:
             for send in conn.peer.sends:
-                slot = send.slot
+                slot = send.record
                 assert slot is not None
                 where = f"{send.lease} (send #{send.counter} on {conn.name}, now {slot.state.value})"
                 assert slot.state is not LeaseState.FREE, f"{where} is free while the kernel reads it"
@@ -916,7 +916,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert stats.sends_in_flight == zerocopy + running, (zerocopy, running, stats)
         for item in ours:
             assert item.slot is not None
-            refs = sum(1 for c in open_conns for s in c.peer.sends if s.slot is item.slot)
+            refs = sum(1 for c in open_conns for s in c.peer.sends if s.record is item.slot)
             assert item.slot.inflight == refs + item.sending, (item.slot.describe(), refs)
         sent = stats.sent
         assert sent.zerocopy_calls == sent.completions + sent.quarantined_sends + zerocopy, sent

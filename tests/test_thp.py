@@ -21,7 +21,7 @@ import pathlib
 
 import pytest
 
-from trio_zc._thp import shmem_folios
+from trio_zc._kernels._thp import shmem_folios
 
 from .test_sendfile import fake_thp
 

@@ -39,7 +39,7 @@ SIZE = 256 * 1024
 def _copy_lines() -> set[int]:
     """The lines of WritableLease.write that copy bytes into the lease."""
     lines, first = inspect.getsourcelines(trio_zc.WritableLease.write)
-    found = {first + i for i, line in enumerate(lines) if "_arena.rw[start : start +" in line}
+    found = {first + i for i, line in enumerate(lines) if "arena.rw[start : start +" in line}
     assert found, "WritableLease.write has no copy line to stop at"
     return found
 

@@ -1,4 +1,4 @@
-"""Tests of the io_uring layer (trio_zc._uring) against the real kernel, over loopback TCP."""
+"""Tests of the io_uring layer (trio_zc._kernels._ring) against the real kernel, over loopback TCP."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from trio_zc import _uring
-from trio_zc._uring import (
+from trio_zc._kernels import _ring as _uring
+from trio_zc._kernels._ring import (
     IORING_FEAT_NODROP,
     IORING_FEAT_SINGLE_MMAP,
     Probe,
@@ -31,7 +31,7 @@ from trio_zc._uring import (
     probe,
     probe_uncached,
 )
-from trio_zc._uring_tracker import (
+from trio_zc._kernels._uring_tracker import (
     IORING_CQE_F_MORE,
     IORING_CQE_F_NOTIF,
     IORING_NOTIF_USAGE_ZC_COPIED,

@@ -1,4 +1,4 @@
-"""Tests of the SEND_ZC completion bookkeeping (trio_zc._uring_tracker), with no kernel."""
+"""Tests of the SEND_ZC completion bookkeeping (trio_zc._kernels._uring_tracker), with no kernel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from trio_zc._uring_tracker import (
+from trio_zc._kernels._uring_tracker import (
     IORING_CQE_F_MORE,
     IORING_CQE_F_NOTIF,
     IORING_NOTIF_USAGE_ZC_COPIED,

@@ -10,7 +10,7 @@ import sys
 
 from . import _bench
 from ._bench_cases import ALL_CASES
-from ._choice import KERNEL_NAMES
+from ._kernels._choice import KERNEL_NAMES
 
 
 _DEFAULT_BYTES = 512 << 20

@@ -48,13 +48,13 @@ import attrs
 import trio
 
 from ._arena import PAGE_SIZE
-from ._choice import KERNEL_NAMES
+from ._kernels._choice import KERNEL_NAMES
 from ._demo_receiver import ANSWER, HEADER
 from ._highlevel import open_tcp_stream
 from ._policy import ZeroCopyPolicy
 from ._pool import PoolStatistics, open_pool
 from ._stats import SendStatistics
-from ._thp import shmem_folios
+from ._kernels._thp import shmem_folios
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage

@@ -41,7 +41,7 @@ How a job goes (the worker's side is in :mod:`trio_zc._image_worker`):
 2. The worker reads that range, does the work into its own memory, drops
    its views of the source and says how many bytes the result needs.
 3. The parent leases exactly that and holds the lease's writer lock
-   (``_Slot.lock``, see "Threads" in ``_lease.py``) while the worker maps the
+   (``_LeaseRecord.lock``, see "Threads" in ``_lease.py``) while the worker maps the
    lease read-write and copies the result in. Only when the worker says it
    is done, the parent releases the lock and seals at that length.
 
@@ -95,7 +95,7 @@ import trio
 from . import _image_worker
 from ._background import background_nursery
 from ._errors import ForeignLeaseError
-from ._lease import SealedLease, WritableLease, _Slot
+from ._lease import SealedLease, WritableLease, _LeaseRecord
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -320,10 +320,10 @@ class _Session:
         self.worker = worker
         self.what = what
         self.phase = _Session.IDLE
-        self.source: _Slot | None = None
-        self.output: _Slot | None = None
+        self.source: _LeaseRecord | None = None
+        self.output: _LeaseRecord | None = None
 
-    def pin(self, slot: _Slot) -> None:
+    def pin(self, slot: _LeaseRecord) -> None:
         slot.begin_send()
         self.source = slot
 
@@ -332,7 +332,7 @@ class _Session:
         if slot is not None:
             slot.end_send()
 
-    def lock(self, slot: _Slot) -> None:
+    def lock(self, slot: _LeaseRecord) -> None:
         if not slot.lock.acquire(blocking=False):  # pragma: no cover - a lease we just acquired
             raise RuntimeError(f"{slot.describe()} is being written by another thread")
         self.output = slot
@@ -384,7 +384,7 @@ async def _paste_into(lease: WritableLease, image: Image.Image, mode: str) -> No
     # The strips write every byte of the lease (whole rows, padding
     # included: the lease is exactly height x row bytes), so there is
     # nothing for the lease to clear first.
-    slot.clean = slot.capacity
+    slot.clean_bytes = slot.capacity
     width, height = image.size
     line = slot.capacity // height
     rows = max(1, _STRIP_BYTES // line)
@@ -606,10 +606,10 @@ class ImageWorkers:
         if self._closed:
             raise trio.ClosedResourceError("these image workers' block has ended; open new ones")
 
-    def _own(self, lease: SealedLease) -> _Slot:
+    def _own(self, lease: SealedLease) -> _LeaseRecord:
         """The slot of a sealed lease the workers can read: this pool's, live, not adopted."""
         slot = lease._live()
-        if slot.pool is not self._pool:
+        if slot.home is not self._pool._home:
             raise ForeignLeaseError(f"{lease!r} belongs to another pool than the workers'")
         if slot.adopted is not None:
             raise ValueError(
@@ -658,7 +658,7 @@ class ImageWorkers:
                 raise
             spec["layout"] = "core"
         else:
-            from .images import pixels  # packed: for the modes Pillow cannot map (mode 1)
+            from ._images import pixels  # packed: for the modes Pillow cannot map (mode 1)
 
             owned = await pixels(self._pool, image)
             spec["layout"] = "raw"
@@ -716,7 +716,7 @@ class ImageWorkers:
                 self._leave(worker)
                 raise
             break
-        output: _Slot | None = None
+        output: _LeaseRecord | None = None
         try:
             session.phase = _Session.JOB_SENT
             reply = await self._receive(worker)
@@ -750,7 +750,7 @@ class ImageWorkers:
             if done.get("done") != need:
                 raise _Died(f"it answered {done!r}")
             # The worker wrote every byte of [0, need) through its own mapping.
-            output.clean = need
+            output.clean_bytes = need
             sealed = lease.seal(need)
             output = None
             self._completed += 1
@@ -791,7 +791,7 @@ class ImageWorkers:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             names = ["Exception"]
         if format and {"OSError", "ValueError", "KeyError"} & set(names):
-            from .images import _pillow_error
+            from ._images import _pillow_error
 
             return _pillow_error(OSError(message) if "OSError" in names else ValueError(message), mode, format)
         if "UnidentifiedImageError" in names:

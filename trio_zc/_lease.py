@@ -1,6 +1,6 @@
 """Lease handles: what the application holds while it writes and sends.
 
-A lease is one record (:class:`_Slot`) behind two kinds of handle. The
+A lease is one record (:class:`_LeaseRecord`) behind two kinds of handle. The
 :class:`WritableLease` can write and seal; the :class:`SealedLease` can be
 sent and released. They are different classes with no common write or send
 method, so the type checker rejects the mistakes, and each handle checks the
@@ -41,13 +41,16 @@ import itertools
 import operator
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, SupportsIndex, overload
 
+import attrs
 import trio
 
 from ._arena import ViewCounter
 from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
 from ._lifecycle import LeaseState, Lifecycle
+from ._validate import exact_int
 
 # Module globals for the per-image checks below (cheaper than LeaseState.X).
 _WRITABLE, _SEALED, _SENDING = LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING
@@ -57,7 +60,7 @@ if TYPE_CHECKING:
     import numpy
     import numpy.typing
 
-    from ._pool import BufferPool
+    from ._arena import Arena
 
 _ids = itertools.count(1)
 
@@ -99,7 +102,37 @@ def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState)
     return f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
 
 
-class _Slot(Lifecycle):
+@attrs.frozen(eq=False)
+class LeaseHome:
+    """What a lease record needs from its pool, handed to it when it is made.
+
+    The record reaches its pool only through this (never through the
+    pool's own attributes), and the pool keeps its counts in the functions
+    it puts here. One per pool; its identity is the pool's, for the checks
+    that a lease belongs to a given pool.
+    """
+
+    #: The pool's memory.
+    arena: Arena
+    #: The Trio thread that runs the pool (see "Threads" above).
+    thread: int
+    #: Whether sealed leases' pages are read-only in the page tables too.
+    protect_sealed: bool
+    #: The arena bytes a lease of *nbytes* occupies.
+    round_up: Callable[[int], int]
+    #: A send of one of the pool's leases was handed to the kernel.
+    send_began: Callable[[], None]
+    #: The kernel finished one send of this lease (it may have ended).
+    send_ended: Callable[[_LeaseRecord], None]
+    #: The pool takes back the tail of a lease sealed short.
+    give_back: Callable[[int, int], None]
+    #: The owner gave the lease up, for the given reason.
+    release: Callable[[_LeaseRecord, str], None]
+    #: Raise for a call made outside the pool's Trio thread.
+    wrong_thread: Callable[[str], NoReturn]
+
+
+class _LeaseRecord(Lifecycle):
     """One lease's memory and state. Internal: applications see the handles.
 
     Its life cycle (``state``, ``inflight`` and the events) is the inherited
@@ -107,7 +140,7 @@ class _Slot(Lifecycle):
     """
 
     __slots__ = (
-        "pool",
+        "home",
         "id",
         "offset",
         "capacity",
@@ -117,22 +150,22 @@ class _Slot(Lifecycle):
         "_reusable",
         "stale_reason",
         "quarantine_reason",
-        "sealed",
-        "needs_punch",
-        "clean",
+        "was_sealed",
+        "pages_held",
+        "clean_bytes",
         "lock",
         "idle",
     )
 
     def __init__(
         self,
-        pool: BufferPool,
+        home: LeaseHome,
         offset: int,
         capacity: int,
         adopted: memoryview | None = None,
     ) -> None:
         Lifecycle.__init__(self, LeaseState.SEALED if adopted is not None else LeaseState.WRITABLE)
-        self.pool = pool
+        self.home = home
         self.id = next(_ids)
         #: Where the lease's pages start in the arena (0 for adopted buffers).
         self.offset = offset
@@ -152,17 +185,17 @@ class _Slot(Lifecycle):
         #: referred to its handles would make a reference cycle per lease,
         #: left for the cyclic garbage collector, whose passes then cost
         #: more than anything else the pool does.
-        self.sealed = adopted is not None
+        self.was_sealed = adopted is not None
         #: Whether the kernel may hold the lease's pages after every send
         #: returned (sendfile): they must be punched out, not reused.
-        self.needs_punch = False
+        self.pages_held = False
         #: Bytes from the start known to hold only what this lease's owner
         #: wrote, or zeros. Pool memory comes back with an earlier lease's
         #: bytes in it; they are cleared lazily, just before anything could
         #: read them (a view, or sealing), and never where write() has
         #: already overwritten them -- so an image written whole with
         #: write() costs no clearing at all.
-        self.clean = 0 if adopted is None else capacity
+        self.clean_bytes = 0 if adopted is None else capacity
         #: Held while a write or a view is made (from any thread), and taken
         #: without waiting by seal and release: see "Threads" above.
         self.lock = threading.Lock()
@@ -173,19 +206,20 @@ class _Slot(Lifecycle):
     def make_clean(self, upto: int | None = None) -> None:
         """Zero whatever before *upto* (default: the whole lease) is not clean yet."""
         end = self.capacity if upto is None else upto
-        if self.clean < end:
-            self.pool._arena.zero(self.offset + self.clean, end - self.clean)
-            self.clean = end
+        if self.clean_bytes < end:
+            self.home.arena.zero(self.offset + self.clean_bytes, end - self.clean_bytes)
+            self.clean_bytes = end
 
     @property
     def block_length(self) -> int:
         """Arena bytes this lease occupies (0 for adopted buffers)."""
         if self.adopted is not None:
             return 0
-        return self.pool._allocator.round_up(self.capacity)
+        return self.home.round_up(self.capacity)
 
-    def describe(self) -> str:
-        return describe_lease(self.id, self.adopted is not None, self.nbytes, self.state)
+    def describe(self, state: LeaseState | None = None) -> str:
+        """``lease #N (pool, 4096 bytes, sealed)``, in *state* (default: its state now)."""
+        return describe_lease(self.id, self.adopted is not None, self.nbytes, state or self.state)
 
     # -- writable views ----------------------------------------------------
 
@@ -193,7 +227,7 @@ class _Slot(Lifecycle):
         """A writable byte view of the lease, counted by :attr:`views`."""
         self.make_clean()
         if self.views is None:
-            self.views = ViewCounter(self.pool._arena.exporter(self.offset, self.capacity))
+            self.views = ViewCounter(self.home.arena.exporter(self.offset, self.capacity))
         exporter = self.views.exporter
         assert exporter is not None
         with memoryview(exporter) as chars:
@@ -210,17 +244,25 @@ class _Slot(Lifecycle):
         end = self.nbytes if length is None else start + length
         if self.adopted is not None:
             return self.adopted[start:end]
-        return self.pool._arena.readonly[self.offset + start : self.offset + end]
+        return self.home.arena.readonly[self.offset + start : self.offset + end]
 
     def begin_send(self) -> None:
         """A kernel is about to hand this lease's memory to the kernel."""
         self.send()
-        self.pool._sends_in_flight += 1
+        self.home.send_began()
 
     def end_send(self) -> None:
         """The kernel reported one send of this lease complete."""
         self.complete()
-        self.pool._on_send_complete(self)
+        self.home.send_ended(self)
+
+    def hold_pages(self) -> None:
+        """A kernel may keep this lease's pages after its sends returned (sendfile).
+
+        They are then replaced (punched out of the arena) when the lease
+        comes back, never handed to the next lease as they are.
+        """
+        self.pages_held = True
 
     def quarantine_send(self) -> None:
         """One send of this lease will never be reported complete (its socket is gone).
@@ -233,7 +275,7 @@ class _Slot(Lifecycle):
             self.quarantine_reason = "a connection it was sent on closed"
         self.quarantine()
         self.complete()
-        self.pool._on_send_complete(self)
+        self.home.send_ended(self)
 
     # -- reaching the end ---------------------------------------------------
 
@@ -272,22 +314,22 @@ class AdoptedMemory:
     """
 
     def __init__(self) -> None:
-        self._ranges: dict[_Slot, tuple[int, int, bool]] = {}
+        self._ranges: dict[_LeaseRecord, tuple[int, int, bool]] = {}
 
-    def add(self, slot: _Slot, start: int, immutable: bool) -> None:
+    def add(self, slot: _LeaseRecord, start: int, immutable: bool) -> None:
         self._ranges[slot] = (start, start + slot.capacity, immutable)
 
-    def discard(self, slot: _Slot) -> None:
+    def discard(self, slot: _LeaseRecord) -> None:
         # Kept while the lease lives (also after the application let go of
         # it), and for good if quarantined: the kernel may read it for ever.
         if slot.state is LeaseState.FREE:
             self._ranges.pop(slot, None)
 
-    def region(self, slot: _Slot) -> tuple[int, int, bool] | None:
+    def region(self, slot: _LeaseRecord) -> tuple[int, int, bool] | None:
         """*slot*'s memory as ``(start, end, immutable)``, while it is registered."""
         return self._ranges.get(slot)
 
-    def busy_overlapping(self, slot: _Slot, region: tuple[int, int, bool]) -> _Slot | None:
+    def busy_overlapping(self, slot: _LeaseRecord, region: tuple[int, int, bool]) -> _LeaseRecord | None:
         """Another lease over *region* (*slot*'s memory) with sends in flight, or quarantined."""
         start, end, immutable = region
         for other, (lo, hi, other_immutable) in self._ranges.items():
@@ -302,18 +344,9 @@ class AdoptedMemory:
 adopted_memory = AdoptedMemory()
 
 
-def exact_int(name: str, value: object, expected: str = "an int") -> int:
-    """*value*, an int but not a bool, as an exact :class:`int`; TypeError otherwise.
-
-    A subclass of int is taken at its value: its own comparisons and
-    arithmetic, which could say anything (or call back into the lease),
-    never decide a bound. The type is checked with ``type()``, which an
-    object cannot fake, unlike ``isinstance`` (``__class__``).
-    """
-    kind = type(value)
-    if not issubclass(kind, int) or issubclass(kind, bool):
-        raise TypeError(f"{name} must be {expected}, not {kind.__name__}")
-    return int.__index__(value)  # type: ignore[arg-type]
+def _overrun(nbytes: int, offset: int, capacity: int) -> ValueError:
+    """What write() raises for bytes that would not fit (its fast path and its general one)."""
+    return ValueError(f"writing {nbytes} bytes at offset {offset} overruns the lease ({capacity} bytes)")
 
 
 def _check_shape(shape: object) -> tuple[int, ...]:
@@ -358,14 +391,14 @@ class WritableLease:
 
     __slots__ = ("_slot",)
 
-    def __init__(self, slot: _Slot) -> None:
+    def __init__(self, slot: _LeaseRecord) -> None:
         self._slot = slot
 
-    def _live(self) -> _Slot:
+    def _live(self) -> _LeaseRecord:
         slot = self._slot
         if slot.state is not _WRITABLE:
             reason = slot.stale_reason
-            if slot.sealed and slot.state is not LeaseState.FORKED:
+            if slot.was_sealed and slot.state is not LeaseState.FORKED:
                 reason = "it was sealed; use the SealedLease that seal() returned"
             raise StaleLeaseError(f"this WritableLease is stale: {reason}")
         return slot
@@ -453,25 +486,20 @@ class WritableLease:
                 if slot.state is not _WRITABLE:
                     self._live()  # raises
                 if src is None:
-                    if offset == slot.clean:
+                    if offset == slot.clean_bytes:
                         # The common case (an image written whole, or in order,
                         # from bytes): nothing to clear and nothing to cast.
                         end = offset + len(data)
                         if end > slot.capacity:
-                            raise ValueError(
-                                f"writing {len(data)} bytes at offset {offset} overruns the lease"
-                                f" ({slot.capacity} bytes)"
-                            )
+                            raise _overrun(len(data), offset, slot.capacity)
                         start = slot.offset + offset
-                        slot.pool._arena.rw[start : start + len(data)] = data
-                        slot.clean = end
+                        slot.home.arena.rw[start : start + len(data)] = data
+                        slot.clean_bytes = end
                         return end
                     src = memoryview(data)  # bytes: no application code runs
                 n = src.nbytes
                 if offset < 0 or offset + n > slot.capacity:
-                    raise ValueError(
-                        f"writing {n} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
-                    )
+                    raise _overrun(n, offset, slot.capacity)
                 if not src.c_contiguous:
                     raise ValueError("write() needs a C-contiguous buffer")
                 # A gap between the clean part and this write must not keep
@@ -479,9 +507,9 @@ class WritableLease:
                 slot.make_clean(offset)
                 start = slot.offset + offset
                 with src.cast("B") as flat:
-                    slot.pool._arena.rw[start : start + n] = flat
-                if offset + n > slot.clean:
-                    slot.clean = offset + n
+                    slot.home.arena.rw[start : start + n] = flat
+                if offset + n > slot.clean_bytes:
+                    slot.clean_bytes = offset + n
             return offset + n
         finally:
             if src is not None:
@@ -502,9 +530,9 @@ class WritableLease:
         slot = self._slot
         if slot.state is not _WRITABLE:
             self._live()  # raises
-        pool = slot.pool
-        if threading.get_ident() != pool._thread:
-            pool._wrong_thread("WritableLease.seal()")
+        home = slot.home
+        if threading.get_ident() != home.thread:
+            home.wrong_thread("WritableLease.seal()")
         if nbytes is None:
             nbytes = slot.capacity
         else:
@@ -529,25 +557,25 @@ class WritableLease:
                     " drop them or call their release() first",
                     alive,
                 )
-            if slot.clean < nbytes:
+            if slot.clean_bytes < nbytes:
                 slot.make_clean(nbytes)
-            block = pool._allocator.round_up(nbytes)
+            block = home.round_up(nbytes)
             old_block = slot.block_length
-            if pool._protect_sealed:
+            if home.protect_sealed:
                 # From here on the process has no writable mapping of these
                 # pages. First, so that if it fails (vm.max_map_count, say)
                 # nothing has changed yet.
-                pool._arena.protect(slot.offset, block, writable=False)
+                home.arena.protect(slot.offset, block, writable=False)
             slot.views = None
             if nbytes < slot.capacity:
                 # Give whole unused pages back; the rest of the last page is
                 # never sent nor shown, and the next lease clears it.
-                slot.capacity = slot.clean = nbytes
+                slot.capacity = slot.clean_bytes = nbytes
                 if block < old_block:
-                    pool._give_back(slot.offset + block, old_block - block)
+                    home.give_back(slot.offset + block, old_block - block)
             slot.seal()
             slot.nbytes = nbytes
-            slot.sealed = True
+            slot.was_sealed = True
         finally:
             lock.release()
         return SealedLease(slot)
@@ -561,9 +589,9 @@ class WritableLease:
         :meth:`write`. Only from the pool's Trio thread.
         """
         slot = self._live()
-        pool = slot.pool
-        if threading.get_ident() != pool._thread:
-            pool._wrong_thread("WritableLease.release()")
+        home = slot.home
+        if threading.get_ident() != home.thread:
+            home.wrong_thread("WritableLease.release()")
         lock = slot.lock
         if not lock.acquire(blocking=False):
             raise trio.BusyResourceError(
@@ -578,7 +606,7 @@ class WritableLease:
                 )
         finally:
             lock.release()
-        pool._release(slot, "it was released")
+        home.release(slot, "it was released")
 
 
 class SealedLease:
@@ -595,10 +623,10 @@ class SealedLease:
 
     __slots__ = ("_slot",)
 
-    def __init__(self, slot: _Slot) -> None:
+    def __init__(self, slot: _LeaseRecord) -> None:
         self._slot = slot
 
-    def _live(self) -> _Slot:
+    def _live(self) -> _LeaseRecord:
         slot = self._slot
         state = slot.state
         if state is not _SEALED and state is not _SENDING and state is not _TAINTED:
@@ -638,10 +666,10 @@ class SealedLease:
         of it complete, which may be now or later.
         """
         slot = self._live()
-        pool = slot.pool
-        if threading.get_ident() != pool._thread:
-            pool._wrong_thread("SealedLease.release()")
-        pool._release(slot, "it was released")
+        home = slot.home
+        if threading.get_ident() != home.thread:
+            home.wrong_thread("SealedLease.release()")
+        home.release(slot, "it was released")
 
     async def wait_reusable(self) -> None:
         """Release the lease and wait until the kernel is done with its memory.
@@ -656,7 +684,7 @@ class SealedLease:
         """
         slot = self._live()
         region = adopted_memory.region(slot)
-        slot.pool._release(slot, "it was released by wait_reusable()")
+        slot.home.release(slot, "it was released by wait_reusable()")
         await slot.wait_done()
         if slot.state is LeaseState.QUARANTINED:
             raise LeaseQuarantinedError(

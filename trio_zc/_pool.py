@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import math
 import os
 import resource
 import sys
@@ -33,14 +32,20 @@ from ._allocator import Allocator
 from ._arena import PAGE_SIZE, Arena, overlaps_arena
 from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
-from ._choice import make_kernel
-from ._kernel import Kernel
-from ._lease import SealedLease, WritableLease, _Slot, adopted_memory, exact_int
+from ._kernels._base import Kernel
+from ._kernels._choice import make_kernel
+from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
-from ._limits import check_max_in_flight as _check_max_in_flight
-from ._limits import check_send_timeout as _check_send_timeout
 from ._policy import ZeroCopyPolicy
 from ._stats import Counters, SendStatistics
+from ._validate import (
+    check_bool,
+    check_drain_timeout,
+    check_lease_size,
+    check_max_in_flight,
+    check_pool_size,
+    check_send_timeout,
+)
 
 #: How long closing a pool waits, by default, for sends in flight to complete.
 #: Completions normally arrive within microseconds of the data leaving; ten
@@ -66,6 +71,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@attrs.frozen
+class StreamDefaults:
+    """What a pool's streams start with: one value, given to each stream when it is made."""
+
+    #: ZeroCopyStream.send_timeout (None: no limit).
+    send_timeout: float | None
+    #: ZeroCopyStream.max_in_flight, in bytes.
+    max_in_flight: int
+    #: How long a stream's close waits for completions before forcing the connection down.
+    drain_timeout: float
 
 
 @attrs.frozen
@@ -136,7 +153,7 @@ class LeaseScope:
         self._pool = pool
         self._nbytes = nbytes
         self._schedule = schedule
-        self._slot: _Slot | None = None
+        self._slot: _LeaseRecord | None = None
         # Set from the start of __aenter__: a second task entering the same
         # scope while the first waits for its lease would otherwise get a
         # lease of its own, and one of the two would never be released.
@@ -175,7 +192,7 @@ class LeaseScope:
 class _Waiter:
     nbytes: int
     event: trio.Event = attrs.Factory(trio.Event)
-    slot: _Slot | None = None
+    slot: _LeaseRecord | None = None
     closed: bool = False
 
 
@@ -187,7 +204,15 @@ class BufferPool:
     """
 
     def __init__(
-        self, _arena: Arena, *, kernel: Kernel, policy: ZeroCopyPolicy, drain_timeout: float
+        self,
+        _arena: Arena,
+        *,
+        kernel: Kernel,
+        policy: ZeroCopyPolicy,
+        drain_timeout: float,
+        protect_sealed: bool = False,
+        send_timeout: float | None = None,
+        stream_max_in_flight: int | None = None,
     ) -> None:
         self._arena = _arena
         self._pid = os.getpid()
@@ -200,8 +225,8 @@ class BufferPool:
         self._drain_timeout = drain_timeout
         self._waiters: collections.deque[_Waiter] = collections.deque()
         # Every slot not yet FREE or QUARANTINED.
-        self._slots: dict[int, _Slot] = {}
-        self._abandoned: list[_Slot] = []
+        self._slots: dict[int, _LeaseRecord] = {}
+        self._abandoned: list[_LeaseRecord] = []
         self._sweep_wanted = trio.Event()
         self._sends_in_flight = 0
         self._drained: trio.Event | None = None
@@ -211,18 +236,33 @@ class BufferPool:
         self._quarantined_bytes = 0
         self._closed = False
         #: Whether sealed leases' pages are read-only in the page tables too.
-        self._protect_sealed = False
+        self._protect_sealed = protect_sealed
         #: The Trio thread that runs the pool: the one thread allowed to
         #: change whom memory belongs to (see "Threads" in _lease.py).
         self._thread = threading.get_ident()
+        #: What every lease record of this pool gets to reach it (and only this).
+        self._home = LeaseHome(
+            arena=_arena,
+            thread=self._thread,
+            protect_sealed=protect_sealed,
+            round_up=self._allocator.round_up,
+            send_began=self._send_began,
+            send_ended=self._on_send_complete,
+            give_back=self._give_back,
+            release=self._release,
+            wrong_thread=self._wrong_thread,
+        )
         #: Set in a forked child: why nothing of this pool may be used there.
         self._forked: str | None = None
         #: Leases whose memory could not be made writable again (protect_sealed).
         self._unprotectable: list[str] = []
         _open_pools.add(self)
-        # Defaults for the pool's streams (see open_pool).
-        self._send_timeout: float | None = None
-        self._stream_max_in_flight = max(_arena.size // 4, PAGE_SIZE)
+        #: What the pool's streams start with (see open_pool).
+        self._stream_defaults = StreamDefaults(
+            send_timeout=send_timeout,
+            max_in_flight=stream_max_in_flight or max(_arena.size // 4, PAGE_SIZE),
+            drain_timeout=drain_timeout,
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -243,7 +283,7 @@ class BufferPool:
                 raise trio.ClosedResourceError(self._forked)
             raise trio.ClosedResourceError("this pool's block has ended; open a new pool")
 
-    def _wrong_thread(self, what: str) -> None:
+    def _wrong_thread(self, what: str) -> NoReturn:
         raise RuntimeError(
             f"{what} must be called from the Trio thread that runs the pool; from a worker"
             f" thread, call it through trio.from_thread.run_sync"
@@ -268,20 +308,13 @@ class BufferPool:
         self._abandoned.clear()
 
     def _check_nbytes(self, nbytes: object) -> int:
-        nbytes = exact_int("nbytes", nbytes)
-        if nbytes <= 0:
-            raise ValueError(f"nbytes must be positive, not {nbytes}")
-        if nbytes > self._arena.size:
-            raise ValueError(
-                f"a lease of {nbytes} bytes can never be served: the pool holds {self._arena.size}"
-            )
-        return nbytes
+        return check_lease_size(nbytes, self._arena.size)
 
-    def _own(self, lease: WritableLease | SealedLease) -> _Slot:
+    def _own(self, lease: WritableLease | SealedLease) -> _LeaseRecord:
         if not isinstance(lease, (WritableLease, SealedLease)):
             raise TypeError(f"expected a lease, not {type(lease).__name__}")
         slot = lease._slot
-        if slot.pool is not self:
+        if slot.home is not self._home:
             raise ForeignLeaseError(f"{lease!r} belongs to another pool")
         return slot
 
@@ -292,11 +325,11 @@ class BufferPool:
 
     # -- acquiring ----------------------------------------------------------
 
-    def _new_slot(self, nbytes: int) -> _Slot | None:
+    def _new_slot(self, nbytes: int) -> _LeaseRecord | None:
         offset = self._allocator.allocate(nbytes)
         if offset is None:
             return None
-        slot = _Slot(self, offset, nbytes)  # positional: once per image
+        slot = _LeaseRecord(self._home, offset, nbytes)  # positional: once per image
         self._slots[slot.id] = slot
         self._leases_total += 1
         return slot
@@ -345,8 +378,8 @@ class BufferPool:
             # The checks with their messages (an int subclass passes them, at its value).
             self._check_open()
             nbytes = self._check_nbytes(nbytes)
-        if schedule.__class__ is not bool:
-            raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
+        if type(schedule) is not bool:
+            check_bool("schedule", schedule)  # raises
         await trio.lowlevel.checkpoint_if_cancelled()
         lease = self._take(nbytes)
         if lease is not None:
@@ -386,8 +419,8 @@ class BufferPool:
         :meth:`WritableLease.seal` returned. Its memory returns to the pool
         once the kernel has finished every send of it.
         """
-        if schedule.__class__ is not bool:
-            raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
+        if type(schedule) is not bool:
+            check_bool("schedule", schedule)  # raises
         if type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
             nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes, at its value)
         return LeaseScope(self, nbytes, schedule)
@@ -439,7 +472,7 @@ class BufferPool:
             # anything reached through it (SealedLease.view().obj).
             with view.cast("B") as flat:
                 readonly = flat.toreadonly()
-        slot = _Slot(self, 0, readonly.nbytes, readonly)
+        slot = _LeaseRecord(self._home, 0, readonly.nbytes, readonly)
         adopted_memory.add(slot, address, immutable)
         self._slots[slot.id] = slot
         self._leases_total += 1
@@ -457,7 +490,7 @@ class BufferPool:
 
     # -- the end of a lease -------------------------------------------------
 
-    def _release(self, slot: _Slot, reason: str) -> None:
+    def _release(self, slot: _LeaseRecord, reason: str) -> None:
         """The owner gave *slot* up (or its scope did it for them)."""
         slot.stale_reason = reason
         if slot.state is LeaseState.WRITABLE:
@@ -484,7 +517,10 @@ class BufferPool:
             self._settle(slot)
         # Otherwise DRAINING: the last completion settles it.
 
-    def _on_send_complete(self, slot: _Slot) -> None:
+    def _send_began(self) -> None:
+        self._sends_in_flight += 1
+
+    def _on_send_complete(self, slot: _LeaseRecord) -> None:
         self._sends_in_flight -= 1
         if slot.state in TERMINAL_STATES:
             self._settle(slot)
@@ -493,7 +529,7 @@ class BufferPool:
         if self._sends_in_flight == 0 and self._drained is not None:
             self._drained.set()
 
-    def _settle(self, slot: _Slot) -> None:
+    def _settle(self, slot: _LeaseRecord) -> None:
         """Act on the state *slot* reached, once per lease when it ends."""
         if slot.state not in TERMINAL_STATES or self._slots.pop(slot.id, None) is None:
             return
@@ -504,9 +540,9 @@ class BufferPool:
             elif not self._arena.closed:
                 # Free memory keeps its bytes: the next lease clears what
                 # its owner does not overwrite before anyone can see it
-                # (see _Slot.clean), which costs nothing when the whole
+                # (see _LeaseRecord.clean_bytes), which costs nothing when the whole
                 # lease is written with write().
-                if self._protect_sealed and slot.sealed:
+                if self._protect_sealed and slot.was_sealed:
                     try:
                         self._arena.protect(slot.offset, slot.block_length, writable=True)
                     except OSError as exc:
@@ -519,10 +555,10 @@ class BufferPool:
                         self._unprotectable.append(f"{slot.describe()}: {exc}")
                         slot.wake_reusable()
                         return
-                if slot.needs_punch:
+                if slot.pages_held:
                     # A socket may still hold these pages (sendfile): give
                     # them up and let the next writer fault in fresh zero
-                    # pages. Blocks cover whole folios (see _thp.py).
+                    # pages. Blocks cover whole folios (see _kernels/_thp.py).
                     self._arena.punch(slot.offset, slot.block_length)
                 self._allocator.free(slot.offset, slot.capacity)
                 if self._waiters:
@@ -703,6 +739,13 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
+def check_pool(pool: object) -> None:
+    """Refuse what is not an open pool (a stream's, a listener's, a server's *pool*)."""
+    if not isinstance(pool, BufferPool):
+        raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
+    pool._check_open()
+
+
 def _map_areas() -> tuple[int, int]:
     """The process's memory-map areas and the most it may have (0, 0 where unknown)."""
     try:
@@ -804,24 +847,12 @@ async def open_pool(
     much as sending 64 KiB costs (see the benchmarks page). Good for test
     suites and debugging.
     """
-    send_timeout = _check_send_timeout(send_timeout)
+    send_timeout = check_send_timeout(send_timeout)
     if stream_max_in_flight is not None:
-        stream_max_in_flight = _check_max_in_flight(stream_max_in_flight)
-    if not isinstance(protect_sealed, bool):
-        raise TypeError(f"protect_sealed must be a bool, not {type(protect_sealed).__name__}")
-    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
-        raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
-    if max_bytes < PAGE_SIZE:
-        raise ValueError(f"max_bytes must be at least one page ({PAGE_SIZE}), not {max_bytes}")
-    if max_bytes > sys.maxsize:
-        raise ValueError(
-            f"max_bytes must be at most {sys.maxsize} (sys.maxsize, the largest mapping a process"
-            f" can ask for), not {max_bytes}"
-        )
-    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
-        raise TypeError(f"drain_timeout must be a number, not {type(drain_timeout).__name__}")
-    if math.isnan(drain_timeout) or drain_timeout < 0:
-        raise ValueError(f"drain_timeout must be a non-negative number of seconds, not {drain_timeout}")
+        stream_max_in_flight = check_max_in_flight(stream_max_in_flight)
+    protect_sealed = check_bool("protect_sealed", protect_sealed)
+    max_bytes = check_pool_size(max_bytes, PAGE_SIZE, sys.maxsize)
+    drain_timeout = check_drain_timeout(drain_timeout)
     if policy is None:
         policy = ZeroCopyPolicy()
     elif not isinstance(policy, ZeroCopyPolicy):
@@ -841,10 +872,15 @@ async def open_pool(
         except OSError as exc:
             raise _cannot_map(max_bytes - max_bytes % granule, exc) from exc
         the_kernel.attach(arena)
-        pool = BufferPool(arena, kernel=the_kernel, policy=policy, drain_timeout=drain_timeout)
-        pool._protect_sealed = protect_sealed
-        pool._send_timeout = send_timeout
-        pool._stream_max_in_flight = stream_max_in_flight or max(pool.max_bytes // 4, PAGE_SIZE)
+        pool = BufferPool(
+            arena,
+            kernel=the_kernel,
+            policy=policy,
+            drain_timeout=drain_timeout,
+            protect_sealed=protect_sealed,
+            send_timeout=send_timeout,
+            stream_max_in_flight=stream_max_in_flight,
+        )
     except BaseException:
         # Nothing was handed out: release the kernel's ring or epoll and the memory.
         the_kernel.close()

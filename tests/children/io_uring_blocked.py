@@ -54,7 +54,7 @@ def block_io_uring(blocked_errno: int) -> None:
 def probe() -> None:
     import attrs
 
-    from trio_zc._uring import probe as run_probe
+    from trio_zc._kernels._ring import probe as run_probe
 
     print(json.dumps(attrs.asdict(run_probe())))
 

@@ -14,8 +14,8 @@ import os
 import resource
 import sys
 
-import trio_zc._choice
-import trio_zc._uring
+import trio_zc._kernels._choice
+import trio_zc._kernels._ring
 
 
 def lowest_free_fd() -> int:
@@ -25,7 +25,7 @@ def lowest_free_fd() -> int:
 
 
 def choose() -> dict[str, object]:
-    kernel = trio_zc._choice.make_kernel("io_uring")
+    kernel = trio_zc._kernels._choice.make_kernel("io_uring")
     try:
         return {"kernel": kernel.name, "note": kernel.note}
     finally:
@@ -37,14 +37,14 @@ def main() -> None:
     # Every descriptor number below the new limit is taken: nothing new opens.
     resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_fd(), hard))
     try:
-        starved = trio_zc._uring.probe()
+        starved = trio_zc._kernels._ring.probe()
         try:
             starved_choice: dict[str, object] = choose()
         except OSError as exc:  # the fallback's epoll needs a descriptor too
             starved_choice = {"error": repr(exc)}
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    again = trio_zc._uring.probe()
+    again = trio_zc._kernels._ring.probe()
     print(
         json.dumps(
             {

@@ -5,7 +5,7 @@ ask for a submit; a submitter task hands everything prepared since its last
 turn to the kernel in one ``io_uring_enter`` (so sends that are ready
 together are batched). A reaper task waits for the ring fd to become
 readable (``trio.lowlevel.wait_readable``) and routes each completion to its
-send through :class:`~trio_zc._uring_tracker.SendZcTracker`.
+send through :class:`~trio_zc._kernels._uring_tracker.SendZcTracker`.
 
 A send has two completions. The *result* (bytes sent, or ``-errno``)
 resumes the stream's task; the *notification* (``F_NOTIF``), which follows
@@ -19,7 +19,7 @@ kernel does not pin pages per send; sends from it use
 ``IORING_RECVSEND_FIXED_BUF``. Registering pins (and so allocates) every
 page of a buffer at once, so the arena is not registered whole when the
 pool opens: the ring gets a sparse buffer table (Linux 5.13+), and each
-16 MiB chunk of the arena is registered into its slot when a send first
+16 MiB chunk of the arena is registered into its lease when a send first
 uses it, through a mapping of that chunk made for the registration and
 unmapped right after it (registering pins for writing, which the read-only
 pages of sealed leases in a ``protect_sealed`` pool refuse; the pins
@@ -34,13 +34,13 @@ that is no broken connection, and the stream copies the send's rest and
 backs off, as for MSG_ZEROCOPY's ENOBUFS (see ``_policy.py``).
 
 Closing, cancellation and draining follow the msg_zerocopy kernel's
-protocol (:class:`~trio_zc._completion_channel.DrainingChannel`): a
+protocol (:class:`~trio_zc._kernels._closing.DrainingClose`): a
 cancelled send's entry is already the kernel's, so its lease stays held
 until its notification; closing waits for notifications, then resets the
 connection and quarantines what never comes.
 
-Whether io_uring is usable at all is found by :func:`~trio_zc._uring.probe`
-when the pool opens; see ``_choice.py`` for the fallbacks.
+Whether io_uring is usable at all is found by :func:`~trio_zc._kernels._ring.probe`
+when the pool opens; see ``_choice.py`` (beside this module) for the fallbacks.
 """
 
 from __future__ import annotations
@@ -54,16 +54,16 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from ._address import buffer_address
-from ._completion_channel import DrainingChannel, settle_all
-from ._kernel import ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
-from ._stats import Counters
-from ._uring import Probe, Ring, SubmissionQueueFull
+from .._address import buffer_address
+from .._stats import Counters
+from ._base import Channel, CompletionListener, Kernel, SendableLease, Transport, broken
+from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, settle_all
+from ._socket import SocketTransport, local_peer, not_tcp, socket_of
+from ._ring import Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
 
 if TYPE_CHECKING:
-    from ._arena import Arena
-    from ._lease import _Slot
+    from .._arena import Arena
 
 #: The largest registered buffer the kernel accepts; also the most one
 #: request sends (an SQE's length has 32 bits).
@@ -87,7 +87,7 @@ class _Call:
     """One SEND_ZC request as the kernel object tracks it."""
 
     channel: IoUringChannel
-    slot: _Slot
+    lease: SendableLease
     nbytes: int
     #: The result CQE's res, once it came.
     res: int | None = None
@@ -96,50 +96,79 @@ class _Call:
     quarantined: bool = False
 
 
-class IoUringChannel(DrainingChannel, SocketChannel):
+class IoUringChannel(Channel):
     """A TCP socket whose zero-copy sends go through the pool's ring."""
 
-    def __init__(self, kernel: IoUringKernel, sock: socket.socket, counters: Counters) -> None:
-        SocketChannel.__init__(self, sock, counters)
+    #: Set while an earlier send is still in Linux's hands after its task
+    #: was cancelled: a later send, copied or not, must wait for it, or the
+    #: two sends' bytes would interleave.
+    send_barrier: trio.Event | None = None
+
+    def __init__(
+        self,
+        kernel: IoUringKernel,
+        socket: SocketTransport,
+        counters: Counters,
+        on_completions: CompletionListener,
+    ) -> None:
+        super().__init__(socket, counters, on_completions)
         self.kernel = kernel
+        self.socket = socket
         self.calls: set[_Call] = set()
-        self._drained: trio.Event | None = None
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            self.unavailable = f"not a TCP socket (family {sock.family.name})"
-        elif kernel.copy_local_peers:
-            self.unavailable = local_peer(sock)
+        self.closing = DrainingClose(self)
+        self.copy_only_reason = not_tcp(socket.sock) or (
+            local_peer(socket.sock) if kernel.copy_local_peers else None
+        )
 
     @property
     def sends_in_flight(self) -> int:
         return len(self.calls)
 
-    def _where(self, slot: _Slot, pos: int) -> tuple[int, int | None, int]:
+    def copy_now(self, data: memoryview) -> int:
+        if self.send_barrier is not None:
+            return 0  # an earlier send's bytes must go first
+        return super().copy_now(data)
+
+    async def send_copy(self, data: memoryview) -> None:
+        if self.send_barrier is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self.pass_barrier()
+        await super().send_copy(data)
+
+    async def pass_barrier(self) -> None:
+        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
+        barrier = self.send_barrier
+        if barrier is not None:
+            await barrier.wait()
+            self.send_barrier = None
+
+    def _where(self, lease: SendableLease, pos: int) -> tuple[int, int | None, int]:
         """Where the lease's bytes from *pos* are, the fixed buffer holding
         them (None: unregistered memory), and the most one request may send
         from there."""
-        if slot.adopted is not None:
-            return buffer_address(slot.adopted) + pos, None, _MAX_FIXED_BUFFER
-        address, index, room = self.kernel.buffer_for(slot.offset + pos)
+        if lease.adopted is not None:
+            return buffer_address(lease.adopted) + pos, None, _MAX_FIXED_BUFFER
+        address, index, room = self.kernel.buffer_for(lease.offset + pos)
         return address, index, min(room, _MAX_FIXED_BUFFER)
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.pass_barrier()
         total = len(data)
         sent = 0
-        retried = False
+        retry = RefusalRetry()  # a send here costs a system call anyway
         while sent < total:
             # Another task may have closed the stream during the last wait,
             # and the entry names the socket by its number, which may belong
             # to another connection by now.
-            self.check_open()
-            addr, index, room = self._where(slot, start + sent)
+            self.socket.check_open()
+            addr, index, room = self._where(lease, start + sent)
             # A request stays within one registered buffer.
             length = min(total - sent, room)
-            call = _Call(self, slot, length)
+            call = _Call(self, lease, length)
             self.kernel.submit_send(call, addr, index)
             self.calls.add(call)
-            slot.begin_send()
+            lease.begin_send()
             self.counters.zerocopy_call(length)
             # The entry is the kernel's now: if this wait is cancelled, the
             # send goes on, and its notification still releases the lease.
@@ -155,7 +184,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             assert res is not None
             if res > 0:
                 sent += res
-                retried = False
+                retry.went_through()
                 continue
             if res == 0:
                 # Never seen; going round again could go on for ever.
@@ -164,14 +193,11 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             if err == errno.EAGAIN:
                 await self.wait_writable()
             elif err in ZEROCOPY_REFUSED:
-                # The kernel would not pin the memory (ENOMEM: the
-                # locked-memory limit, for unregistered memory): the
-                # connection is fine. Try once more, then the stream copies
-                # the rest and backs off.
-                self.counters.count("enobufs")
-                if retried:
+                # Linux would not pin the memory (ENOMEM: the locked-memory
+                # limit, for unregistered memory): the connection is fine.
+                # Try once more, then the stream copies the rest and backs off.
+                if not retry.refused(self.counters):
                     break
-                retried = True
             else:
                 broken(OSError(err, errno.errorcode.get(err, str(err))))
         return sent
@@ -179,43 +205,38 @@ class IoUringChannel(DrainingChannel, SocketChannel):
     def released(self, call: _Call, copied: bool) -> None:
         """The kernel is done with *call*'s memory."""
         self.calls.discard(call)
-        call.slot.end_send()
+        call.lease.end_send()
         # The bytes the kernel took (the result came first), not the bytes
         # asked for: a short or failed send (a reset) moved fewer, or none.
         taken = max(call.res or 0, 0)
         self.counters.completed(1, call.nbytes, taken, copied)
         self.on_completions(1, copied)
-        if self._drained is not None and not self.calls:
-            self._drained.set()
+        self.closing.notify()
 
-    async def wait_drained(self) -> None:
-        while self.calls:
-            self._drained = trio.Event()
-            await self._drained.wait()
-        self._drained = None
+    def poll_completions(self) -> None:
+        pass  # the kernel's reaper task routes every completion
 
-    def abort(self) -> None:
-        SocketChannel.abort(self)  # only while the socket is open (see there)
-
-    def forget_outstanding(self) -> int:
+    def take_outstanding(self) -> list[tuple[SendableLease, int]]:
         calls, self.calls = self.calls, set()
         for call in calls:
+            # Its notification, if it ever comes, changes nothing (see _reaper).
             call.quarantined = True
-            call.slot.quarantine_send()
-            self.counters.count("bytes_in_flight", -call.nbytes)
             if call.res is None:
                 # Its result never came either: a task still waiting for it
                 # (a send, or a copy behind its barrier) would wait for ever.
                 call.res = -errno.ECANCELED
                 call.done.set()
-        return len(calls)
+        return [(call.lease, call.nbytes) for call in calls]
 
     def close_transport(self) -> None:
         # An entry prepared but not handed to the kernel yet names this
         # socket by number: hand it over while the number is still ours
         # (the kernel then holds the socket itself).
         self.kernel.flush()
-        self.close_socket()
+        self.transport.close()
+
+    async def aclose(self, drain_timeout: float) -> None:
+        await self.closing.aclose(drain_timeout)
 
 
 class IoUringKernel(Kernel):
@@ -332,8 +353,10 @@ class IoUringKernel(Kernel):
         self.registered_bytes += length
         return True
 
-    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        return IoUringChannel(self, sock, counters)
+    def open_channel(
+        self, transport: Transport, counters: Counters, on_completions: CompletionListener
+    ) -> IoUringChannel:
+        return IoUringChannel(self, socket_of(transport, self.name), counters, on_completions)
 
     def submit_send(self, call: _Call, addr: int, index: int | None) -> None:
         """Prepare a SEND_ZC for *call* and have the submitter hand it over."""
@@ -352,7 +375,7 @@ class IoUringKernel(Kernel):
 
     def _prep(self, call: _Call, addr: int, index: int | None, user_data: int) -> None:
         self.ring.prep_send_zc(
-            call.channel.fd,
+            call.channel.socket.fd,
             addr,
             call.nbytes,
             user_data,
@@ -410,7 +433,7 @@ class IoUringKernel(Kernel):
             self.submit_calls += 1
 
     async def abort_in_flight(self) -> None:
-        await settle_all({call.channel for call in self.tracker.items_outstanding()})
+        await settle_all({call.channel.closing for call in self.tracker.items_outstanding()})
         await trio.lowlevel.checkpoint()
 
     def close(self) -> None:

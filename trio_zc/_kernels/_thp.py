@@ -27,7 +27,7 @@ import re
 
 import attrs
 
-from ._arena import PAGE_SIZE
+from .._arena import PAGE_SIZE
 
 THP_DIR = pathlib.Path("/sys/kernel/mm/transparent_hugepage")
 _LARGE = {"always", "within_size", "force"}

@@ -10,8 +10,9 @@ way returns to the pool, its range is punched out of the memfd
 (``fallocate(PUNCH_HOLE)``). The socket keeps the old pages for as long as
 it needs them; the next writer faults in fresh zero pages. That works on any
 Linux since 3.5, loopback included -- but the fresh pages cost a page fault
-and a kernel-zeroed page per 4 KiB for the next writer, which
-``benchmarks/sendfile_cost.py`` measures.
+and a kernel-zeroed page per 4 KiB for the next writer (``benchmarks/stale_bytes.py``
+measures punching against zeroing: about ten times the cost of clearing
+mapped pages, see docs/lifecycle.rst).
 
 A punch must cover whole folios (``_thp.py``): the pool hands out memory in
 units of the largest shared-memory folio the THP settings allow (one page
@@ -23,42 +24,45 @@ Adopted buffers are not in the memfd; they are sent by copying.
 from __future__ import annotations
 
 import os
-import socket
-from typing import TYPE_CHECKING
 
 import trio
 
-from ._arena import PAGE_SIZE
-from ._kernel import Channel, Kernel, SocketChannel, broken
-from ._stats import Counters
+from .._arena import PAGE_SIZE, Arena
+from .._stats import Counters
+from ._base import Channel, CompletionListener, Kernel, SendableLease, Transport, broken
+from ._socket import SocketTransport, socket_of
 from ._thp import shmem_folios
 
-if TYPE_CHECKING:
-    from ._lease import _Slot
 
-
-class SendfileChannel(SocketChannel):
+class SendfileChannel(Channel):
     """A stream socket that sends pool leases with sendfile from the arena."""
 
-    def accepts(self, slot: _Slot) -> bool:
-        return slot.adopted is None
+    def __init__(
+        self, socket: SocketTransport, counters: Counters, on_completions: CompletionListener, arena: Arena
+    ) -> None:
+        super().__init__(socket, counters, on_completions)
+        self.socket = socket
+        self.arena = arena
 
-    async def send_zerocopy(self, data: memoryview, slot: _Slot, start: int) -> int:
+    def accepts(self, lease: SendableLease) -> bool:
+        return lease.adopted is None
+
+    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
-        arena = slot.pool._arena
-        offset = slot.offset + start
+        arena = self.arena
+        offset = lease.offset + start
         total = len(data)
         sent = 0
         waited = False
         # From the first byte on, the socket may hold the pages: they must be
         # punched, not reused, when the lease comes back. Nothing else to
         # wait for: the send holds the lease only while it runs.
-        slot.needs_punch = True
+        lease.hold_pages()
         try:
             while sent < total:
                 # After a wait, another task may have closed the stream, and
                 # the descriptor number may be another connection's by now.
-                self.check_open()
+                self.socket.check_open()
                 if arena.closed:
                     # Likewise the pool's block may have ended (its drain
                     # deadline passed while this send waited for the peer):
@@ -69,7 +73,7 @@ class SendfileChannel(SocketChannel):
                         " was not sent"
                     )
                 try:
-                    n = os.sendfile(self.fd, arena.fd, offset + sent, total - sent)
+                    n = os.sendfile(self.socket.fd, arena.fd, offset + sent, total - sent)
                 except BlockingIOError:
                     await self.wait_writable()
                     waited = True
@@ -80,7 +84,7 @@ class SendfileChannel(SocketChannel):
                     raise trio.BrokenResourceError("sendfile sent nothing")
                 sent += n
         finally:
-            self.counters.count("bytes_zerocopy", sent)
+            self.counters.sent_by_reference(sent)
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return sent
@@ -103,5 +107,10 @@ class SendfileKernel(Kernel):
     def allocation_granule(self) -> int:
         return self._granule
 
-    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        return SendfileChannel(sock, counters)
+    def attach(self, arena: Arena) -> None:
+        self._arena = arena
+
+    def open_channel(
+        self, transport: Transport, counters: Counters, on_completions: CompletionListener
+    ) -> Channel:
+        return SendfileChannel(socket_of(transport, self.name), counters, on_completions, self._arena)

@@ -24,10 +24,11 @@ from __future__ import annotations
 from typing import Final
 
 from ._io_uring import IoUringKernel
-from ._kernel import CopyKernel, Kernel
+from ._base import Kernel
+from ._copy import CopyKernel
 from ._msg_zerocopy import MsgZeroCopyKernel
 from ._sendfile import SendfileKernel
-from ._uring import UringUnavailable, probe
+from ._ring import UringUnavailable, probe
 
 #: The names ``open_pool(kernel=...)`` accepts.
 KERNEL_NAMES: Final = ("auto", "copy", "io_uring", "msg_zerocopy", "sendfile")
