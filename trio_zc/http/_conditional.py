@@ -28,16 +28,25 @@ class RangeAnswer(enum.Enum):
     UNSATISFIABLE = "unsatisfiable"
 
 
-def _position(text: str) -> int | None:
-    """An ASCII decimal number, or None; an absurdly long one comes back as a huge number."""
+def _digits(text: str) -> str | None:
+    """*text* as ASCII decimal digits without leading zeros, or None if it is not a number."""
     if not text or not text.isascii() or not text.isdigit():
         return None
-    text = text.lstrip("0") or "0"
-    if len(text) > _MAX_DIGITS:
+    return text.lstrip("0") or "0"
+
+
+def _value(digits: str) -> int:
+    """The number *digits* says; an absurdly long one comes back as a number larger than any body."""
+    if len(digits) > _MAX_DIGITS:
         # int() of thousands of digits is slow, and refused past 4300 of them
         # (sys.set_int_max_str_digits): no body is this large anyway.
         return _HUGE
-    return int(text)
+    return int(digits)
+
+
+def _less(a: str, b: str) -> bool:
+    """Whether the number *a* is less than the number *b* (both from _digits), at any length."""
+    return (len(a), a) < (len(b), b)
 
 
 def single_range(value: str, size: int) -> tuple[int, int] | RangeAnswer:
@@ -60,21 +69,22 @@ def single_range(value: str, size: int) -> tuple[int, int] | RangeAnswer:
     if not dash:
         return RangeAnswer.FULL
     if not first:
-        suffix = _position(last)
+        suffix = _digits(last)
         if suffix is None:
             return RangeAnswer.FULL
-        if suffix == 0 or size == 0:
+        if suffix == "0" or size == 0:
             return RangeAnswer.UNSATISFIABLE
-        return max(0, size - suffix), size
-    start = _position(first)
-    if start is None:
+        return max(0, size - _value(suffix)), size
+    start_digits = _digits(first)
+    if start_digits is None:
         return RangeAnswer.FULL
+    end = _HUGE
     if last:
-        end = _position(last)
-        if end is None or end < start:
+        end_digits = _digits(last)
+        if end_digits is None or _less(end_digits, start_digits):
             return RangeAnswer.FULL
-    else:
-        end = _HUGE
+        end = _value(end_digits)
+    start = _value(start_digits)
     if start >= size:
         return RangeAnswer.UNSATISFIABLE
     return start, min(end, size - 1) + 1
@@ -84,7 +94,10 @@ def single_range(value: str, size: int) -> tuple[int, int] | RangeAnswer:
 
 #: What may stand between the quotes of an entity tag (etagc, ASCII only).
 _ETAGC = re.compile(r'[\x21\x23-\x7e]*')
-_LIST_ITEM = re.compile(r'[ \t]*(?:(W/)?"([\x21\x23-\x7e]*)"|(\*))[ \t]*(?:,|$)')
+#: One member of an entity-tag list, with the spaces and commas before it
+#: (RFC 9110, 5.6.1: empty members are allowed and ignored).
+_LIST_ITEM = re.compile(r'[ \t,]*(?:(W/)?"([\x21\x23-\x7e]*)"|(\*))[ \t]*(?:,|$)')
+_EMPTY_TAIL = re.compile(r"[ \t,]*")
 
 
 def normalize_etag(value: str) -> str:
@@ -121,6 +134,8 @@ def parse_etag_list(value: str) -> list[tuple[bool, str]] | None:
     position = 0
     star = False
     while position < len(value):
+        if _EMPTY_TAIL.fullmatch(value, position):
+            break
         found = _LIST_ITEM.match(value, position)
         if found is None or found.end() == position:
             return None

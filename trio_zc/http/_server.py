@@ -56,6 +56,9 @@ DEFAULT_LINGER_TIMEOUT = 2.0
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 #: Bytes read from a client at a time.
 RECEIVE_SIZE = 16 * 1024
+#: The most bytes the server reads and drops while lingering: a client that
+#: goes on sending after its last answer gets a reset instead.
+LINGER_MAX_BYTES = 1 << 20
 
 #: Methods handlers see; anything else gets 405.
 _METHODS = (b"GET", b"HEAD")
@@ -340,7 +343,7 @@ class HTTPServer:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         status = exc.error_status_hint if 400 <= exc.error_status_hint <= 599 else 400
-        response = _text(status, "the server could not parse this request", headers=[("Connection", "close")])
+        response = _text(status, "the server could not parse this request")
         await self._send(conn, stream, b"GET", response, (), close=True)
         await self._linger(stream)
 
@@ -351,9 +354,20 @@ class HTTPServer:
         self._requests += 1
         # A request body is not read: the request is answered and the
         # connection closed (the bytes left unread are discarded by _linger).
-        close = type(conn.next_event()) is not h11.EndOfMessage
+        try:
+            close = type(conn.next_event()) is not h11.EndOfMessage
+        except h11.RemoteProtocolError:
+            close = True  # a body h11 cannot frame (a bad chunk): answer the request, then close
+        names = {name for name, _ in event.headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # Framed two ways: a proxy in front may have read it the other
+            # way (request smuggling). RFC 9112, 6.3: close after answering.
+            close = True
         method = event.method
-        if method not in _METHODS:
+        if event.http_version not in (b"1.0", b"1.1"):
+            response = _text(505, "this server speaks HTTP/1.0 and HTTP/1.1")
+            close = True
+        elif method not in _METHODS:
             response = _text(405, "this server answers GET and HEAD", headers=[("Allow", _ALLOW)])
         else:
             try:
@@ -406,7 +420,7 @@ class HTTPServer:
                 plan = _plan(method, request_headers, response)
             except LeaseError as exc:  # the body was released under the response
                 self._handler_errors += 1
-                LOGGER.error("an HTTP response's body could not be sent: %s", exc)
+                LOGGER.error("an HTTP response's body could not be sent: %r", exc)
                 _release(response.body)
                 response, close = _text(500, "the response could not be sent"), True
                 plan = _plan(method, (), response)
@@ -438,7 +452,7 @@ class HTTPServer:
                 # Released or foreign: the application's bug, and the head is
                 # out already; the client sees a short body and a close.
                 self._handler_errors += 1
-                LOGGER.error("an HTTP response's body could not be sent: %s", exc)
+                LOGGER.error("an HTTP response's body could not be sent: %r", exc)
                 return False
             self._responses += 1
             self._body_bytes += length
@@ -456,9 +470,13 @@ class HTTPServer:
         """
         try:
             await stream.send_eof()
+            dropped = 0
             with trio.move_on_after(self.linger_timeout):
-                while await stream.receive_some(RECEIVE_SIZE):
-                    pass
+                while dropped < LINGER_MAX_BYTES:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    dropped += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
