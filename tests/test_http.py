@@ -889,3 +889,25 @@ def test_the_public_names() -> None:
     for name in ("Request", "Response", "HTTPServer", "HTTPStatistics", "serve"):
         assert getattr(trio_zc.http, name).__module__ == "trio_zc.http"
     assert h11  # the parser, never a hand-written one
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /tiny HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["upgrade", "connect", "options *"],
+)
+async def test_protocol_switches_are_declined_and_the_connection_goes_on(request_bytes: bytes) -> None:
+    async with running() as srv:
+        stream = await srv.connect()
+        await stream.send_all(request_bytes + raw("/small"))
+        with trio.fail_after(30):
+            first, second = await read_replies(stream, ["GET", "GET"])
+        assert first.status in (200, 405)
+        assert first.status == 200 or first.headers["allow"] == "GET, HEAD"
+        assert second.body == BODIES["/small"]
+        await stream.aclose()
+        await srv.settled()

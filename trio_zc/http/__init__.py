@@ -13,7 +13,8 @@ clients -- and sends the lease's bytes without copying them, with
 
     await trio_zc.http.serve(pool, handler, port=8080)
 
-Needs h11 (``pip install 'trio_zc[http]'``). See docs/http.rst.
+Needs h11 (the ``http`` extra). The documentation's "Serving images over HTTP"
+page says what the server does and how to bound its clients.
 """
 
 try:

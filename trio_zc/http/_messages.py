@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
@@ -73,15 +73,15 @@ def _convert_etag(etag: str | None) -> str | None:
     return None if etag is None else normalize_etag(etag)
 
 
-def _convert_last_modified(when: _dt.datetime | float | None) -> _dt.datetime | None:
+def _convert_last_modified(when: datetime.datetime | float | None) -> datetime.datetime | None:
     if when is None:
         return None
-    if isinstance(when, _dt.datetime):
+    if isinstance(when, datetime.datetime):
         if when.tzinfo is None or when.utcoffset() is None:
             raise ValueError("last_modified must be an aware datetime (with a time zone), or a POSIX timestamp")
-        moment = when.astimezone(_dt.timezone.utc)
+        moment = when.astimezone(datetime.timezone.utc)
     elif isinstance(when, (int, float)) and not isinstance(when, bool):
-        moment = _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+        moment = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
     else:
         raise TypeError(f"last_modified must be a datetime, a POSIX timestamp or None, not {type(when).__name__}")
     # HTTP dates have whole seconds: compare as the client will see it.
@@ -139,7 +139,7 @@ class Response:
     #: The entity tag (quoted), if any: sent as ETag, compared with If-None-Match and If-Range.
     etag: str | None = attrs.field(default=None, converter=_convert_etag, kw_only=True)
     #: When the body last changed (UTC, whole seconds), if known.
-    last_modified: _dt.datetime | None = attrs.field(
+    last_modified: datetime.datetime | None = attrs.field(
         default=None, converter=_convert_last_modified, kw_only=True
     )
     #: Where the body starts in *body*.
