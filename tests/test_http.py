@@ -911,3 +911,20 @@ async def test_protocol_switches_are_declined_and_the_connection_goes_on(request
         assert second.body == BODIES["/small"]
         await stream.aclose()
         await srv.settled()
+
+
+async def test_repeated_single_valued_conditionals_are_not_trusted() -> None:
+    async with running() as srv:
+        client = await srv.client()
+        date = http_date(LAST_MODIFIED)
+        # Two If-Modified-Since: ignored (RFC 9110, 13.1.3), so the body is sent.
+        reply = await client.request("/tagged", [("If-Modified-Since", date), ("If-Modified-Since", date)])
+        assert (reply.status, reply.body) == (200, BODIES["/small"])
+        # Two If-Range: the range does not apply.
+        reply = await client.request("/tagged", [("Range", "bytes=0-9"), ("If-Range", '"v1"'), ("If-Range", '"v1"')])
+        assert (reply.status, reply.body) == (200, BODIES["/small"])
+        # Two If-None-Match fields make one list.
+        reply = await client.request("/tagged", [("If-None-Match", '"a"'), ("If-None-Match", '"v1"')])
+        assert reply.status == 304
+        await client.aclose()
+        await srv.settled()

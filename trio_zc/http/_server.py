@@ -15,7 +15,7 @@ import email.utils
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from http import HTTPStatus
 from typing import Union
 
@@ -133,12 +133,13 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-def _text(status: int, message: str, **kwargs: object) -> Response:
+def _text(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
+    """A short plain-text answer the server makes itself (errors)."""
     return Response(
         f"{status} {_reason(status).decode()}: {message}\n".encode(),
         status=status,
         content_type="text/plain; charset=utf-8",
-        **kwargs,  # type: ignore[arg-type]
+        headers=headers,
     )
 
 
@@ -411,7 +412,7 @@ class HTTPServer:
         stream: ZeroCopyStream,
         method: bytes,
         response: Response,
-        request_headers: object,
+        request_headers: Iterable[tuple[bytes, bytes]],
         close: bool,
     ) -> bool:
         """Send *response* to a *method* request (releasing its body); whether the connection may go on."""
@@ -482,7 +483,7 @@ class HTTPServer:
 
 
 def _plan(
-    method: bytes, request_headers: object, response: Response
+    method: bytes, request_headers: Iterable[tuple[bytes, bytes]], response: Response
 ) -> tuple[int, list[tuple[str, str]], int, int]:
     """(status, headers, start, length) of what to send for *response* to this request.
 
@@ -490,19 +491,25 @@ def _plan(
     send (length 0: no body bytes).
     """
     range_values: list[str] = []
-    if_range = if_none_match = if_modified_since = None
+    if_range_values: list[str] = []
+    since_values: list[str] = []
+    if_none_match = None
     status = response.status
     if status == 200:
-        for name, value in request_headers:  # type: ignore[attr-defined]
+        for name, value in request_headers:
             if name == b"range":
                 range_values.append(value.decode("latin-1"))
             elif name == b"if-none-match":
+                # A list: several fields make one list (RFC 9110, 5.3).
                 text = value.decode("latin-1")
                 if_none_match = text if if_none_match is None else f"{if_none_match}, {text}"
             elif name == b"if-modified-since":
-                if_modified_since = value.decode("latin-1")
+                since_values.append(value.decode("latin-1"))
             elif name == b"if-range":
-                if_range = value.decode("latin-1")
+                if_range_values.append(value.decode("latin-1"))
+    # One value each, or they are ignored (If-Modified-Since), or fail (If-Range: the whole body).
+    if_modified_since = since_values[0] if len(since_values) == 1 else None
+    if_range = if_range_values[0] if len(if_range_values) == 1 else ("" if if_range_values else None)
     size = response.length
     etag = response.etag
     last_modified: _dt.datetime | None = response.last_modified
