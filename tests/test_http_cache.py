@@ -11,6 +11,7 @@ cached lease is refused.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import numpy as np
@@ -35,7 +36,9 @@ class Renders:
         self.pool = pool
         self.calls: list[object] = []
 
-    def of(self, key: object, nbytes: int = 1000, *, delay: float = 0.0, error: Exception | None = None):  # type: ignore[no-untyped-def]
+    def of(
+        self, key: object, nbytes: int = 1000, *, delay: float = 0.0, error: Exception | None = None
+    ) -> Callable[[], Awaitable[trio_zc.SealedLease]]:
         async def render() -> trio_zc.SealedLease:
             self.calls.append(key)
             if delay:

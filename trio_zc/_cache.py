@@ -68,10 +68,10 @@ class CacheStatistics:
     closed: bool
 
 
-class _Entry:
+class _Entry(Generic[K]):
     __slots__ = ("key", "lease", "charge", "holds", "indexed", "freed")
 
-    def __init__(self, key: object, lease: SealedLease, charge: int, indexed: bool) -> None:
+    def __init__(self, key: K, lease: SealedLease, charge: int, indexed: bool) -> None:
         self.key = key
         self.lease = lease
         #: What the entry counts against the cache's byte bound.
@@ -83,7 +83,7 @@ class _Entry:
         self.freed = False
 
 
-class _Render:
+class _Render(Generic[K]):
     """A render in progress, which other tasks asking for the same key wait for."""
 
     __slots__ = ("done", "entry", "error", "waiters")
@@ -91,7 +91,7 @@ class _Render:
     def __init__(self) -> None:
         self.done = trio.Event()
         #: The entry rendered, once done (None if the render failed or was cancelled).
-        self.entry: _Entry | None = None
+        self.entry: _Entry[K] | None = None
         #: What the render raised, if it raised an Exception.
         self.error: Exception | None = None
         #: Tasks waiting: each gets a hold on the entry, counted when it is made.
@@ -113,7 +113,7 @@ class CachedLease(Generic[K]):
 
     __slots__ = ("_cache", "_entry")
 
-    def __init__(self, cache: LeaseCache[K], entry: _Entry) -> None:
+    def __init__(self, cache: LeaseCache[K], entry: _Entry[K]) -> None:
         self._cache: LeaseCache[K] | None = cache
         self._entry = entry
 
@@ -131,8 +131,7 @@ class CachedLease(Generic[K]):
     @property
     def key(self) -> K:
         """The key the lease is cached under."""
-        key: K = self._entry.key  # type: ignore[assignment]
-        return key
+        return self._entry.key
 
     @property
     def nbytes(self) -> int:
@@ -202,8 +201,8 @@ class LeaseCache(Generic[K]):
         self._page_mask = stats.page_size - 1
         self._max_bytes = max_bytes
         self._max_entries = max_entries
-        self._index: OrderedDict[K, _Entry] = OrderedDict()
-        self._renders: dict[K, _Render] = {}
+        self._index: OrderedDict[K, _Entry[K]] = OrderedDict()
+        self._renders: dict[K, _Render[K]] = {}
         self._bytes = 0
         self._holds = 0
         self._hits = 0
@@ -282,7 +281,7 @@ class LeaseCache(Generic[K]):
             # The rendering task was cancelled: render it here, or wait for whoever does.
 
     async def _render(self, key: K, render: Callable[[], Awaitable[SealedLease]]) -> CachedLease[K]:
-        pending = _Render()
+        pending: _Render[K] = _Render()
         self._renders[key] = pending
         self._misses += 1
         try:
@@ -315,7 +314,7 @@ class LeaseCache(Generic[K]):
         pending.done.set()
         return CachedLease(self, entry)
 
-    def _insert(self, key: K, sealed: SealedLease, charge: int) -> _Entry:
+    def _insert(self, key: K, sealed: SealedLease, charge: int) -> _Entry[K]:
         limit = self._max_entries
         if self._closed or charge > self._max_bytes or limit == 0:
             self._not_kept += 1
@@ -333,29 +332,29 @@ class LeaseCache(Generic[K]):
         self._bytes += charge
         return entry
 
-    def _hold(self, entry: _Entry) -> CachedLease[K]:
+    def _hold(self, entry: _Entry[K]) -> CachedLease[K]:
         entry.holds += 1
         self._holds += 1
         return CachedLease(self, entry)
 
-    def _unhold(self, entry: _Entry) -> None:
+    def _unhold(self, entry: _Entry[K]) -> None:
         entry.holds -= 1
         self._holds -= 1
         if not entry.holds and not entry.indexed:
             self._free(entry)
 
-    def _evict(self, entry: _Entry, count: bool = True) -> None:
+    def _evict(self, entry: _Entry[K], count: bool = True) -> None:
         if not entry.indexed:
             return
         entry.indexed = False
-        del self._index[entry.key]  # type: ignore[arg-type]
+        del self._index[entry.key]
         self._bytes -= entry.charge
         if count:
             self._evictions += 1
         if not entry.holds:
             self._free(entry)
 
-    def _free(self, entry: _Entry) -> None:
+    def _free(self, entry: _Entry[K]) -> None:
         if entry.freed:
             return
         entry.freed = True
