@@ -928,3 +928,31 @@ async def test_repeated_single_valued_conditionals_are_not_trusted() -> None:
         assert reply.status == 304
         await client.aclose()
         await srv.settled()
+
+
+async def test_a_lease_of_another_pool_ends_its_connection_only(caplog: pytest.LogCaptureFixture) -> None:
+    """send_lease refuses a foreign lease after the head went out: the client sees a
+    short body and a close, the server logs it and goes on, the lease is released."""
+    async with trio_zc.open_pool(max_bytes=1 << 20) as other:
+        foreign = await sealed_with(other, b"x" * 5000)
+
+        def handler(app: object) -> trio_zc.http.Handler:
+            async def answer(request: trio_zc.http.Request) -> trio_zc.http.Response:
+                return trio_zc.http.Response(foreign)
+
+            return answer
+
+        async with running(handler=handler) as srv:
+            stream = await srv.connect()
+            with caplog.at_level(logging.ERROR, logger="trio_zc.http"):
+                await stream.send_all(raw("/"))
+                with trio.fail_after(30):
+                    data = await read_to_eof(stream)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 5000" in head
+            assert body == b""
+            assert "ForeignLeaseError" in caplog.text
+            await stream.aclose()
+            await srv.settled()
+            assert srv.server.statistics().handler_errors == 1
+        assert other.statistics().sealed_leases == 0  # the server released it

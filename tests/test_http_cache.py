@@ -427,3 +427,15 @@ async def test_the_example_pattern_serves_one_lease_to_many_clients() -> None:
             stats = cache.statistics()
             assert (stats.misses, stats.hits + stats.coalesced) == (1, 99)
         await srv.settled()
+
+
+async def test_a_render_that_asks_for_its_own_key_fails_instead_of_waiting_for_ever() -> None:
+    async with trio_zc.open_pool(max_bytes=1 << 20) as pool:
+        with trio_zc.LeaseCache[str](pool, max_bytes=1 << 20) as cache:
+
+            async def recursive() -> trio_zc.SealedLease:
+                return (await cache.get("k", recursive)).lease
+
+            with trio.fail_after(10), pytest.raises(RuntimeError, match="would wait for ever"):
+                await cache.get("k", recursive)
+            assert cache.statistics().render_errors == 1 and "k" not in cache

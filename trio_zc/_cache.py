@@ -86,10 +86,12 @@ class _Entry(Generic[K]):
 class _Render(Generic[K]):
     """A render in progress, which other tasks asking for the same key wait for."""
 
-    __slots__ = ("done", "entry", "error", "waiters")
+    __slots__ = ("done", "entry", "error", "waiters", "task")
 
     def __init__(self) -> None:
         self.done = trio.Event()
+        #: The task rendering (a render that asks for its own key would wait for itself).
+        self.task = trio.lowlevel.current_task()
         #: The entry rendered, once done (None if the render failed or was cancelled).
         self.entry: _Entry[K] | None = None
         #: What the render raised, if it raised an Exception.
@@ -261,6 +263,8 @@ class LeaseCache(Generic[K]):
             pending = self._renders.get(key)
             if pending is None:
                 return await self._render(key, render)
+            if pending.task is trio.lowlevel.current_task():
+                raise RuntimeError(f"the render of {key!r} asked the cache for {key!r} itself: it would wait for ever")
             self._coalesced += 1
             pending.waiters += 1
             try:
