@@ -41,6 +41,8 @@ autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
 nitpicky = True
+# The type variable of LeaseCache's keys (the application's own type), shown as K.
+nitpick_ignore = [("py:class", "trio_zc._cache.K"), ("py:obj", "trio_zc._cache.K")]
 
 exclude_patterns = ["_build"]
 html_theme = "alabaster"

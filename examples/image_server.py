@@ -1,4 +1,4 @@
-"""An HTTP/1.1 image server: h11 speaks the protocol, trio_zc sends the images.
+"""An HTTP/1.1 image server: trio_zc.http speaks the protocol, leases carry the images.
 
 Run it with ``python examples/image_server.py --port 8080`` (serves on
 127.0.0.1 until Ctrl-C; needs h11, NumPy and Pillow; ``--port 0`` picks a
@@ -8,19 +8,12 @@ loopback port, fetches pages and images from it with the standard library's
 HTTP clients, checks them and exits.
 
 Routes: ``GET /`` (a small HTML page), ``GET /image/<n>.jpg`` (a generated
-image, encoded into a lease for each request), anything else 404.
-
-h11 does no I/O: it turns events into bytes and bytes into events. That lets
-the server write the response head with ``send_all`` (a small copy) and the
-body with ``send_lease`` (no copy), while h11 still checks the framing: see
-:func:`send_image`.
-
-Clients come and go as they like: one that resets, closes mid-response or
-stops reading ends its own connection only. ``trio_zc.serve_tcp`` does that
-for the handler (it ends the connection whose own stream broke, and closes
-the stream when the handler returns); the handler's part is to bound how
-long a client may keep it waiting (``IDLE_TIMEOUT`` for reading, the pool's
-``send_timeout`` for writing) and to answer what it cannot parse with 400.
+image, encoded into a lease the first time it is asked for and kept sealed
+in a :class:`trio_zc.LeaseCache`: every later client gets the same lease,
+sent without a copy), anything else 404. :mod:`trio_zc.http` does the rest:
+keep-alive, HEAD, ranges, ETag and 304, 405 for other methods, 400 for
+what h11 rejects, timeouts for idle and slow clients, and clients that
+leave at any point.
 """
 
 from __future__ import annotations
@@ -33,28 +26,21 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
-from http import HTTPStatus
 from functools import partial
-from typing import Any, cast
 
-import h11
 import numpy as np
 import trio
 from PIL import Image
 
 import trio_zc
+import trio_zc.http
 from trio_zc import images
 
 IMAGES = 8
-MAX_RECEIVE = 64 * 1024
-#: How long a keep-alive connection may sit idle (or a request take to
-#: arrive) before the server closes it; bounds what a slow client can hold.
-IDLE_TIMEOUT = 20.0
 #: The longest one send may take: a client that stops reading is cut off
 #: after this (its connection reset, the memory it held back in the pool).
 SEND_TIMEOUT = 10.0
-IMAGE_PATH = re.compile(rb"/image/(\d+)\.jpg")
+IMAGE_PATH = re.compile(r"/image/(\d+)\.jpg")
 
 
 def image_size(n: int) -> tuple[int, int]:
@@ -84,197 +70,50 @@ def index_page() -> bytes:
     ).encode()
 
 
-class LeaseBody:
-    """Stands in for a lease's bytes in h11's ``Data`` event.
+def make_handler(pool: trio_zc.BufferPool, cache: trio_zc.LeaseCache[int]) -> trio_zc.http.Handler:
+    async def handler(request: trio_zc.http.Request) -> trio_zc.http.Response:
+        if request.path == "/":
+            return trio_zc.http.Response(index_page(), content_type="text/html; charset=utf-8")
+        match = IMAGE_PATH.fullmatch(request.path)
+        if match is None or int(match[1]) >= IMAGES:
+            return trio_zc.http.Response(b"no such page\n", status=404, content_type="text/plain")
+        n = int(match[1])
 
-    h11 only needs ``len()`` of a body part to keep its Content-Length
-    accounting. With ``send_with_data_passthrough`` it hands this very object
-    back in the list of things to write, untouched, so the server can send the
-    lease there instead: the image bytes never pass through h11 (or Python).
-    """
+        async def encode() -> trio_zc.SealedLease:
+            return await images.encode(pool, render(n), "JPEG", quality=85)
 
-    __slots__ = ("sealed",)
+        # Encoded straight into pool memory the first time, then kept sealed;
+        # the response holds the cached lease until it is sent.
+        held = await cache.get(n, encode)
+        return trio_zc.http.Response(
+            held, content_type="image/jpeg", etag=f"image-{n}-q85", headers={"Cache-Control": "max-age=60"}
+        )
 
-    def __init__(self, sealed: trio_zc.SealedLease) -> None:
-        self.sealed = sealed
-
-    def __len__(self) -> int:
-        return self.sealed.nbytes
-
-
-@dataclass
-class ServerStats:
-    connections: int = 0
-    open_connections: int = 0
-    requests: int = 0
-    images: int = 0
-    image_bytes: int = 0
-    bad_requests: int = 0
-
-
-async def next_event(conn: h11.Connection, stream: trio_zc.ZeroCopyStream) -> Any:
-    """The next h11 event, reading from the stream as long as h11 needs more data."""
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        # receive_some() returns b"" at end of stream; h11 turns that into
-        # ConnectionClosed (or an error if it came in mid-request).
-        conn.receive_data(await stream.receive_some(MAX_RECEIVE))
-
-
-def reason(status: int) -> bytes:
-    return HTTPStatus(status).phrase.encode()
-
-
-async def send_simple(
-    conn: h11.Connection, stream: trio_zc.ZeroCopyStream, status: int, content_type: str, body: bytes
-) -> None:
-    """A small response, all bytes: h11 frames it, send_all copies it (cheap at this size)."""
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
-    data += conn.send(h11.Data(data=body))
-    data += conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
-
-
-async def send_image(
-    conn: h11.Connection, stream: trio_zc.ZeroCopyStream, sealed: trio_zc.SealedLease
-) -> None:
-    """A response whose body is a sealed lease, sent without copying it.
-
-    An explicit Content-Length makes h11 frame the body by length (not chunked),
-    so ``send_with_data_passthrough`` returns exactly the object we gave it --
-    no chunk headers around it. h11 still counts the bytes: a body shorter or
-    longer than the header says raises LocalProtocolError before anything
-    wrong is written. The general loop below would also cope with framing
-    bytes around the body (chunked): those are bytes, the body is ours.
-    """
-    headers = [("Content-Type", "image/jpeg"), ("Content-Length", str(sealed.nbytes))]
-    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
-    body = LeaseBody(sealed)
-    parts: list[object] = list(conn.send_with_data_passthrough(h11.Data(data=cast(bytes, body))) or ())
-    for part in parts:
-        if part is body:
-            await stream.send_lease(sealed)
-        else:
-            await stream.send_all(cast(bytes, part))
-    # With Content-Length framing the end of the message is b"" (nothing to
-    # write), but h11 must see it to move on to the next request.
-    await stream.send_all(conn.send(h11.EndOfMessage()))
-
-
-async def respond(
-    conn: h11.Connection, stream: trio_zc.ZeroCopyStream, pool: trio_zc.BufferPool,
-    request: h11.Request, stats: ServerStats,
-) -> None:
-    stats.requests += 1
-    if request.method not in (b"GET", b"HEAD"):
-        await send_simple(conn, stream, 405, "text/plain", b"only GET and HEAD here\n")
-        return
-    if request.target == b"/":
-        await send_simple(conn, stream, 200, "text/html; charset=utf-8", index_page())
-        return
-    match = IMAGE_PATH.fullmatch(request.target)
-    if match is None or int(match[1]) >= IMAGES:
-        await send_simple(conn, stream, 404, "text/plain", b"no such page\n")
-        return
-    # Encode for this request straight into pool memory: the lease holds
-    # exactly the JPEG's bytes. (A real server might keep popular images
-    # sealed and send one lease to many clients, as examples/broadcast.py does.)
-    sealed = await images.encode(pool, render(int(match[1])), "JPEG", quality=85)
-    try:
-        if request.method == b"HEAD":
-            # h11 knows a HEAD response has no body; send the head only.
-            headers = [("Content-Type", "image/jpeg"), ("Content-Length", str(sealed.nbytes))]
-            await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
-        else:
-            await send_image(conn, stream, sealed)
-            stats.images += 1
-            stats.image_bytes += sealed.nbytes
-    finally:
-        # Released as soon as send_lease() returned. That is safe even though
-        # the kernel may still be reading the memory: the pool reuses it only
-        # once the kernel reports the send complete.
-        sealed.release()
-
-
-async def handle_connection(
-    stream: trio_zc.ZeroCopyStream, pool: trio_zc.BufferPool, stats: ServerStats
-) -> None:
-    """One connection: requests one after another, for as long as both sides keep it alive.
-
-    No ``try``/``except`` for a client that goes away: its stream raises
-    BrokenResourceError, and ``trio_zc.serve_tcp`` ends this connection (and
-    only this one) when it does. serve_tcp also closes the stream when this
-    returns, waiting (boundedly) for the sends still in flight, so their
-    memory is never reused early.
-    """
-    stats.connections += 1
-    stats.open_connections += 1
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while True:
-            try:
-                event: Any = None
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    event = await next_event(conn, stream)
-                if not isinstance(event, h11.Request):
-                    # Idle too long (event still None) or the client
-                    # closed the connection (ConnectionClosed).
-                    return
-                await respond(conn, stream, pool, event, stats)
-                # Read the rest of the request (a GET has no body, but h11
-                # wants EndOfMessage before it starts a new cycle), within
-                # the same bound: a client trickling a body holds nothing long.
-                with trio.move_on_after(IDLE_TIMEOUT) as body_scope:
-                    while type(event) is not h11.EndOfMessage:
-                        event = await next_event(conn, stream)
-                        if type(event) is h11.ConnectionClosed:
-                            return
-                if body_scope.cancelled_caught:
-                    return
-            except h11.RemoteProtocolError as exc:
-                # A malformed request: answer 400 if a response can still be
-                # started, then close (h11 is in ERROR state now).
-                stats.bad_requests += 1
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status = exc.error_status_hint
-                    await send_simple(conn, stream, status, "text/plain", b"bad request\n")
-                return
-            # Keep-alive: both sides DONE means h11 may start over on the
-            # same connection. MUST_CLOSE (HTTP/1.0 client, "Connection:
-            # close") means the response was the last one.
-            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                conn.start_next_cycle()
-            else:
-                return
-    finally:
-        stats.open_connections -= 1
+    return handler
 
 
 async def serve(port: int, send_timeout: float = SEND_TIMEOUT) -> None:
     async with trio_zc.open_pool(max_bytes=16 << 20, send_timeout=send_timeout) as pool:
-        stats = ServerStats()
-        # Ctrl-C as a signal we wait for, rather than a KeyboardInterrupt
-        # raised in whichever task runs: the server then stops by
-        # cancellation, and leaving open_pool waits for the kernel as usual.
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(
-                    partial(trio_zc.serve_tcp, partial(handle_connection, pool=pool, stats=stats),
-                            port, pool=pool, host="127.0.0.1")
-                )
-                bound = listeners[0].listener.socket.getsockname()[1]
-                print(f"serving on http://127.0.0.1:{bound}/ (Ctrl-C to stop)", flush=True)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+        with trio_zc.LeaseCache[int](pool, max_bytes=4 << 20) as cache:
+            server = trio_zc.http.HTTPServer(make_handler(pool, cache))
+            # Ctrl-C as a signal we wait for, rather than a KeyboardInterrupt
+            # raised in whichever task runs: the server then stops by
+            # cancellation, and leaving open_pool waits for the kernel as usual.
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    listeners = await nursery.start(
+                        partial(trio_zc.http.serve, pool, server, port=port, host="127.0.0.1")
+                    )
+                    bound = listeners[0].listener.socket.getsockname()[1]
+                    print(f"serving on http://127.0.0.1:{bound}/ (Ctrl-C to stop)", flush=True)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+    stats = server.statistics()
     lost = sum(listener.statistics().connection_errors for listener in listeners)
     print(
         f"stopped after {stats.requests} requests over {stats.connections} connections"
-        f" ({stats.images} images, {stats.bad_requests} bad requests,"
+        f" ({stats.bad_requests} bad requests, {stats.idle_timeouts + stats.header_timeouts} timed out,"
         f" {lost} connections ended by their client)"
     )
 
@@ -325,19 +164,30 @@ def client_checks(port: int) -> list[str]:
     try:
         results = []
         first_socket = None
-        for target in ("/image/4.jpg", "/image/5.jpg", "/image/99.jpg", "/nothing-here"):
-            conn.request("GET", target)
+        whole = b""
+        for target, headers in [
+            ("/image/4.jpg", {}),
+            ("/image/4.jpg", {"Range": "bytes=100-199"}),
+            ("/image/4.jpg", {"If-None-Match": '"image-4-q85"'}),
+            ("/image/5.jpg", {}),
+            ("/image/99.jpg", {}),
+            ("/nothing-here", {}),
+        ]:
+            conn.request("GET", target, headers=headers)
             with conn.getresponse() as response:
                 body = response.read()
                 assert not response.will_close, f"{target}: the server did not keep the connection"
                 if first_socket is None:
                     first_socket = conn.sock
                 assert conn.sock is first_socket, "the connection was reopened"
-                if target.startswith("/image/") and response.status == 200:
+                if response.status == 200 and target.startswith("/image/"):
                     check_jpeg(int(target[7:-4]), response.headers["Content-Type"], body)
+                    whole = whole or body
+                elif response.status == 206:
+                    assert body == whole[100:200], "the range is not the image's bytes 100-199"
                 results.append(f"{target} {response.status}")
-        assert results == ["/image/4.jpg 200", "/image/5.jpg 200", "/image/99.jpg 404",
-                           "/nothing-here 404"], results
+        assert results == ["/image/4.jpg 200", "/image/4.jpg 206", "/image/4.jpg 304", "/image/5.jpg 200",
+                           "/image/99.jpg 404", "/nothing-here 404"], results
         lines.append(f"keep-alive: {len(results)} requests on one connection: {', '.join(results)}")
     finally:
         conn.close()
@@ -346,32 +196,35 @@ def client_checks(port: int) -> list[str]:
 
 async def self_test() -> int:
     async with trio_zc.open_pool(max_bytes=16 << 20, send_timeout=SEND_TIMEOUT) as pool:
-        stats = ServerStats()
-        # Bounded: the whole test must finish in well under a minute.
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(
-                    partial(trio_zc.serve_tcp, partial(handle_connection, pool=pool, stats=stats),
-                            0, pool=pool, host="127.0.0.1")
-                )
-                port = listeners[0].listener.socket.getsockname()[1]
-                lines = await trio.to_thread.run_sync(client_checks, port)
-                # Let the handlers see the clients' EOF and close their
-                # streams normally before stopping the server.
-                with trio.move_on_after(5):
-                    while stats.open_connections:
-                        await trio.sleep(0.01)
-                nursery.cancel_scope.cancel()
+        with trio_zc.LeaseCache[int](pool, max_bytes=4 << 20) as cache:
+            server = trio_zc.http.HTTPServer(make_handler(pool, cache))
+            # Bounded: the whole test must finish in well under a minute.
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    listeners = await nursery.start(
+                        partial(trio_zc.http.serve, pool, server, port=0, host="127.0.0.1")
+                    )
+                    port = listeners[0].listener.socket.getsockname()[1]
+                    lines = await trio.to_thread.run_sync(client_checks, port)
+                    # Let the handlers see the clients' EOF and close their
+                    # streams normally before stopping the server.
+                    with trio.move_on_after(5):
+                        while server.statistics().open_connections:
+                            await trio.sleep(0.01)
+                    nursery.cancel_scope.cancel()
+            cached = cache.statistics()
         pool_stats = pool.statistics()
 
     for line in lines:
         print(f"  {line}")
-    sent = pool_stats.sent
+    stats = server.statistics()
     print(
-        f"served {stats.requests} requests over {stats.connections} connections;"
-        f" {stats.images} images ({stats.image_bytes} bytes) sent from leases"
+        f"served {stats.requests} requests over {stats.connections} connections"
+        f" ({stats.body_bytes} body bytes, {stats.partial} partial, {stats.not_modified} not modified)"
         f" with kernel {pool_stats.kernel!r}"
     )
+    print(f"cache: {cached.misses} images encoded, {cached.hits} served from the cache ({cached.bytes} bytes kept)")
+    sent = pool_stats.sent
     print(
         f"zero-copy: {sent.zerocopy_calls} calls, {sent.bytes_zerocopy} bytes;"
         f" copied: {sent.bytes_copied} bytes (headers, HTML, and on loopback the images too)"

@@ -37,6 +37,7 @@ import PIL
 from PIL import Image
 
 import trio_zc
+import trio_zc.http
 from trio_zc import images
 from trio_zc.testing import MockKernel, MockPeer
 
@@ -71,7 +72,8 @@ BUFFERS = "buffers"
 OPTIONS = "policy & options"
 MOCK = "mock controls"
 IMAGES = "images"
-CATEGORIES = (SIZES, TYPES, STATES, OWNERSHIP, CLOSED, CONCURRENCY, SOCKETS, BUFFERS, OPTIONS, MOCK, IMAGES)
+HTTP = "http and the lease cache"
+CATEGORIES = (SIZES, TYPES, STATES, OWNERSHIP, CLOSED, CONCURRENCY, SOCKETS, BUFFERS, OPTIONS, MOCK, IMAGES, HTTP)
 
 #: Contexts: ``mock`` (a pool on the mock kernel, a mock connection),
 #: ``tcp`` (a pool on the msg_zerocopy kernel, a loopback TCP connection),
@@ -502,6 +504,40 @@ async def _serve_plain_listeners(c: Ctx) -> None:
 
 def _photo(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.new(mode, size, (200, 120, 30) if mode == "RGB" else (200, 120, 30, 255))
+
+
+# -- trio_zc.http and LeaseCache ----------------------------------------------------------
+
+
+async def _no_handler(request: trio_zc.http.Request) -> trio_zc.http.Response:
+    raise AssertionError("unreachable: no request is served")
+
+
+def _response(body: Any, **kwargs: Any) -> trio_zc.http.Response:
+    return trio_zc.http.Response(body, **kwargs)
+
+
+async def _get_from_closed_cache(c: Ctx) -> object:
+    cache = trio_zc.LeaseCache[str](c.pool, max_bytes=1 << 20)
+    cache.close()
+    return await cache.get("k", _unreachable_render)
+
+
+async def _unreachable_render() -> trio_zc.SealedLease:
+    raise AssertionError("unreachable: the cache must refuse first")
+
+
+async def _render_writable(c: Ctx) -> object:
+    async def render() -> trio_zc.SealedLease:
+        return c.lease  # type: ignore[return-value]
+
+    with trio_zc.LeaseCache[str](c.pool, max_bytes=1 << 20) as cache:
+        return await cache.get("k", render)
+
+
+async def _handle_a_trio_stream(c: Ctx) -> object:
+    server = trio_zc.http.HTTPServer(_no_handler)
+    return await server.handle(c.peer)  # type: ignore[arg-type]
 
 
 def with_workers(call: Callable[[Ctx, images.ImageWorkers], Awaitable[object]]) -> Run:
@@ -1008,6 +1044,52 @@ ROWS: list[Row] = [
     R("workers-nice-negative", IMAGES, "image workers above the server's priority",
       "images.open_workers(pool, nice=-5)",
       VE, "nice must be from 0 to 19, not -5", lambda c: _open_workers(c, nice=-5)),
+    # -- trio_zc.http and LeaseCache ----------------------------------------------------
+    R("response-header-injection", HTTP, "a header value with a line break (header injection)",
+      "Response(sealed, headers=[('X-Id', 'a\\r\\nSet-Cookie: x')])",
+      VE, "is not a valid header value",
+      sync(lambda c: _response(c.sealed, headers=[("X-Id", "a\r\nSet-Cookie: x")]))),
+    R("response-framing-header", HTTP, "a header the server writes itself",
+      "Response(sealed, headers={'Content-Length': '5'})",
+      VE, "cannot set the Content-Length header: the server sets it from the body",
+      sync(lambda c: _response(c.sealed, headers={"Content-Length": "5"}))),
+    R("response-writable-body", HTTP, "a writable lease as a response body", "Response(lease)",
+      TE, "(seal() it first)", sync(lambda c: _response(c.lease))),
+    R("response-released-body", HTTP, "a released lease as a response body", "Response(released)",
+      Stale, "this SealedLease is stale", sync(lambda c: _response(c.released))),
+    R("response-slice-past-end", HTTP, "a slice past the end of the lease",
+      "Response(sealed, offset=19000, nbytes=2000)",
+      VE, "nbytes 2000 at offset 19000 does not fit the body's 20000 bytes",
+      sync(lambda c: _response(c.sealed, offset=19000, nbytes=2000))),
+    R("response-status-1xx", HTTP, "an informational status as an answer", "Response(b'', status=101)",
+      VE, "status must be between 200 and 599, not 101", sync(lambda c: _response(b"", status=101))),
+    R("response-304-with-body", HTTP, "a 304 with a body", "Response(sealed, status=304)",
+      VE, "a 304 response has no body", sync(lambda c: _response(c.sealed, status=304))),
+    R("response-quote-in-etag", HTTP, "an entity tag with a quote inside", "Response(sealed, etag='a\"b')",
+      VE, "holds characters an entity tag cannot", sync(lambda c: _response(c.sealed, etag='a"b'))),
+    R("response-naive-date", HTTP, "a Last-Modified without a time zone",
+      "Response(sealed, last_modified=datetime(2026, 1, 1))",
+      VE, "last_modified must be an aware datetime",
+      sync(lambda c: _response(c.sealed, last_modified=__import__("datetime").datetime(2026, 1, 1)))),
+    R("server-zero-idle-timeout", HTTP, "an idle timeout of zero", "HTTPServer(handler, idle_timeout=0)",
+      VE, "idle_timeout must be a positive number of seconds, not 0",
+      sync(lambda c: trio_zc.http.HTTPServer(_no_handler, idle_timeout=0)), "bare"),
+    R("server-tiny-header-limit", HTTP, "a request-head limit too small for real requests",
+      "HTTPServer(handler, max_header_bytes=100)",
+      VE, "max_header_bytes must be at least 1024, not 100",
+      sync(lambda c: trio_zc.http.HTTPServer(_no_handler, max_header_bytes=100)), "bare"),
+    R("server-handles-a-trio-stream", HTTP, "serving a stream that is not a ZeroCopyStream",
+      "await server.handle(peer)",
+      TE, "HTTPServer.handle() serves a ZeroCopyStream, not MockPeer", _handle_a_trio_stream),
+    R("cache-negative-bound", HTTP, "a cache of a negative size", "LeaseCache(pool, max_bytes=-1)",
+      VE, "max_bytes must be at least 0, not -1", sync(lambda c: trio_zc.LeaseCache(c.pool, max_bytes=-1))),
+    R("cache-closed-pool", HTTP, "a cache over a closed pool", "LeaseCache(closed_pool, max_bytes=2**20)",
+      Closed, "the pool is closed", sync(lambda c: trio_zc.LeaseCache(c.closed, max_bytes=1 << 20))),
+    R("cache-get-after-close", HTTP, "asking a closed cache", "await cache.get('k', render)",
+      Closed, "this LeaseCache was closed", _get_from_closed_cache),
+    R("cache-render-writable", HTTP, "a render that returns a writable lease",
+      "await cache.get('k', render)  # render returns lease",
+      TE, "a LeaseCache render must return a SealedLease, not WritableLease (seal() it first)", _render_writable),
 ]
 
 

@@ -63,11 +63,13 @@ def test_image_server_self_test_fetches_images_over_http() -> None:
     for n in range(4):
         assert f"GET /image/{n}.jpg -> 200" in result.stdout
     assert (
-        "keep-alive: 4 requests on one connection: /image/4.jpg 200, /image/5.jpg 200,"
-        " /image/99.jpg 404, /nothing-here 404" in result.stdout
+        "keep-alive: 6 requests on one connection: /image/4.jpg 200, /image/4.jpg 206, /image/4.jpg 304,"
+        " /image/5.jpg 200, /image/99.jpg 404, /nothing-here 404" in result.stdout
     )
-    assert "served 9 requests over 6 connections; 6 images" in result.stdout
-    assert "0 sends in flight" in result.stdout
+    assert "served 11 requests over 6 connections" in result.stdout
+    # Images 0-5 encoded once each; the range and the conditional request of image 4 came from the cache.
+    assert "cache: 6 images encoded, 2 served from the cache" in result.stdout
+    assert "pool: 16777216 of 16777216 bytes free, 0 sends in flight" in result.stdout
     assert "self-test passed" in result.stdout
     assert result.stderr == ""
 

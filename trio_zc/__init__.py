@@ -6,6 +6,9 @@ Buffers live in a pool (:func:`open_pool`). The application writes into a
 the memory returns to the pool only when the kernel reports it is done.
 """
 
+from ._cache import CachedLease as CachedLease
+from ._cache import CacheStatistics as CacheStatistics
+from ._cache import LeaseCache as LeaseCache
 from ._errors import ForeignLeaseError as ForeignLeaseError
 from ._errors import LeaseError as LeaseError
 from ._errors import LeaseLeakWarning as LeaseLeakWarning

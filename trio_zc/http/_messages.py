@@ -1,0 +1,206 @@
+"""Request and Response: what a handler receives and what it answers with."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
+
+import attrs
+
+from .. import CachedLease, SealedLease
+from ._conditional import normalize_etag
+
+#: A header name (RFC 9110 token) and value, as h11 checks them before sending.
+_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
+
+#: Headers the server writes itself, from the response's fields or its own framing.
+_SERVER_HEADERS = {
+    "content-length": "the server sets it from the body",
+    "content-range": "the server sets it for range requests",
+    "accept-ranges": "the server sets it",
+    "transfer-encoding": "the server frames bodies by length",
+    "connection": "the server decides when a connection closes",
+    "keep-alive": "the server decides when a connection closes",
+    "upgrade": "the server speaks HTTP/1.1 only",
+    "te": "it is a request header",
+    "trailer": "the server sends no trailers",
+    "proxy-connection": "it is not a response header",
+    "date": "the server sets it",
+    "content-type": "use Response(content_type=...)",
+    "etag": "use Response(etag=...), which conditional requests then use",
+    "last-modified": "use Response(last_modified=...), which conditional requests then use",
+}
+
+#: A response body: bytes (copied; for small pages), a sealed lease (sent
+#: without copying, then released), or a hold on a cached lease (sent, then
+#: the hold released).
+Body = Union[bytes, SealedLease, CachedLease[Any]]
+
+
+def _check_header_value(what: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not _VALUE.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not a valid header value (ASCII, no control characters,"
+            " no leading or trailing spaces)"
+        )
+    return value
+
+
+def _convert_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError("headers must be a mapping or pairs of (name, value) strings")
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"headers must be (name, value) pairs, not {pair!r}")
+        name, value = pair
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        reason = _SERVER_HEADERS.get(name.lower())
+        if reason is not None:
+            raise ValueError(f"a Response cannot set the {name} header: {reason}")
+        out.append((name, _check_header_value(f"the value of header {name}", value)))
+    return tuple(out)
+
+
+def _convert_etag(etag: str | None) -> str | None:
+    return None if etag is None else normalize_etag(etag)
+
+
+def _convert_last_modified(when: datetime.datetime | float | None) -> datetime.datetime | None:
+    if when is None:
+        return None
+    if isinstance(when, datetime.datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("last_modified must be an aware datetime (with a time zone), or a POSIX timestamp")
+        moment = when.astimezone(datetime.timezone.utc)
+    elif isinstance(when, (int, float)) and not isinstance(when, bool):
+        moment = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    else:
+        raise TypeError(f"last_modified must be a datetime, a POSIX timestamp or None, not {type(when).__name__}")
+    # HTTP dates have whole seconds: compare as the client will see it.
+    return moment.replace(microsecond=0)
+
+
+def _body_size(body: object) -> int:
+    if isinstance(body, bytes):
+        return len(body)
+    if isinstance(body, SealedLease):
+        return body.nbytes
+    if isinstance(body, CachedLease):
+        return body.nbytes
+    raise TypeError(
+        "a Response body is bytes, a SealedLease or a CachedLease,"
+        f" not {type(body).__name__}"
+        + (" (seal() it first)" if type(body).__name__ == "WritableLease" else "")
+    )
+
+
+@attrs.frozen
+class Response:
+    """What a handler answers: a status, headers, and a body sent without copying.
+
+    ``Response(sealed, content_type="image/jpeg", etag="v1")`` answers with
+    the bytes of a :class:`~trio_zc.SealedLease`; *offset* and *nbytes*
+    select a slice of it. The server owns the body from then on: it
+    releases a lease once the response is sent (or cannot be: the client
+    left, the request was HEAD or conditional), and releases the hold of a
+    :class:`~trio_zc.CachedLease` the same way. So a response with a lease
+    is for one request; serve a lease to many clients from a
+    :class:`~trio_zc.LeaseCache`. A :class:`bytes` body is copied, and suits
+    small pages.
+
+    The server answers ``Range``, ``If-None-Match`` and
+    ``If-Modified-Since`` itself for a 200 response, from *etag* (an entity
+    tag: ``"v1"``, ``W/"v1"``, or a bare ``v1``, which gets quoted) and
+    *last_modified* (an aware :class:`~datetime.datetime` or a POSIX
+    timestamp; HTTP keeps whole seconds). It writes Content-Length,
+    Content-Range, Accept-Ranges, Connection and Date itself: *headers* may
+    not hold those, nor Content-Type, ETag or Last-Modified (use the fields).
+
+    Bad values raise :class:`ValueError` or :class:`TypeError` here, in the
+    handler, rather than on the wire.
+    """
+
+    #: The body: bytes, a sealed lease, or a hold on a cached lease.
+    body: Body = b""
+    #: The status code, 200 to 599.
+    status: int = attrs.field(default=200, kw_only=True)
+    #: Extra headers, as (name, value) pairs (a mapping is accepted too).
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_convert_headers, kw_only=True)
+    #: The Content-Type, if any.
+    content_type: str | None = attrs.field(default=None, kw_only=True)
+    #: The entity tag (quoted), if any: sent as ETag, compared with If-None-Match and If-Range.
+    etag: str | None = attrs.field(default=None, converter=_convert_etag, kw_only=True)
+    #: When the body last changed (UTC, whole seconds), if known.
+    last_modified: datetime.datetime | None = attrs.field(
+        default=None, converter=_convert_last_modified, kw_only=True
+    )
+    #: Where the body starts in *body*.
+    offset: int = attrs.field(default=0, kw_only=True)
+    #: How many bytes of *body* from *offset* (default: the rest).
+    nbytes: int | None = attrs.field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        status = self.status
+        if type(status) is not int:
+            raise TypeError(f"status must be an int, not {type(status).__name__}")
+        if not 200 <= status <= 599:
+            raise ValueError(f"status must be between 200 and 599, not {status}")
+        if self.content_type is not None:
+            _check_header_value("content_type", self.content_type)
+        size = _body_size(self.body)
+        if type(self.offset) is not int or (self.nbytes is not None and type(self.nbytes) is not int):
+            raise TypeError("offset and nbytes must be ints")
+        if not 0 <= self.offset <= size:
+            raise ValueError(f"offset {self.offset} is outside the body's {size} bytes")
+        if self.nbytes is not None and not 0 <= self.nbytes <= size - self.offset:
+            raise ValueError(f"nbytes {self.nbytes} at offset {self.offset} does not fit the body's {size} bytes")
+        if status in (204, 304) and self.length:
+            raise ValueError(f"a {status} response has no body")
+
+    @property
+    def length(self) -> int:
+        """How many bytes the body sends (its slice)."""
+        if self.nbytes is not None:
+            return self.nbytes
+        return _body_size(self.body) - self.offset
+
+
+@attrs.frozen
+class Request:
+    """A request, as a handler sees it (only GET and HEAD reach handlers).
+
+    Header names are lower case; values are as sent (Latin-1 decoded).
+    *path* and *query* are the parts of the target before and after ``?``,
+    not percent-decoded (:func:`urllib.parse.unquote` does that).
+    """
+
+    #: ``"GET"`` or ``"HEAD"``.
+    method: str
+    #: The request target as sent (``/image/1.jpg?size=small``, or an absolute URL).
+    target: str
+    #: The target's path (of an absolute URL too).
+    path: str
+    #: The target's query, without the ``?`` ("" if none).
+    query: str
+    #: Every header as ``(name, value)``, names in lower case, in the order sent.
+    headers: tuple[tuple[str, str], ...]
+    #: ``"1.1"`` or ``"1.0"``.
+    http_version: str
+    #: The client's address, as ``getpeername()`` gives it.
+    peer: object = None
+
+    def header(self, name: str) -> str | None:
+        """The value of header *name* (any case); several are joined with ``", "``; None if absent."""
+        name = name.lower()
+        values = [value for key, value in self.headers if key == name]
+        if not values:
+            return None
+        return ", ".join(values)
