@@ -16,6 +16,11 @@ with completions still queued would be woken at once, forever (a busy
 loop), so the channel drains the error queue itself before each wait
 (:meth:`CompletionChannel.before_wait`).
 
+A response's head goes with its body in one ``sendmsg`` of two iovecs
+with ``MSG_ZEROCOPY``: Linux reads the head's bytes lazily too, so the call
+keeps the head's immutable ``bytes`` object until its completion
+(:mod:`._completion`).
+
 Closing follows :mod:`._closing`: Linux drops the completions of a closed
 socket, so the socket stays open until they arrive or a deadline passes,
 then the connection is reset with ``connect(AF_UNSPEC)``, which makes Linux
@@ -62,6 +67,11 @@ class ErrorQueue:
 
     def zerocopy_send(self, data: memoryview) -> int:
         return self.sock.send(data, MSG_ZEROCOPY)
+
+    def zerocopy_send_with_head(self, head: memoryview, data: memoryview) -> int:
+        # One call, one counter value: the completion that covers it
+        # covers the head's bytes too, which the channel keeps until then.
+        return self.sock.sendmsg((head, data), (), MSG_ZEROCOPY)
 
     def completion_records(self) -> Iterator[tuple[Ancdata, bool]]:
         while True:

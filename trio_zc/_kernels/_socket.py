@@ -115,6 +115,9 @@ class SocketTransport(Transport):
     def send(self, data: memoryview) -> int:
         return self.sock.send(data)
 
+    def send_with_head(self, head: memoryview, data: memoryview) -> int:
+        return self.sock.sendmsg((head, data))
+
     def recv(self, max_bytes: int) -> bytes:
         return self.sock.recv(max_bytes)
 
