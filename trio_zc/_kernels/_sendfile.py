@@ -28,10 +28,6 @@ train. (sendfile takes no iovec, so one call cannot carry both.)
 
 from __future__ import annotations
 
-import os
-import socket
-from typing import Final
-
 import trio
 
 from .._arena import PAGE_SIZE, Arena
@@ -39,9 +35,6 @@ from .._stats import Counters
 from ._base import Channel, CompletionListener, Kernel, SendableLease, Transport, broken
 from ._socket import SocketTransport, socket_of
 from ._thp import shmem_folios
-
-#: ``MSG_MORE``: more data follows at once; hold back a partial packet.
-_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0x8000)
 
 
 class SendfileChannel(Channel):
@@ -89,7 +82,7 @@ class SendfileChannel(Channel):
                         " was not sent"
                     )
                 try:
-                    n = os.sendfile(self.socket.fd, arena.fd, offset + sent, total - sent)
+                    n = self.socket.sendfile(arena.fd, offset + sent, total - sent)
                 except BlockingIOError:
                     await self.wait_writable()
                     waited = True
@@ -114,7 +107,7 @@ class SendfileChannel(Channel):
             sock.check_open()  # after a wait, as for the lease's bytes below
             try:
                 with head[sent:] as rest:
-                    n = sock.sock.send(rest, _MSG_MORE)
+                    n = sock.send_more(rest)
             except BlockingIOError:
                 await self.wait_writable()
                 waited = True
