@@ -706,9 +706,9 @@ ROWS: list[Row] = [
     R("send-head-str", TYPES, "a head given as text", "await stream.send_lease(sealed, head='HTTP/1.1 200 OK')",
       TE, "head must be a bytes-like object (bytes, bytearray, memoryview...), not str: encode the text first",
       lambda c: c.stream.send_lease(c.sealed, head="HTTP/1.1 200 OK")),  # type: ignore[arg-type]
-    R("send-head-int", TYPES, "a head given as a number", "await stream.send_lease(sealed, head=200)",
-      TE, "head must be a bytes-like object (bytes, bytearray, memoryview...), not int",
-      lambda c: c.stream.send_lease(c.sealed, head=200)),  # type: ignore[arg-type]
+    R("send-head-list", TYPES, "a head given as a list of byte values", "await stream.send_lease(sealed, head=[72, 84])",
+      TE, "head must be a bytes-like object (bytes, bytearray, memoryview...), not list",
+      lambda c: c.stream.send_lease(c.sealed, head=[72, 84])),  # type: ignore[arg-type]
     R("send-head-lease", TYPES, "a lease given as the head", "await stream.send_lease(sealed, head=sealed)",
       TE, "head must be a bytes-like object (bytes, bytearray, memoryview...), not SealedLease",
       lambda c: c.stream.send_lease(c.sealed, head=c.sealed)),  # type: ignore[arg-type]

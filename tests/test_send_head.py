@@ -37,8 +37,9 @@ import trio_zc
 import trio_zc.http
 import trio_zc.testing
 from trio_zc._kernels import _io_uring
+from trio_zc._kernels._heads import PAGE
 from trio_zc._kernels._io_uring import HEAD_COPIED, HEAD_FIXED, HEAD_PLAIN, IoUringKernel, _Call
-from trio_zc._kernels._msg_zerocopy import ErrorQueue
+from trio_zc._kernels._msg_zerocopy import ErrorQueue, MsgZeroCopyKernel
 from trio_zc._kernels._ring import probe
 from trio_zc._kernels._socket import SocketTransport
 from trio_zc.testing._transport import MockTransport
@@ -403,9 +404,11 @@ async def test_those_checks_catch_a_head_that_is_held_instead_of_copied(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The two tests above can fail: with the bytearray itself handed to the kernel
-    (no copy), a real MSG_ZEROCOPY socket sends the changed bytes, and the mock
-    reports the change at the send's completion."""
+    (no copy) and read from there (no room in the head area), a real
+    MSG_ZEROCOPY socket sends the changed bytes, and the mock reports the
+    change at the send's completion."""
     monkeypatch.setattr(trio_zc._stream, "check_head", lambda head: head)
+    monkeypatch.setattr(MsgZeroCopyKernel, "head_area", lambda self: None)
     with pytest.raises(BaseException) as info:  # noqa: B017 - an AssertionError, maybe in a group
         await test_a_bytearray_head_changed_once_send_lease_returns_changes_nothing_sent(name)
     text = repr(info.value) + "".join(repr(e) for e in getattr(info.value, "exceptions", ()))
@@ -554,26 +557,25 @@ async def test_io_uring_sends_heads_every_way_the_probe_allows(changes: dict[str
 
 
 @needs_io_uring
-async def test_io_uring_head_slots_stay_taken_until_their_notification(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Heads in flight on stalled connections keep their slots; later heads take others
-    (or, once the area is full, go from ordinary memory); every stalled client still
-    gets its own head; once all is read, every slot is free again."""
+async def test_io_uring_head_pages_stay_taken_until_their_notification(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heads in flight on stalled connections keep their pages of the head area; later
+    heads take others (or, once the area is full, go from ordinary memory); every
+    stalled client still gets its own head; once all is read, every page is free again."""
     if not HERE.vectored_fixed:
         pytest.skip(HERE.reason)
-    monkeypatch.setattr(_io_uring, "_HEAD_AREA", 4096)  # 8 slots
+    monkeypatch.setattr(_io_uring, "_HEAD_AREA", 4 * PAGE)
     the_kernel = io_uring_kernel()
     async with trio_zc.open_pool(max_bytes=8 * MiB, kernel=the_kernel, policy=ALWAYS_ZC) as pool:
         pairs = [await stream_pair(pool) for _ in range(5)]
-        heads = [head_of(1000, i) for i in range(5)]  # two slots each
+        heads = [head_of(1000, i) for i in range(5)]  # a page each, with the lease's first bytes
         body = pattern(100_000, 1)
         sealed = await sealed_with(pool, body)
         for (stream, peer), head in zip(pairs, heads):
-            stop_reading(peer, rcvbuf=SMALL_RCVBUF)
             await queued_behind_a_full_window(stream, peer)
             with trio.fail_after(30):
                 await stream.send_lease(sealed, head=head)
         heads_area = the_kernel._heads
-        assert heads_area is not None and heads_area.slots_taken == 8
+        assert heads_area is not None and heads_area.pages_taken == 4
         assert (the_kernel.head_calls_fixed, the_kernel.head_calls_plain, the_kernel.head_area_full) == (4, 1, 1)
         sealed.release()
         for (stream, peer), head in zip(pairs, heads):
@@ -583,7 +585,7 @@ async def test_io_uring_head_slots_stay_taken_until_their_notification(monkeypat
             await stream.aclose()
             await peer.aclose()
         with trio.fail_after(10):
-            while heads_area.slots_taken:
+            while heads_area.pages_taken:
                 await trio.sleep(0.01)
 
 
@@ -624,3 +626,65 @@ async def test_io_uring_resumes_inside_the_head_after_a_short_result(monkeypatch
     assert len(with_head) >= 2 and all(call.message is not None for call in with_head)
     assert with_head[0].res is not None and 0 < with_head[0].res < len(head)
     assert with_head[1].head_len == len(head) - with_head[0].res
+
+
+@needs_io_uring
+async def test_io_uring_sends_a_head_too_large_for_one_request_alone_in_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's result is a 32-bit count, so a head over half the largest request
+    (512 MiB; 32 KiB here) goes alone, in pieces, and the lease's bytes after it."""
+    monkeypatch.setattr(_io_uring, "_MAX_FIXED_BUFFER", 64 * 1024)
+    the_kernel = io_uring_kernel()
+    async with trio_zc.open_pool(max_bytes=4 * MiB, kernel=the_kernel, policy=ALWAYS_ZC) as pool:
+        stream, peer = await stream_pair(pool)
+        head, body = head_of(100_000), pattern(300_000, 3)
+        sealed = await sealed_with(pool, body)
+        assert await send_and_receive(stream, peer, sealed, head, head + body) == head + body
+        sealed.release()
+        await stream.aclose()
+        await peer.aclose()
+    # Three pieces of at most 32 KiB alone, then the rest of the head with the first bytes of the lease.
+    assert the_kernel.head_calls_plain == 4 and the_kernel.head_calls_fixed == 0
+
+
+# -- a receiver with a tiny receive buffer ------------------------------------------------------
+
+
+async def tiny_receiver_pair(pool: trio_zc.BufferPool, rcvbuf: int) -> tuple[trio_zc.ZeroCopyStream, trio.socket.SocketType]:
+    """A stream on *pool* and a plain socket peer whose receive buffer was set before connecting."""
+    listener = trio.socket.socket()
+    with listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = trio.socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        await client.connect(listener.getsockname())
+        server, _ = await listener.accept()
+    return trio_zc.ZeroCopyStream(server, pool=pool), client
+
+
+async def receive_into(client: trio.socket.SocketType, got: bytearray, nbytes: int) -> None:
+    while len(got) < nbytes:
+        chunk = await client.recv(1 << 16)
+        assert chunk, f"EOF after {len(got)} of {nbytes} bytes"
+        got.extend(chunk)
+
+
+@pytest.mark.parametrize("name", ["msg_zerocopy", "io_uring"])
+async def test_a_head_does_not_stall_a_receiver_with_a_tiny_receive_buffer(name: str) -> None:
+    """On loopback, a zero-copy call whose first fragment is a small head was dropped
+    by a receiver with a 4 KiB receive buffer and retransmitted with backoff (a 1 MiB
+    lease had not arrived after a minute); the head goes in a whole first page instead."""
+    async with trio_zc.open_pool(max_bytes=8 * MiB, kernel=name, policy=ALWAYS_ZC) as pool:
+        for head_size in (1, 300, 2000, 4095, 5000):
+            stream, client = await tiny_receiver_pair(pool, 4096)
+            head, body = head_of(head_size), pattern(MiB, head_size)
+            sealed = await sealed_with(pool, body)
+            got = bytearray()
+            with trio.fail_after(30):  # the stall took minutes; this takes milliseconds
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive_into, client, got, len(head) + len(body))
+                    await stream.send_lease(sealed, head=head)
+            assert bytes(got) == head + body
+            sealed.release()
+            await stream.aclose()
+            client.close()

@@ -38,9 +38,11 @@ request of two iovecs. Where the kernel sends vectored from registered
 buffers (Linux 6.15+, found by the probe), both iovecs must lie in the one
 registered buffer the request names: so each chunk is registered with a
 small *head area* in front of it -- the pages of a memfd of the kernel's
-own, mapped just before the chunk for the registration (the same pages in
-front of every chunk) -- and a head is copied into a free slot of that area,
-which stays taken until the request's notification. Where that cannot be
+own (:class:`~trio_zc._kernels._heads.HeadArea`), mapped just before the
+chunk for the registration (the same pages in front of every chunk) -- and
+a head, with the lease's first bytes up to a page (so that the request's
+first fragment is a whole page: see ``_heads.py``), is copied into free
+pages of that area, which stay taken until the request's notification. Where that cannot be
 (a kernel before 6.15, a chunk registered without the area, a head larger
 than the free room, an adopted lease), the request is a SENDMSG_ZC from
 ordinary memory, the head read from its immutable ``bytes`` object, which
@@ -63,8 +65,6 @@ when the pool opens; see ``_choice.py`` (beside this module) for the fallbacks.
 from __future__ import annotations
 
 import errno
-import mmap
-import os
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -75,6 +75,7 @@ from .._address import buffer_address
 from .._stats import Counters
 from ._base import Channel, CompletionListener, Kernel, SendableLease, Transport, broken
 from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, keep_forever, settle_all
+from ._heads import HeadArea
 from ._socket import SocketTransport, local_peer, not_tcp, socket_of
 from ._ring import Message, Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
@@ -97,63 +98,15 @@ _RING_ENTRIES: Final = 256
 _MSG_WAITALL: Final = socket.MSG_WAITALL
 #: How long the submitter waits before trying again after EAGAIN or EBUSY.
 _SUBMIT_RETRY: Final = 0.001
-#: The head area registered in front of each chunk (see the module docs),
-#: in slots of _HEAD_SLOT bytes: a head takes as many adjacent slots as it
-#: needs, from when its request is prepared until its notification.
-_HEAD_AREA: Final = 128 << 10
-_HEAD_SLOT: Final = 512
+#: The head area registered in front of each chunk (see the module docs):
+#: a head (with the lease's first bytes up to a page) takes as many of its
+#: pages as it needs, from when its request is prepared until its notification.
+_HEAD_AREA: Final = 256 << 10
 
 #: How heads go with leases (IoUringKernel.head_path).
 HEAD_FIXED: Final = "sendmsg_zc_fixed"
 HEAD_PLAIN: Final = "sendmsg_zc"
 HEAD_COPIED: Final = "copy_then_send_zc"
-
-
-class _HeadArea:
-    """The pages heads are copied into: a memfd the kernel maps for writing
-    and registers in front of every chunk of the arena."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.fd = os.memfd_create("trio_zc-heads", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(self.fd, size)
-            self.map = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        # One byte per slot, 1 while a request's head is in it.
-        self._taken = bytearray(size // _HEAD_SLOT)
-        self.closed = False
-
-    def take(self, head: memoryview) -> int | None:
-        """Copy *head* into free slots; its offset in the area, or None if no room."""
-        count = -(-len(head) // _HEAD_SLOT)
-        first = self._taken.find(bytes(count))
-        if first < 0:
-            return None
-        self._taken[first : first + count] = b"\x01" * count
-        offset = first * _HEAD_SLOT
-        self.map[offset : offset + len(head)] = head
-        return offset
-
-    def give_back(self, offset: int, nbytes: int) -> None:
-        """The request that read ``[offset, offset + nbytes)`` is done with it."""
-        first = offset // _HEAD_SLOT
-        count = -(-nbytes // _HEAD_SLOT)
-        self._taken[first : first + count] = bytes(count)
-
-    @property
-    def slots_taken(self) -> int:
-        """Slots holding heads of requests in flight."""
-        return self._taken.count(1)
-
-    def close(self) -> None:
-        # Requests still in flight hold their own references to the pages.
-        if not self.closed:
-            self.closed = True
-            self.map.close()
-            os.close(self.fd)
 
 
 @attrs.define(eq=False)
@@ -172,7 +125,9 @@ class _Call:
     #: notification: its slot in the head area, or its bytes object.
     head_len: int = 0
     message: Message | None = None
+    #: In the head area: where the head (and the lease's first bytes) went, and how many bytes.
     head_slot: int = -1
+    head_slot_len: int = 0
     head_owner: object = None
     #: The result CQE's res, once it came.
     res: int | None = None
@@ -246,20 +201,36 @@ class IoUringChannel(Channel):
         """One SENDMSG_ZC of *head* and as much of *data* (the lease's bytes from *start*) as one request takes."""
         kernel = self.kernel
         head_len = len(head)
+        if head_len > _MAX_FIXED_BUFFER // 2:
+            # A request's result is a 32-bit count: a head this large goes
+            # alone, in pieces, before the lease's bytes.
+            head_len = _MAX_FIXED_BUFFER // 2
+            call = _Call(self, lease, 0, 0, None, head_len, head_owner=head.obj)
+            call.message = Message([(buffer_address(head), head_len)])
+            kernel.head_calls_plain += 1
+            return call
         addr, index, room = self._where(lease, start)
         if index is not None:
-            slot = kernel.head_slot(index, head)
+            # A request stays within one registered buffer.
+            length = min(len(data), room)
+            with data[:length] as within:
+                slot = kernel.head_slot(index, head, within)
             if slot is not None:
-                offset, head_address = slot
-                length = min(len(data), room)
-                call = _Call(self, lease, length, addr, index, head_len, head_slot=offset)
-                call.message = Message([(head_address, head_len), (addr, length)])
+                offset, copied, head_address = slot
+                # The head and the lease's first bytes from the head area,
+                # the rest of the lease from its chunk.
+                fill = copied - head_len
+                regions = [(head_address, copied)]
+                if fill < length:
+                    regions.append((addr + fill, length - fill))
+                call = _Call(self, lease, length, addr, index, head_len, head_slot=offset, head_slot_len=copied)
+                call.message = Message(regions)
                 kernel.head_calls_fixed += 1
                 return call
             # No room for the head (or no head area in front of this chunk):
             # the whole request from ordinary memory.
             addr = self._mapped(lease, start)
-        length = min(len(data), _MAX_FIXED_BUFFER)
+        length = min(len(data), _MAX_FIXED_BUFFER - head_len)
         call = _Call(self, lease, length, addr, None, head_len, head_owner=head.obj)
         call.message = Message([(buffer_address(head), head_len), (addr, length)])
         kernel.head_calls_plain += 1
@@ -301,7 +272,7 @@ class IoUringChannel(Channel):
                 self.kernel.submit_send(call)
             except BaseException:
                 if call.head_slot >= 0:
-                    self.kernel.release_head(call.head_slot, call.head_len)  # it never went
+                    self.kernel.release_head(call.head_slot, call.head_slot_len)  # it never went
                 raise
             self.calls.add(call)
             lease.begin_send()
@@ -348,7 +319,7 @@ class IoUringChannel(Channel):
         self.calls.discard(call)
         call.lease.end_send()
         if call.head_slot >= 0:
-            self.kernel.release_head(call.head_slot, call.head_len)
+            self.kernel.release_head(call.head_slot, call.head_slot_len)
         call.head_owner = None
         # The lease's bytes the kernel took (the result came first), not the
         # bytes asked for: a short or failed send (a reset) moved fewer, or none.
@@ -366,7 +337,7 @@ class IoUringChannel(Channel):
             # Its notification, if it ever comes, changes nothing (see _reaper).
             call.quarantined = True
             # Its head stays where it is for good: in the head area its
-            # slots are never given back; a bytes object is kept referenced.
+            # pages are never given back; a bytes object is kept referenced.
             if call.head_owner is not None:
                 keep_forever(call.head_owner)
             if call.res is None:
@@ -420,7 +391,7 @@ class IoUringKernel(Kernel):
         #: How a head goes with a lease here (see the module docs):
         #: HEAD_FIXED once attach() made the head area, else what the probe allows.
         self.head_path = HEAD_PLAIN if probe.sendmsg_zc else HEAD_COPIED
-        self._heads: _HeadArea | None = None
+        self._heads: HeadArea | None = None
         # Per registered chunk, the address its head area was registered at
         # (0: registered without one).
         self._head_bases: list[int] = []
@@ -469,7 +440,7 @@ class IoUringKernel(Kernel):
             )
             return
         try:
-            self._heads = _HeadArea(_HEAD_AREA)
+            self._heads = HeadArea(_HEAD_AREA)
         except OSError as exc:
             self._add_note(f"Heads go with leases from ordinary memory: making the head area failed ({exc}).")
             return
@@ -577,22 +548,23 @@ class IoUringKernel(Kernel):
             msg_flags=_MSG_WAITALL,
         )
 
-    def head_slot(self, index: int, head: memoryview) -> tuple[int, int] | None:
-        """Copy *head* into the head area for a request from fixed buffer *index*.
+    def head_slot(self, index: int, head: memoryview, data: memoryview) -> tuple[int, int, int] | None:
+        """Copy *head* and the first bytes of *data* into the head area, for a request from fixed buffer *index*.
 
-        Returns its offset in the area and its address as that buffer has
-        it, or None when the buffer has no head area in front or the area
-        has no room (the request then goes from ordinary memory).
+        Returns their offset in the area, the bytes copied, and their address
+        as that buffer has it; or None when the buffer has no head area in
+        front or the area has no room (the request then goes from ordinary memory).
         """
         heads = self._heads
         base = self._head_bases[index]
         if heads is None or not base:
             return None
-        offset = heads.take(head)
-        if offset is None:
+        taken = heads.take(head, data)
+        if taken is None:
             self.head_area_full += 1
             return None
-        return offset, base + offset
+        offset, copied = taken
+        return offset, copied, base + offset
 
     def release_head(self, offset: int, nbytes: int) -> None:
         """A request's notification came: its head's slots are free again."""
