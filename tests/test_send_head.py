@@ -37,7 +37,7 @@ import trio_zc
 import trio_zc.http
 import trio_zc.testing
 from trio_zc._kernels import _io_uring
-from trio_zc._kernels._heads import PAGE
+from trio_zc._kernels._heads import PAGE, HeadArea
 from trio_zc._kernels._io_uring import HEAD_COPIED, HEAD_FIXED, HEAD_PLAIN, IoUringKernel, _Call
 from trio_zc._kernels._msg_zerocopy import ErrorQueue, MsgZeroCopyKernel
 from trio_zc._kernels._ring import probe
@@ -688,3 +688,54 @@ async def test_a_head_does_not_stall_a_receiver_with_a_tiny_receive_buffer(name:
             sealed.release()
             await stream.aclose()
             client.close()
+
+
+# -- the head area -------------------------------------------------------------------------
+
+
+def test_the_head_area_hands_out_whole_pages_and_takes_them_back() -> None:
+    area = HeadArea(4 * PAGE)
+    try:
+        head, data = memoryview(b"H" * 300), memoryview(pattern(10_000, 1))
+        first = area.take(head, data)
+        # The head, then the lease's first bytes up to a page: one page.
+        assert first == (0, PAGE) and area.map[:PAGE] == bytes(head) + bytes(data[: PAGE - 300])
+        big = memoryview(b"B" * (PAGE + 1))
+        assert area.take(big, data) == (PAGE, PAGE + 1)  # two pages, the head alone
+        assert area.take(head, memoryview(b"xy")) == (3 * PAGE, 302)  # all there is
+        assert area.pages_taken == 4
+        assert area.take(head, data) is None  # full
+        area.give_back(PAGE, PAGE + 1)
+        assert area.take(big, data) == (PAGE, PAGE + 1)
+        with pytest.raises(ValueError, match="number of pages"):
+            HeadArea(PAGE + 1)
+    finally:
+        area.close()
+    assert area.take(head, data) is None  # closed: the caller sends the head from its bytes
+    area.close()
+
+
+async def test_msg_zerocopy_head_pages_stay_taken_until_the_completion() -> None:
+    the_kernel = MsgZeroCopyKernel()
+    async with trio_zc.open_pool(max_bytes=8 * MiB, kernel=the_kernel, policy=ALWAYS_ZC) as pool:
+        pairs = [await stream_pair(pool) for _ in range(3)]
+        body = pattern(100_000, 2)
+        sealed = await sealed_with(pool, body)
+        for i, (stream, peer) in enumerate(pairs):
+            await queued_behind_a_full_window(stream, peer)
+            with trio.fail_after(30):
+                await stream.send_lease(sealed, head=head_of(200, i))
+        area = the_kernel.head_area()
+        assert area is not None and area.pages_taken == 3  # not transmitted: not complete
+        sealed.release()
+        for i, (_, peer) in enumerate(pairs):
+            with trio.fail_after(30):
+                got = await receive_exactly(peer, 64 * 1024 + 200 + len(body))
+            assert got[64 * 1024 :] == head_of(200, i) + body
+        with trio.fail_after(10):
+            while area.pages_taken:
+                await trio.sleep(0.01)
+        for stream, peer in pairs:
+            await stream.aclose()
+            await peer.aclose()
+    assert area.closed
