@@ -431,3 +431,23 @@ def test_code_is_not_cut_off_on_a_1280_pixel_screen(built_docs: pathlib.Path) ->
     assert "white-space: pre-wrap" in css
     for page in ("recipes.html", "tutorial.html", "testing.html"):
         assert 'href="_static/wide.css' in (built_docs / page).read_text()
+
+
+def test_the_tour_of_the_source_names_every_module() -> None:
+    """docs/howitworks.rst's module map stays true: every module of the package is in it, and
+    every module it names exists (a name may be a glob such as ``_bench*.py``)."""
+    import fnmatch
+
+    tour = (ROOT / "docs" / "howitworks.rst").read_text()
+    tour = tour[tour.index("A tour of the source") :]
+    named = set(re.findall(r"``([\w*/]+\.py)``", tour))
+    package = ROOT / "trio_zc"
+    modules = {path.name for path in package.rglob("*.py") if path.name != "__init__.py"}
+    missing = sorted(m for m in modules if not any(fnmatch.fnmatch(m, pattern.rsplit("/", 1)[-1]) for pattern in named))
+    assert not missing, f"modules the tour does not name: {missing}"
+    dangling = sorted(
+        pattern for pattern in named
+        if not pattern.endswith("__init__.py") and not pattern.startswith("tests/")
+        and not any(fnmatch.fnmatch(m, pattern.rsplit("/", 1)[-1]) for m in modules)
+    )
+    assert not dangling, f"the tour names modules that do not exist: {dangling}"
