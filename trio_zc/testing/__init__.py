@@ -11,11 +11,12 @@ from ._mock import MockPeer as MockPeer
 from ._mock import MockSend as MockSend
 from ._mock import PrematureReuseError as PrematureReuseError
 
-for _name, _obj in list(globals().items()):
-    if getattr(_obj, "__module__", "").startswith("trio_zc.testing._"):
-        _obj.__module__ = "trio_zc.testing"
-del _name, _obj
+__all__ = ["MockKernel", "MockPeer", "MockSend", "PrematureReuseError"]
 
+from .._exports import publish as _publish
+
+_publish(globals())
+del _publish
 
 from .._ki import protect_package as _protect_package
 
