@@ -357,14 +357,16 @@ def exact_int(name: str, value: object, expected: str = "an int") -> int:
     return int.__index__(value)  # type: ignore[arg-type]
 
 
-def _check_shape(shape: object) -> tuple[int, ...]:
-    # Any integer operator.index takes (NumPy's int64 too), but not a bool,
-    # which is an int to Python and never meant as a size.
+def _check_shape(shape: object, bools: tuple[type, ...] = (bool,)) -> tuple[int, ...]:
+    # Any integer operator.index takes (NumPy's int64 too), but not a bool
+    # (one of *bools*), which is an int to Python and never meant as a size.
+    # NumPy's bool is not Python's, and NumPy before 2.3 still lets
+    # operator.index take it (with a DeprecationWarning): the caller passes it.
     items: Sequence[object] = shape if isinstance(shape, (tuple, list)) else (shape,)
     dims = []
     for d in items:
         try:
-            if isinstance(d, bool) or not isinstance(d, SupportsIndex):
+            if isinstance(d, bools) or not isinstance(d, SupportsIndex):
                 raise TypeError
             n = operator.index(d)
         except TypeError:
@@ -449,7 +451,7 @@ class WritableLease:
             raise ModuleNotFoundError(
                 "WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"
             ) from exc
-        dims = _check_shape(shape)
+        dims = _check_shape(shape, (bool, numpy.bool_))
         dt = numpy.dtype(dtype)
         count = 1
         for d in dims:
