@@ -3,7 +3,7 @@
 The stream does everything that is the same for every kernel -- checking
 leases, choosing between zero-copy and copying (:mod:`trio_zc._policy`),
 statistics, detecting concurrent misuse -- and leaves the I/O to the pool's
-kernel through a :class:`~trio_zc._kernel.Channel`.
+kernel through a :class:`~trio_zc._kernels._base.Channel`.
 """
 
 from __future__ import annotations

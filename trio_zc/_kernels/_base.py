@@ -1,8 +1,9 @@
 """The kernel interface: how a stream's bytes reach the wire.
 
-A *kernel* (copy, msg_zerocopy, and later sendfile, io_uring and the mock)
-is chosen per pool. For each connection it opens a :class:`Channel`, which
-owns the socket (or, for the mock, an in-memory pipe) and does the I/O;
+A *kernel* (copy, msg_zerocopy, io_uring, sendfile, or the mock of
+:mod:`trio_zc.testing`) is chosen per pool. For each connection it opens a
+:class:`Channel`, which owns the socket (or, for the mock, an in-memory
+pipe) and does the I/O;
 everything else -- lease checks, the zero-copy policy, statistics, conflict
 detection -- lives once in :class:`~trio_zc.ZeroCopyStream`.
 

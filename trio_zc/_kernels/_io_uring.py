@@ -5,7 +5,7 @@ ask for a submit; a submitter task hands everything prepared since its last
 turn to the kernel in one ``io_uring_enter`` (so sends that are ready
 together are batched). A reaper task waits for the ring fd to become
 readable (``trio.lowlevel.wait_readable``) and routes each completion to its
-send through :class:`~trio_zc._uring_tracker.SendZcTracker`.
+send through :class:`~trio_zc._kernels._uring_tracker.SendZcTracker`.
 
 A send has two completions. The *result* (bytes sent, or ``-errno``)
 resumes the stream's task; the *notification* (``F_NOTIF``), which follows
@@ -34,12 +34,12 @@ that is no broken connection, and the stream copies the send's rest and
 backs off, as for MSG_ZEROCOPY's ENOBUFS (see ``_policy.py``).
 
 Closing, cancellation and draining follow the msg_zerocopy kernel's
-protocol (:class:`~trio_zc._completion_channel.DrainingChannel`): a
+protocol (:class:`~trio_zc._kernels._completion_channel.DrainingChannel`): a
 cancelled send's entry is already the kernel's, so its lease stays held
 until its notification; closing waits for notifications, then resets the
 connection and quarantines what never comes.
 
-Whether io_uring is usable at all is found by :func:`~trio_zc._uring.probe`
+Whether io_uring is usable at all is found by :func:`~trio_zc._kernels._ring.probe`
 when the pool opens; see ``_choice.py`` (beside this module) for the fallbacks.
 """
 

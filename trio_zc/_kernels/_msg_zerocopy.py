@@ -22,8 +22,9 @@ connection with ``connect(AF_UNSPEC)``, which makes the kernel drop the
 queued data and report those sends complete while the socket is still
 open; whatever even that does not bring back is quarantined.
 
-See ``shared/reference/zerocopy-facts.md`` (sections 1 and 5) for the
-kernel's rules and the mistakes this avoids.
+The kernel's rules are in Linux's ``Documentation/networking/msg_zerocopy.rst``;
+``_completions.py`` says how the counter ranges are read, and which
+mistakes of other projects that avoids.
 """
 
 from __future__ import annotations

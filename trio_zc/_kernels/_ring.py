@@ -14,7 +14,7 @@ Rules
 4. Addresses are the caller's business. :meth:`Ring.prep_send_zc` takes a
    raw address and length; the memory there must stay mapped, and must not
    be rewritten, until the send's memory is released (see
-   :mod:`trio_zc._uring_tracker`, which decides that from the CQEs).
+   :mod:`trio_zc._kernels._uring_tracker`, which decides that from the CQEs).
 5. Once a ``prep_*`` call returned, its entry belongs to the ring: the next
    :meth:`Ring.submit` hands it to the kernel, and there is no taking it
    back. Only an entry whose ``prep_*`` raised never reaches the kernel.
@@ -235,7 +235,7 @@ def _unsupported_platform() -> str | None:
         return (
             f"io_uring is only supported on x86_64, and this is {machine or 'an unknown machine'}:"
             " the rings are shared with the kernel through plain loads and stores, which"
-            " are ordered correctly only on x86_64 (see trio_zc._uring)"
+            " are ordered correctly only on x86_64 (see trio_zc._kernels._ring)"
         )
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         return "io_uring is only supported for 64-bit x86_64 processes, not the x32 ABI"
