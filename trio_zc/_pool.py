@@ -108,7 +108,10 @@ class PoolStatistics:
     #: Leases their owner still holds whose memory will never be reused: a
     #: send of each was lost (its connection closed before the kernel was done).
     tainted_leases: int
-    #: Leases whose completion never came before the pool closed.
+    #: Leases released and withheld for good: a send of each was lost (its
+    #: connection closed, or the pool's drain deadline passed, before the
+    #: kernel was done), or (``protect_sealed``) their pages could not be
+    #: made writable again.
     quarantined_leases: int
     #: Arena bytes withheld for good by quarantine.
     quarantined_bytes: int
@@ -126,7 +129,8 @@ class PoolStatistics:
     leaked_at_close: int
     #: Whether the pool's block has ended.
     closed: bool
-    #: The pool's kernel ("copy", "msg_zerocopy", "sendfile", "mock").
+    #: The pool's kernel: "copy", "msg_zerocopy", "io_uring", "sendfile", or
+    #: "mock" (:class:`trio_zc.testing.MockKernel`); "auto" is one of the first four.
     kernel: str
     #: Why the kernel runs as it does (a fallback, an alignment), or None.
     kernel_note: str | None
@@ -322,7 +326,7 @@ class BufferPool:
 
     @property
     def max_bytes(self) -> int:
-        """The arena's size: the most memory the pool's leases ever use."""
+        """The most memory the pool's leases ever use, in bytes (the arena's size)."""
         return self._arena.size
 
     # -- acquiring ----------------------------------------------------------

@@ -210,7 +210,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     @property
     def send_timeout(self) -> float | None:
-        """The longest one :meth:`send_lease` or :meth:`send_all` may take, in seconds (None: no limit).
+        """The longest one :meth:`send_lease` or :meth:`send_all` may take, in seconds, or None for no limit.
 
         A peer that stops reading makes sends wait, and keeps their memory
         (and the lease being sent) from the pool. When a send takes longer
