@@ -20,7 +20,9 @@ extensions = [
 default_role = "py:obj"
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
+# No default "members": each entry of reference.rst says which members it shows
+# (and tests/test_exports.py that it accounts for every public one).
+autodoc_default_options = {"undoc-members": False, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 nitpicky = False
@@ -108,5 +110,19 @@ def _fill_in_comments(app, what, name, obj, options, lines):
         lines[:] = comment
 
 
+def _no_constructor_parameters(app, what, name, obj, options, signature, return_annotation):
+    # reference.rst writes "autoclass:: Name()" for classes that have no public
+    # constructor; the parameters of their private __init__ must not come back
+    # as a "Parameters" list (autodoc_typehints = "description" records them).
+    if what == "class" and signature == "()":
+        document = getattr(app.env, "current_document", None)  # Sphinx 9
+        annotations = (
+            document.autodoc_annotations if document is not None else app.env.temp_data.get("annotations", {})
+        )
+        annotations.pop(name, None)
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", _fill_in_comments)
+    # After autodoc's own handler, which records the annotations (priority 500).
+    app.connect("autodoc-process-signature", _no_constructor_parameters, priority=900)

@@ -13,8 +13,10 @@ own documentation.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 import re
 import subprocess
@@ -84,34 +86,57 @@ def declared_public_names(module: types.ModuleType) -> set[str]:
     return {name for name in names if not name.startswith("_")}
 
 
-def documented_names() -> set[tuple[str, str]]:
-    """``(module, name)`` of every autodoc entry of docs/reference.rst."""
+@dataclasses.dataclass
+class Entry:
+    """One autodoc directive of docs/reference.rst."""
+
+    line: int
+    module: str
+    name: str
+    #: ``None`` without a ``:members:`` option, ``"all"`` for a bare one, else the names listed.
+    members: None | str | list[str]
+    excluded: list[str]
+    #: Written "Name()": a class with no public constructor, shown without one.
+    no_constructor: bool = False
+
+
+def reference_entries() -> list[Entry]:
     current = None
-    found: set[tuple[str, str]] = set()
+    entries = []
     lines = REFERENCE.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if m := re.match(r"\.\. (?:current)?module:: (\S+)$", line):
             current = m.group(1)
-        elif m := re.match(r"\.\. automodule:: (\S+)$", line):
-            module = m.group(1)
-            options = []
-            for option in lines[i + 1 :]:
-                if not option.startswith("   "):
-                    break
-                options.append(option.strip())
-            members = next((o[len(":members:") :] for o in options if o.startswith(":members:")), None)
-            assert members is not None and members.strip(), (
-                f"reference.rst line {i + 1}: list the members of {module} by name"
-            )
-            found.update((module, name.strip()) for name in members.split(","))
-        elif m := re.match(r"\.\. auto(?:class|function|exception|data|decorator):: (\S+)$", line):
-            name = m.group(1)
-            module, _, short = name.rpartition(".")
-            if not module:
-                assert current is not None, f"reference.rst line {i + 1}: {name} before any module directive"
-                module = current
-            found.add((module, short))
-    return found
+            continue
+        # "Name()" shows no constructor arguments: for classes the application
+        # gets from the library, not by calling them.
+        m = re.match(r"\.\. auto(module|class|function|exception|data|decorator):: ([\w.]+)(?:\(\))?$", line)
+        if not m:
+            continue
+        options: dict[str, str] = {}
+        for option in lines[i + 1 :]:
+            if not (om := re.match(r"   :([\w-]+):(.*)$", option)):
+                break
+            options[om.group(1)] = om.group(2).strip()
+        members: None | str | list[str] = None
+        if "members" in options:
+            members = [n.strip() for n in options["members"].split(",")] if options["members"] else "all"
+        excluded = [n.strip() for n in options.get("exclude-members", "").split(",") if n.strip()]
+        if m.group(1) == "module":
+            assert isinstance(members, list), f"reference.rst line {i + 1}: list the members of {m.group(2)} by name"
+            entries.extend(Entry(i + 1, m.group(2), name, None, []) for name in members)
+            continue
+        module, _, short = m.group(2).rpartition(".")
+        if not module:
+            assert current is not None, f"reference.rst line {i + 1}: {short} before any module directive"
+            module = current
+        entries.append(Entry(i + 1, module, short, members, excluded, line.endswith("()")))
+    return entries
+
+
+def documented_names() -> set[tuple[str, str]]:
+    """``(module, name)`` of every autodoc entry of docs/reference.rst."""
+    return {(entry.module, entry.name) for entry in reference_entries()}
 
 
 def test_the_public_modules_are_the_ones_the_reference_covers() -> None:
@@ -175,6 +200,50 @@ def test_the_reference_documents_exactly_the_exports() -> None:
     )
 
 
+def _member_doc(cls: type, name: str, conf: types.ModuleType, dotted: str) -> str | None:
+    """What the reference can show for member *name* of *cls*: its docstring or #: comment."""
+    # inspect.getdoc, as autodoc: a method's docstring may be its base's,
+    # and a slot's is in the class's __slots__ dict.
+    raw = inspect.getattr_static(cls, name)
+    if isinstance(raw, (staticmethod, classmethod)):
+        raw = raw.__func__
+    if isinstance(raw, types.FunctionType):
+        raw = getattr(cls, name)
+    if isinstance(raw, (types.FunctionType, types.MethodType, property, types.MemberDescriptorType)):
+        doc = inspect.getdoc(raw)
+        if doc:
+            return doc
+    comment = conf.source_comment(f"{dotted}.{name}")
+    return "\n".join(comment) if comment else None
+
+
+def test_the_reference_accounts_for_every_public_member() -> None:
+    # Each public member a public class defines is shown by its entry (listed
+    # in :members:, or :members: bare for all) or excluded by name
+    # (:exclude-members:), and whatever is shown has documentation: autodoc
+    # shows a member with none as a bare name, or not at all.
+    conf = _conf()
+    problems = []
+    for entry in reference_entries():
+        cls = getattr(_module(entry.module), entry.name)
+        if not isinstance(cls, type):
+            continue
+        dotted = f"{entry.module}.{entry.name}"
+        own = {n for n in vars(cls) if not n.startswith("_")} | (_known_attributes(cls) & set(vars(cls).get("__annotations__", {})))
+        listed = set(entry.members) if isinstance(entry.members, list) else set()
+        for name in sorted(listed - own - set(dir(cls))):
+            problems.append(f"{dotted}: lists {name}, which it does not have")
+        for name in sorted(own):
+            shown = entry.members == "all" or name in listed
+            if name in entry.excluded:
+                continue
+            if not shown:
+                problems.append(f"{dotted}.{name}: public, but neither listed nor excluded (reference.rst line {entry.line})")
+            elif name in vars(cls) and not _member_doc(cls, name, conf, dotted):
+                problems.append(f"{dotted}.{name}: shown with no documentation")
+    assert not problems, "\n".join(problems)
+
+
 def _known_attributes(cls: type) -> set[str]:
     """Names a class declares as data: annotations and slots, its bases' too."""
     names: set[str] = set()
@@ -195,12 +264,31 @@ def test_the_reference_shows_the_comments_of_fields_and_constants(tmp_path: Path
     # their fields' #: comments (and a constant's), and find none: fields
     # showed with no description and DEFAULT_DRAIN_TIMEOUT with float's
     # docstring. Built as plain text; -W and the HTML are `make docs`'.
-    subprocess.run(
-        [sys.executable, "-m", "sphinx", "-q", "-E", "-b", "text", str(ROOT / "docs"), str(tmp_path)],
-        check=True,
+    # Nitpicky (-n), to hear of every reference that leads nowhere.
+    build = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-E", "-n", "-b", "text", str(ROOT / "docs"), str(tmp_path)],
+        capture_output=True,
+        text=True,
         timeout=600,
     )
+    assert build.returncode == 0, build.stderr
     text = (tmp_path / "reference.txt").read_text(encoding="utf-8").splitlines()
+
+    # A reference to a public name resolves (a page that names :class:`SealedLease`
+    # without saying the module gets no link, silently, without -n).
+    public = {attr for name in PUBLIC_MODULES for attr in _module(name).__all__}
+    dangling = []
+    for target in re.findall(r"reference target not found: (\S+)", build.stderr):
+        for prefix in sorted(PUBLIC_MODULES, key=len, reverse=True):
+            if target.startswith(prefix + "."):
+                target = target[len(prefix) + 1 :]
+                break
+        if target.split(".")[0] in public:
+            dangling.append(target)
+    assert not dangling, f"references to public names that lead nowhere: {sorted(set(dangling))}"
+    # Napoleon reads "X: y" on the first line of a property's docstring as a
+    # type X: the reference then shows "Type: X" and loses the start of the text.
+    assert not [line for line in text if line.strip() == "Type:"], "a docstring's first line was taken for a type"
     # The entries at the left margin: "class trio_zc.X(...)", "trio_zc.Y = 1.0", ...
     starts = [
         (i, m.group(1))
@@ -219,6 +307,10 @@ def test_the_reference_shows_the_comments_of_fields_and_constants(tmp_path: Path
         section = sections.get(dotted)
         assert section is not None, f"{dotted} is not in the built reference"
         if isinstance(obj, type):
+            entry = next(e for e in reference_entries() if (e.module, e.name) == (module, attr))
+            if entry.no_constructor:
+                # Class-level "Parameters" would be its private __init__'s.
+                assert "   Parameters:" not in section, f"{dotted} shows its private constructor's parameters"
             for field in sorted(_known_attributes(obj)):
                 heads = [i for i, line in enumerate(section) if re.match(rf"^   {field}: ", line)]
                 if not heads:

@@ -723,6 +723,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
 
     @property
     def name(self) -> str:
+        """The connection's name (as in :attr:`MockSend.connection`)."""
         return self._conn.name
 
     @property
@@ -762,6 +763,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
         self._conn.peer_reading = False
 
     def resume_reading(self) -> None:
+        """Undo :meth:`stop_reading`: :meth:`receive_some` takes what arrives again."""
         self._conn.peer_reading = True
         self._conn.to_peer.wake()
 
@@ -1043,13 +1045,16 @@ class MockKernel(Kernel):
         )
 
     def hold_transmission(self) -> None:
+        """Hold transmission on every connection (see :meth:`MockPeer.hold_transmission`)."""
         for peer in self._live_peers():
             peer.hold_transmission()
 
     def transmit(self) -> int:
+        """Transmit every connection's queued sends, lifting their holds (see :meth:`MockPeer.transmit`); bytes moved."""
         return sum(peer.transmit() for peer in self._live_peers())
 
     def mark_copied(self, copied: bool = True) -> None:
+        """Mark every connection's completions COPIED from now on (see :meth:`MockPeer.mark_copied`)."""
         for peer in self._live_peers():
             peer.mark_copied(copied)
 
