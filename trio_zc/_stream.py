@@ -140,7 +140,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         except BaseException:
             sock.close()
             raise
-        if isinstance(transport, trio.SocketStream) and self._channel.unavailable is not None:
+        if isinstance(transport, trio.SocketStream) and self._channel.unavailable_reason is not None:
             _raise_notsent_lowat(sock)
 
     @classmethod
@@ -164,12 +164,12 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self._counters = Counters(parent=pool._counters)
         self._channel = open_channel(self._counters)
         self._decider = SendDecider(
-            pool._policy, unavailable=self._channel.unavailable, notify=pool._note_fallback
+            pool._policy, unavailable_reason=self._channel.unavailable_reason, notify=pool._note_fallback
         )
         self._channel.on_completions = self._on_completions  # type: ignore[method-assign]
         # A stream whose channel can never send zero-copy (a local peer
         # under "auto", the copy kernel) skips asking the policy per send.
-        self._copy_only = self._channel.unavailable is not None
+        self._copy_only = self._channel.unavailable_reason is not None
         defaults = pool._stream_defaults
         self._send_timeout: float | None = defaults.send_timeout
         self._max_in_flight: int = defaults.max_in_flight

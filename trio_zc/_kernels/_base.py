@@ -157,7 +157,7 @@ class Channel(abc.ABC):
     """One connection as a kernel sees it. Made by :meth:`Kernel.open_channel`."""
 
     #: Why zero-copy can never be used on this channel, or None.
-    unavailable: str | None = None
+    unavailable_reason: str | None = None
 
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
@@ -415,5 +415,5 @@ class CopyKernel(Kernel):
 
     def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
         channel = SocketChannel(sock, counters)
-        channel.unavailable = "the pool's kernel is 'copy'"
+        channel.unavailable_reason = "the pool's kernel is 'copy'"
         return channel

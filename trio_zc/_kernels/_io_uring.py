@@ -104,9 +104,9 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         self.calls: set[_Call] = set()
         self._drained: trio.Event | None = None
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            self.unavailable = f"not a TCP socket (family {sock.family.name})"
+            self.unavailable_reason = f"not a TCP socket (family {sock.family.name})"
         elif kernel.copy_local_peers:
-            self.unavailable = local_peer(sock)
+            self.unavailable_reason = local_peer(sock)
 
     @property
     def sends_in_flight(self) -> int:

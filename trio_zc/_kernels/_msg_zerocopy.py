@@ -57,8 +57,8 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
         SocketChannel.__init__(self, sock, counters)
         self.init_tracking()
         self.kernel = kernel
-        self.unavailable = (
-            kernel.unavailable
+        self.unavailable_reason = (
+            kernel.unavailable_reason
             or (local_peer(sock) if kernel.copy_local_peers else None)
             or self._enable(sock)
         )
@@ -89,7 +89,7 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
     # -- completions ------------------------------------------------------------
 
     def before_wait(self) -> None:
-        if self.unavailable is None:
+        if self.unavailable_reason is None:
             # Only a channel that sends zero-copy reads the error queue: on a
             # socket shared with another stream the records are that one's.
             self.drain()
@@ -129,13 +129,13 @@ class MsgZeroCopyKernel(Kernel):
     name = "msg_zerocopy"
 
     def __init__(self) -> None:
-        self.unavailable = memlock_problem()
+        self.unavailable_reason = memlock_problem()
         self._epoll = select.epoll()
         self._channels: dict[int, ZeroCopyChannel] = {}
 
     def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
         channel = ZeroCopyChannel(self, sock, counters)
-        if channel.unavailable is None:
+        if channel.unavailable_reason is None:
             # Empty mask: errors only. Edge-triggered: once per new record.
             self._epoll.register(channel.fd, select.EPOLLET)
             self._channels[channel.fd] = channel
