@@ -1,19 +1,27 @@
 """What the sources and documents cite exists.
 
-Comments and pages point readers at files (``benchmarks/stale_bytes.py``,
-``_thp.py``) and at modules and names (``trio_zc._lifecycle.Lifecycle``).
-When a file moves or a module is renamed, such a pointer rots unseen: this
-checks every one in the files git tracks. A path resolves from the
-repository's root, from the citing file's directory, or from the package;
-a dotted ``trio_zc...`` name imports. Paths into other projects' source
-trees are recognised by their top directories (below).
+Comments, docstrings and pages point readers at files
+(``benchmarks/stale_bytes.py``, ``_thp.py``) and at modules and names
+(``trio_zc._lifecycle.Lifecycle``). When a file moves or a module is
+renamed, such a pointer rots unseen: this checks every one in the files git
+tracks -- in Python files, their comments and docstrings (a test's string
+literals may name files that do not exist on purpose). A path resolves from
+the repository's root, from the citing file's directory, or from the
+package; a bare file name is checked when it is named as this repository
+names its modules and tests (an underscore or ``test_`` first); a dotted
+``trio_zc...`` name imports. Paths into other projects' source trees are
+recognised by their top directories (below), and a page's ``:caption:``
+names a file the reader writes.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import io
 import re
 import subprocess
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -38,7 +46,7 @@ NOT_OBJECTS = {
 }
 
 _PATH = re.compile(r"(?<![\w./-])((?:\.\./)*(?:[\w.-]+/)+[\w.-]+\.(?:py|rst|md|txt|json|png|toml|ini|c|h))\b")
-_FILE = re.compile(r"(?<![\w./-])([\w-]+\.(?:py|rst|md))\b")
+_FILE = re.compile(r"(?<![\w./-])((?:_|test_)[\w-]*\.py)\b")
 _DOTTED = re.compile(r"(?<![\w.])(trio_zc(?:\.\w+)+)")
 
 
@@ -53,12 +61,41 @@ def _tracked_text_files() -> list[Path]:
     return [ROOT / n for n in names if (ROOT / n).is_file()]
 
 
+def _prose_of_python(source: str) -> dict[int, str]:
+    """The comments and docstrings of a Python file, by line number."""
+    prose: dict[int, list[str]] = {}
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body:
+            first = body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                for offset, text in enumerate(first.value.value.splitlines()):
+                    prose.setdefault(first.lineno + offset, []).append(text)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            prose.setdefault(token.start[0], []).append(token.string)
+    return {number: " ".join(parts) for number, parts in prose.items()}
+
+
 def _lines() -> list[tuple[str, int, str]]:
-    return [
-        (str(path.relative_to(ROOT)), number, line)
-        for path in _tracked_text_files()
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-    ]
+    lines = []
+    for path in _tracked_text_files():
+        text = path.read_text(encoding="utf-8")
+        name = str(path.relative_to(ROOT))
+        if path.suffix == ".py":
+            lines += [(name, number, line) for number, line in sorted(_prose_of_python(text).items())]
+        else:
+            lines += [
+                (name, number, line)
+                for number, line in enumerate(text.splitlines(), 1)
+                if not line.strip().startswith(":caption:")
+            ]
+    return lines
 
 
 def _resolves(dotted: str) -> bool:
@@ -92,8 +129,8 @@ def test_cited_paths_exist() -> None:
 
 
 def test_cited_file_names_exist() -> None:
-    # A bare file name (``_thp.py``, ``test_sendfile.py``) names some file of
-    # the repository.
+    # A bare module or test file name (``_thp.py``, ``test_sendfile.py``)
+    # names some file of the repository.
     existing = {path.name for path in _tracked_text_files()}
     missing = [
         f"{name}:{number}: {match.group(1)}"

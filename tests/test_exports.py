@@ -123,8 +123,12 @@ def reference_entries() -> list[Entry]:
             members = [n.strip() for n in options["members"].split(",")] if options["members"] else "all"
         excluded = [n.strip() for n in options.get("exclude-members", "").split(",") if n.strip()]
         if m.group(1) == "module":
-            assert isinstance(members, list), f"reference.rst line {i + 1}: list the members of {m.group(2)} by name"
-            entries.extend(Entry(i + 1, m.group(2), name, None, []) for name in members)
+            # Its members by name, or none (each then has an entry of its own).
+            current = m.group(2)
+            if "no-members" in options:
+                continue
+            assert isinstance(members, list), f"reference.rst line {i + 1}: list the members of {current} by name"
+            entries.extend(Entry(i + 1, current, name, None, []) for name in members)
             continue
         module, _, short = m.group(2).rpartition(".")
         if not module:

@@ -202,7 +202,23 @@ class Target:
 
     def describe(self) -> str:
         sign = ">=" if self.at_least else "<="
-        return f"{'met ' if self.met else 'MISS'}  {self.name}: {self.ratio:.2f} (target {sign} {self.limit})"
+        figure = _figure(self.ratio, self.limit, self.met, self.at_least)
+        return f"{'met ' if self.met else 'MISS'}  {self.name}: {figure} (target {sign} {self.limit})"
+
+
+def _figure(ratio: float, limit: float, met: bool, at_least: bool) -> str:
+    """*ratio* with two decimals, or as many more as it takes to tell the truth.
+
+    Rounded to two decimals, 49,784 cycles/s against a target of 50,000
+    printed as 1.00, as if met. A figure is printed with the fewest digits
+    (two or more) whose value is on the same side of *limit* as *ratio*.
+    """
+    for digits in range(2, 16):
+        text = f"{ratio:.{digits}f}"
+        shown = float(text)
+        if (shown >= limit if at_least else shown <= limit) == met:
+            return text
+    return repr(ratio)
 
 
 def targets(summaries: Sequence[Summary]) -> list[Target]:

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import pathlib
 import sys
 
 from . import _bench
 from ._bench_cases import ALL_CASES
+from ._kernels._choice import KERNEL_NAMES
+
+
+_DEFAULT_BYTES = 512 << 20
+_DEFAULT_REPEAT = 3
+_DEFAULT_RUNS = len(ALL_CASES) * len(_bench.DEFAULT_SIZES) * _DEFAULT_REPEAT
+
+# The times and memory below were measured (python -m trio_zc bench, under
+# /usr/bin/time) on the development machine; the counts are computed.
+DESCRIPTION = f"""\
+Measure every way trio_zc can send an image, and the ways you would otherwise
+write it, against a receiver process on loopback TCP that checks every byte
+(docs/benchmarks.rst says what each figure means).
+
+What the defaults cost: every case ({len(ALL_CASES)}) at every size ({len(_bench.DEFAULT_SIZES)}), \
+{_DEFAULT_BYTES >> 20} MiB each,
+{_DEFAULT_REPEAT} times -- {_DEFAULT_RUNS} runs sending about \
+{_DEFAULT_RUNS * _DEFAULT_BYTES / 2**30:.0f} GiB over loopback -- then {_DEFAULT_REPEAT} x 100,000
+lease cycles and 1,000 stalled clients. That took 2 min 25 s on a shared
+2-core machine (Linux 6.18; 43 s with --repeat 1), and the sending process
+peaked at 570 MB of memory (the 64 MiB images). A quick look, in about 5 s:
+  python -m trio_zc bench --sizes 64K,4M --bytes 64M --repeat 1 --stalled 0
+"""
 
 
 def parse_size(text: str) -> int:
@@ -18,7 +43,7 @@ def parse_size(text: str) -> int:
         if clean and clean[-1] in units:
             return int(float(clean[:-1]) * units[clean[-1]])
         return int(clean)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "infk"
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64K, 4M, 1G)") from None
 
 
@@ -51,8 +76,10 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         default=list(_bench.DEFAULT_SIZES),
         help="comma-separated image sizes (default 16K,64K,256K,1M,4M,16M,64M)",
     )
-    bench.add_argument("--bytes", type=parse_size, default=512 << 20, help="bytes per case and repetition (512M)")
-    bench.add_argument("--repeat", type=int, default=3, help="repetitions per case; medians reported (3)")
+    bench.add_argument(
+        "--bytes", type=parse_size, default=_DEFAULT_BYTES, help="bytes per case, size and repetition (512M)"
+    )
+    bench.add_argument("--repeat", type=int, default=_DEFAULT_REPEAT, help="repetitions per case; medians reported (3)")
     bench.add_argument(
         "--reference", default=_bench.REFERENCE, help=f"the case ratios are relative to ({_bench.REFERENCE})"
     )
@@ -67,14 +94,65 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     )
 
 
+def check(args: argparse.Namespace) -> str | None:
+    """What is wrong with *args*, in one line that says what to do; None if nothing.
+
+    Everything is checked before anything runs: a mistake found after the
+    benchmark (a chart without Pillow, a figures file in a missing folder)
+    used to throw away many minutes of measurement.
+    """
+    for option in ("repeat", "bytes"):
+        if getattr(args, option) < 1:
+            return f"--{option} must be at least 1, not {getattr(args, option)}"
+    for option in ("cycles", "stalled"):
+        if getattr(args, option) < 0:
+            return f"--{option} must be 0 (skip) or more, not {getattr(args, option)}"
+    if args.reference not in ALL_CASES:
+        return f"--reference: unknown case {args.reference!r}; the cases are {', '.join(ALL_CASES)}"
+    if args.stalled_kernel not in KERNEL_NAMES:
+        return f"--stalled-kernel: unknown kernel {args.stalled_kernel!r}; the kernels are {', '.join(KERNEL_NAMES)}"
+    if args.chart:
+        if importlib.util.find_spec("PIL") is None:
+            return (
+                "--chart needs Pillow, which is not installed: pip install Pillow"
+                " (or install trio_zc with the [images] extra), or leave out --chart"
+            )
+        problem = _unwritable(args.chart)
+        if problem:
+            return f"--chart: {problem}"
+    if args.json and not args.from_json:
+        problem = _unwritable(args.json)
+        if problem:
+            return f"--json: {problem}"
+    if args.from_json:
+        try:
+            _bench.from_json(pathlib.Path(args.from_json).read_text())
+        except OSError as exc:
+            return f"--from-json: cannot read {args.from_json}: {exc.strerror or exc}"
+        except (ValueError, TypeError, KeyError) as exc:
+            kind = "not JSON" if isinstance(exc, json.JSONDecodeError) else "not figures saved by --json"
+            return f"--from-json: {args.from_json} is {kind} ({exc}); give a file written by bench --json"
+    return None
+
+
+def _unwritable(path: str) -> str | None:
+    folder = pathlib.Path(path).parent
+    if not folder.is_dir():
+        return f"the folder {str(folder)!r} of {path} does not exist; create it or give another path"
+    if pathlib.Path(path).is_dir():
+        return f"{path} is a folder; give a file name"
+    return None
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run what *args* asks for and print the report. Exit status: 0, 1 corrupt, 3 target missed."""
-    if args.repeat < 1:
-        raise SystemExit("--repeat must be at least 1")
+    """Run what *args* (already :func:`check`-ed) asks for and print the report.
+
+    Exit status: 0, 1 corrupt, 3 target missed.
+    """
     if args.from_json:
         results = _bench.from_json(pathlib.Path(args.from_json).read_text())
     else:
