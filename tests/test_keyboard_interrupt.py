@@ -292,6 +292,11 @@ def test_sigint_at_every_line_the_application_runs_tears_nothing(name: str) -> N
     assert not findings, f"{len(findings)} of {len(runs)} lines tore something:\n" + "\n".join(findings)
 
 
+def _qualname(code: types.CodeType) -> str:
+    # co_qualname is Python 3.11+; on 3.10 the name (with file and line) has to do.
+    return getattr(code, "co_qualname", code.co_name)
+
+
 def test_every_function_of_the_library_is_protected() -> None:
     """Every code object compiled from the library's files, found independently of
     trio_zc._ki (by compiling the sources), is registered as protected."""
@@ -310,7 +315,7 @@ def test_every_function_of_the_library_is_protected() -> None:
             for code in trio_zc._ki.code_objects(module):
                 try:
                     if _CODE_KI_PROTECTION_STATUS_WMAP[code]:
-                        registered.add((os.path.abspath(code.co_filename), code.co_firstlineno, code.co_qualname))
+                        registered.add((os.path.abspath(code.co_filename), code.co_firstlineno, _qualname(code)))
                 except KeyError:
                     pass
     missing = []
@@ -328,8 +333,8 @@ def test_every_function_of_the_library_is_protected() -> None:
                 continue  # a module or class body: runs once, at import
             if lines[code.co_firstlineno - 1].strip() == "@overload":
                 continue  # a typing stub, replaced by the real definition
-            if (str(path), code.co_firstlineno, code.co_qualname) not in registered:
-                missing.append(f"{relative}:{code.co_firstlineno} {code.co_qualname}")
+            if (str(path), code.co_firstlineno, _qualname(code)) not in registered:
+                missing.append(f"{relative}:{code.co_firstlineno} {_qualname(code)}")
     assert not missing, f"{len(missing)} code objects are not KeyboardInterrupt-protected: {missing}"
 
 

@@ -50,7 +50,7 @@ def test_streak_zero_never_switches() -> None:
 
 
 def test_unavailable_zero_copy_is_never_attempted() -> None:
-    d = SendDecider(ZeroCopyPolicy(), unavailable="not a TCP socket")
+    d = SendDecider(ZeroCopyPolicy(), unavailable_reason="not a TCP socket")
     assert not d.use_zerocopy(1 << 30)
     assert d.fallbacks == {"not a TCP socket": 1}
     d.disable("another reason")

@@ -50,9 +50,8 @@ from hypothesis.stateful import (
 )
 
 import trio_zc
-from trio_zc import LeaseState
 from trio_zc._lease import _LeaseRecord
-from trio_zc._lifecycle import OWNED_STATES
+from trio_zc._lifecycle import OWNED_STATES, LeaseState
 from trio_zc.testing import MockKernel, MockPeer
 
 T = TypeVar("T")

@@ -76,10 +76,14 @@ class ReadOnlyBuffer(Protocol):
     """
 
     @property
-    def nbytes(self) -> int: ...
+    def nbytes(self) -> int:
+        """How many bytes the buffer holds."""
+        ...
 
     @property
-    def readonly(self) -> bool: ...
+    def readonly(self) -> bool:
+        """Always True."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -89,9 +93,13 @@ class ReadOnlyBuffer(Protocol):
     @overload
     def __getitem__(self, index: slice, /) -> ReadOnlyBuffer: ...
 
-    def tobytes(self) -> bytes: ...
+    def tobytes(self) -> bytes:
+        """A copy of the bytes."""
+        ...
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Let go of the view now rather than when it is garbage collected."""
+        ...
 
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
@@ -349,14 +357,16 @@ def _overrun(nbytes: int, offset: int, capacity: int) -> ValueError:
     return ValueError(f"writing {nbytes} bytes at offset {offset} overruns the lease ({capacity} bytes)")
 
 
-def _check_shape(shape: object) -> tuple[int, ...]:
-    # Any integer operator.index takes (NumPy's int64 too), but not a bool,
-    # which is an int to Python and never meant as a size.
+def _check_shape(shape: object, bools: tuple[type, ...] = (bool,)) -> tuple[int, ...]:
+    # Any integer operator.index takes (NumPy's int64 too), but not a bool
+    # (one of *bools*), which is an int to Python and never meant as a size.
+    # NumPy's bool is not Python's, and NumPy before 2.3 still lets
+    # operator.index take it (with a DeprecationWarning): the caller passes it.
     items: Sequence[object] = shape if isinstance(shape, (tuple, list)) else (shape,)
     dims = []
     for d in items:
         try:
-            if isinstance(d, bool) or not isinstance(d, SupportsIndex):
+            if isinstance(d, bools) or not isinstance(d, SupportsIndex):
                 raise TypeError
             n = operator.index(d)
         except TypeError:
@@ -441,7 +451,7 @@ class WritableLease:
             raise ModuleNotFoundError(
                 "WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"
             ) from exc
-        dims = _check_shape(shape)
+        dims = _check_shape(shape, (bool, numpy.bool_))
         dt = numpy.dtype(dtype)
         count = 1
         for d in dims:

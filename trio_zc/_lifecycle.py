@@ -44,7 +44,8 @@ get it wrong.
 
 The machine does no I/O and knows nothing of Trio, mappings or the kernel;
 :mod:`trio_zc._lease` and :mod:`trio_zc._pool` drive it and act on the
-state it reaches (unmap, punch, wake waiters). Adopted buffers (memory the
+state it reaches (give the memory back to the allocator or withhold it,
+punch out pages a socket may hold, wake waiters). Adopted buffers (memory the
 application owns) follow the same machine, starting at SEALED; for them FREE
 means "yours again".
 

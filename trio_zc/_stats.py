@@ -140,7 +140,7 @@ class SendStatistics:
 class StreamStatistics:
     """A snapshot of one stream, from :meth:`ZeroCopyStream.statistics`."""
 
-    #: The pool's kernel: "copy" or "msg_zerocopy".
+    #: The pool's kernel, as in :attr:`PoolStatistics.kernel`.
     kernel: str
     #: Whether large sends currently go zero-copy.
     zerocopy_enabled: bool

@@ -87,7 +87,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             connection.close()
             raise
         reason = self._channel.copy_only_reason
-        self._decider = SendDecider(pool._policy, unavailable=reason, notify=pool._note_fallback)
+        self._decider = SendDecider(pool._policy, unavailable_reason=reason, notify=pool._note_fallback)
         # A stream whose channel can never send zero-copy (a local peer
         # under "auto", the copy kernel) skips asking the policy per send.
         self._copy_only = reason is not None
