@@ -40,7 +40,10 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "BufferPool",
+    "CacheStatistics",
+    "CachedLease",
     "ForeignLeaseError",
+    "LeaseCache",
     "LeaseError",
     "LeaseLeakWarning",
     "LeaseQuarantinedError",
