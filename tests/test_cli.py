@@ -4,8 +4,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 import trio_zc._bench as bench
 import trio_zc._lifecycle as lifecycle
 from trio_zc._bench_cases import ALL_CASES, KERNEL_CASES
@@ -25,11 +23,10 @@ def test_lifecycle_command_prints_the_generated_diagram() -> None:
 
 
 def test_bench_smoke_runs_every_case_verifies_every_image_and_saves_its_figures(tmp_path: pathlib.Path) -> None:
-    image_module = pytest.importorskip("PIL.Image")
-    figures, chart = tmp_path / "runs.json", tmp_path / "chart.png"
+    figures = tmp_path / "runs.json"
     result = run(
         "bench", "--cases", ",".join(ALL_CASES), "--sizes", "64K,1M", "--bytes", "1M", "--repeat", "1",
-        "--cycles", "2000", "--stalled", "0", "--json", str(figures), "--chart", str(chart),
+        "--cycles", "2000", "--json", str(figures),
     )
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[2:3] and line.split()[2] in ALL_CASES]
@@ -41,15 +38,15 @@ def test_bench_smoke_runs_every_case_verifies_every_image_and_saves_its_figures(
             assert r[-1] == "all", r  # every image of trio_zc's own cases arrived intact
     # Progress on stderr, one line per run.
     assert result.stderr.count(" rep 1:") == 2 * len(ALL_CASES)
-    assert "lease overhead:" in result.stdout and "targets:" in result.stdout
+    assert "lease overhead:" in result.stdout
+    # The project's targets and stalled clients are benchmarks/acceptance.py's, not the user's tool's.
+    assert "targets:" not in result.stdout and "stalled" not in result.stderr + result.stdout
     saved = bench.from_json(figures.read_text())
     assert len(saved) == 2 * len(ALL_CASES)
     assert all(r.received == r.images for r in saved)
     assert all(0 < r.p50_latency <= r.p99_latency for r in saved)
-    with image_module.open(chart) as image:
-        assert image.format == "PNG"
     # The saved figures give the same table without running anything.
-    again = run("bench", "--from-json", str(figures), "--repeat", "3", "--cycles", "0", "--stalled", "0")
+    again = run("bench", "--from-json", str(figures), "--repeat", "3", "--cycles", "0")
     assert again.returncode == 0, again.stderr
     assert bench.table(bench.summarize(saved)) in again.stdout
     assert "median of 1 run(s)" in again.stdout  # what the figures hold, not --repeat

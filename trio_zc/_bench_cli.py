@@ -1,4 +1,8 @@
-"""The ``bench`` command line: options, running each part, the report."""
+"""The ``bench`` command line: options, running each part, the report.
+
+``benchmarks/acceptance.py`` (outside the package) runs the same parts and
+adds the project's targets, its stalled-clients benchmark and its chart.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 
 from . import _bench
 from ._bench_cases import ALL_CASES
+from ._bench_cycles import CycleResult, run_cycles
 
 
 def parse_size(text: str) -> int:
@@ -22,11 +27,12 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64K, 4M, 1G)") from None
 
 
-def _sizes(text: str) -> list[int]:
-    sizes = [parse_size(x) for x in text.split(",") if x.strip()]
-    if not sizes or min(sizes) < 1:
+def sizes(text: str) -> list[int]:
+    """``16K,1M`` -> ``[16384, 1048576]``: at least one size, all positive."""
+    out = [parse_size(x) for x in text.split(",") if x.strip()]
+    if not out or min(out) < 1:
         raise argparse.ArgumentTypeError("give at least one positive size")
-    return sizes
+    return out
 
 
 def _cases(text: str) -> list[str]:
@@ -38,7 +44,7 @@ def _cases(text: str) -> list[str]:
 
 
 def add_arguments(bench: argparse.ArgumentParser) -> None:
-    """The ``bench`` subcommand's options."""
+    """The ``bench`` subcommand's options (``benchmarks/acceptance.py`` adds its own to these)."""
     bench.add_argument(
         "--cases",
         type=_cases,
@@ -47,7 +53,7 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     )
     bench.add_argument(
         "--sizes",
-        type=_sizes,
+        type=sizes,
         default=list(_bench.DEFAULT_SIZES),
         help="comma-separated image sizes (default 16K,64K,256K,1M,4M,16M,64M)",
     )
@@ -57,32 +63,26 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         "--reference", default=_bench.REFERENCE, help=f"the case ratios are relative to ({_bench.REFERENCE})"
     )
     bench.add_argument("--cycles", type=int, default=100_000, help="lease cycles on the mock kernel (0: skip)")
-    bench.add_argument("--stalled", type=int, default=1000, help="stalled clients to hold (0: skip)")
-    bench.add_argument("--stalled-kernel", default="auto", help="the stalled-clients server's kernel (auto)")
     bench.add_argument("--json", metavar="FILE", help="also write every run's figures to FILE")
     bench.add_argument("--from-json", metavar="FILE", help="report on runs saved with --json instead of running")
-    bench.add_argument("--chart", metavar="PNG", help="also draw throughput and CPU per GB to PNG (needs Pillow)")
-    bench.add_argument(
-        "--check-targets", action="store_true", help="exit with status 3 if a performance target is missed"
-    )
 
 
-def _progress(line: str) -> None:
+def progress(line: str) -> None:
+    """Report a step on standard error (the report itself goes to standard output)."""
     print(line, file=sys.stderr, flush=True)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run what *args* asks for and print the report. Exit status: 0, 1 corrupt, 3 target missed."""
+def report_cases(args: argparse.Namespace) -> list[_bench.Summary]:
+    """Run the cases *args* asks for (or load them, ``--from-json``), print the table; the summaries."""
     if args.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
     if args.from_json:
         results = _bench.from_json(pathlib.Path(args.from_json).read_text())
     else:
-        results = _bench.run(args.cases, args.sizes, args.bytes, args.repeat, _progress) if args.cases else []
+        results = _bench.run(args.cases, args.sizes, args.bytes, args.repeat, progress) if args.cases else []
     if args.json and not args.from_json:
         pathlib.Path(args.json).write_text(_bench.to_json(results))
     summaries = _bench.summarize(results)
-    found = []
     if summaries:
         # From the figures, not --repeat: --from-json reports runs made with any.
         counts = sorted({s.runs for s in summaries})
@@ -92,52 +92,38 @@ def main(args: argparse.Namespace) -> int:
             " at the same size; latency from starting on an image to its last byte arriving."
         )
         print(_bench.table(summaries, args.reference))
-        found = _bench.targets(summaries)
-    if args.chart and summaries:
-        from ._bench_chart import render_chart
+    return summaries
 
-        render_chart(_bench.chart_series(summaries), args.chart, title="trio_zc bench, loopback TCP (medians)")
-        print(f"\nchart: {args.chart}")
-    if args.cycles and not args.from_json:
-        from ._bench_cycles import run_cycles
 
-        runs = []
-        for rep in range(args.repeat):
-            _progress(f"lease cycles: {args.cycles} on the mock kernel ({rep + 1}/{args.repeat})...")
-            runs.append(run_cycles(args.cycles))
-        runs.sort(key=lambda r: r.per_second)
-        cycles = runs[len(runs) // 2]
-        print(
-            f"\nlease overhead: {cycles.per_second:,.0f} full cycles/s, median of {len(runs)}"
-            f" ({runs[0].per_second:,.0f}-{runs[-1].per_second:,.0f};"
-            f" {cycles.per_cpu_second:,.0f} per CPU second), {cycles.payload}-byte payloads,"
-            " one stream, mock kernel"
-        )
-        found.append(_bench.Target("lease cycles per second / 50,000", cycles.per_second / 50_000, 1.0, True))
-    if args.stalled and not args.from_json:
-        from ._bench_stalled import run_stalled
+def report_cycles(args: argparse.Namespace) -> CycleResult | None:
+    """Time ``--cycles`` lease cycles ``--repeat`` times and print the median; None if not asked to."""
+    if not args.cycles or args.from_json:
+        return None
+    runs = []
+    for rep in range(args.repeat):
+        progress(f"lease cycles: {args.cycles} on the mock kernel ({rep + 1}/{args.repeat})...")
+        runs.append(run_cycles(args.cycles))
+    runs.sort(key=lambda r: r.per_second)
+    cycles = runs[len(runs) // 2]
+    print(
+        f"\nlease overhead: {cycles.per_second:,.0f} full cycles/s, median of {len(runs)}"
+        f" ({runs[0].per_second:,.0f}-{runs[-1].per_second:,.0f};"
+        f" {cycles.per_cpu_second:,.0f} per CPU second), {cycles.payload}-byte payloads,"
+        " one stream, mock kernel"
+    )
+    return cycles
 
-        _progress(f"stalled clients: {args.stalled}...")
-        stalled = run_stalled(args.stalled, kernel=args.stalled_kernel, progress=True)
-        print()
-        print(stalled.format())
-        found.append(_bench.Target("stalled clients: server CPU share / 5%", stalled.cpu_share / 0.05, 1.0, False))
-        found.append(
-            _bench.Target(
-                "stalled clients: server peak RSS / (pool + 64 MiB)",
-                stalled.rss_peak_bytes / stalled.memory_limit,
-                1.0,
-                False,
-            )
-        )
-    if found:
-        print("\ntargets:")
-        for target in found:
-            print("  " + target.describe())
+
+def report_corrupt(summaries: list[_bench.Summary]) -> bool:
+    """Print trio_zc's cases that delivered a corrupted image, if any; whether there were any."""
     corrupt = _bench.corrupt_library_cases(summaries)
     if corrupt:
         print("\nCORRUPT: " + ", ".join(f"{s.case} at {_bench.size_name(s.size)}" for s in corrupt))
-        return 1
-    if args.check_targets and not all(t.met for t in found):
-        return 3
-    return 0
+    return bool(corrupt)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run what *args* asks for and print the report. Exit status: 0, or 1 if an image arrived corrupted."""
+    summaries = report_cases(args)
+    report_cycles(args)
+    return 1 if report_corrupt(summaries) else 0
