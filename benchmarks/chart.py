@@ -5,8 +5,8 @@ log scale, throughput (GB/s) and the sender's CPU time per GB, with one line
 per case and a legend; :func:`chart_series` turns the bench's summaries into
 what it draws. ``benchmarks/acceptance.py --chart`` uses it for the figure in
 docs/benchmarks.rst. Pillow (``pip install 'trio_zc[images]'``) is imported
-only when a chart is drawn. The text and colours are the package's
-(:mod:`trio_zc._drawing`), which the demo's chart uses too.
+only when a chart is drawn. The text and colours are the demo's
+(:mod:`trio_zc._demo_drawing`), so that both charts look alike.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from trio_zc._bench_cases import KERNEL_CASES
-from trio_zc._drawing import INK, PALETTE, font, put, text_box
+from trio_zc._demo_drawing import INK, PALETTE, font, put, text_box
 
 if TYPE_CHECKING:
     from PIL import ImageDraw
 
     from trio_zc._bench import Summary
-    from trio_zc._drawing import Font
+    from trio_zc._demo_drawing import Font
 
 __all__ = ["OWN_CASES", "PALETTE", "chart_series", "render_chart"]
 

@@ -629,7 +629,7 @@ def render_chart(rows: Sequence[Row], path: pathlib.Path, title: str) -> None:
     """A PNG bar chart of part 3: each case's median GB/s (min-max whiskers) and its ratio."""
     from PIL import Image, ImageDraw
 
-    from ._drawing import PALETTE, font, put
+    from ._demo_drawing import PALETTE, font, put
 
     width, bar_height, gap, left, top = 1000, 34, 14, 150, 70
     height = top + len(rows) * (bar_height + gap) + 60

@@ -1,8 +1,9 @@
-"""Text and colours for the PNG charts, drawn with Pillow alone.
+"""Text and colours for the demo's PNG chart, drawn with Pillow alone.
 
 The demo's ``--chart`` (:func:`trio_zc._demo.render_chart`) draws with
 these, and so does the project's benchmark chart (``benchmarks/chart.py``,
-outside the package). Pillow is optional (``pip install 'trio_zc[images]'``):
+outside the package). Part of the demo, a tool: like it, left out of the
+library's KeyboardInterrupt protection (see :mod:`trio_zc._ki`). Pillow is optional (``pip install 'trio_zc[images]'``):
 it is imported only when a font is loaded, so importing this module does not
 need it.
 """
