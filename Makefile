@@ -21,20 +21,24 @@ typecheck: $(STAMP)
 	$(BIN)/python -m mypy
 	$(BIN)/python -m mypy --config-file tests/typing/mypy.ini tests/typing
 
-# The documentation, built with warnings as errors.
+# The documentation, built with warnings as errors and every cross-reference checked (-n), offline.
 docs: $(STAMP)
-	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(BIN)/python -m sphinx -n -W --keep-going -q -b html docs docs/_build/html
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
 
+# setuptools announces every editable install with a ten-line banner that asks
+# nothing of anyone; it was most of what a first `make demo` printed.
+EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
+
 # Reinstall whenever the project's metadata changes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,images]'
+	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e '.[dev,images]'
 	touch $(STAMP)
 
 clean:

@@ -43,8 +43,16 @@ def draw(pixels: npt.NDArray[Any], index: int) -> None:
 MAX_IMAGE_BYTES = 1080 * 1920 * 3
 
 
+class SenderLeft(Exception):
+    """The sender went away in the middle of a message."""
+
+
 async def receive_exactly(stream: trio.abc.ReceiveStream, nbytes: int) -> bytearray | None:
-    """Read *nbytes* bytes, or None if the stream ends first (the sender went away)."""
+    """Read *nbytes* bytes; None if the stream ends cleanly first (no byte of them came).
+
+    Raises :class:`SenderLeft` if it ends part-way: that is not the clean end
+    of a sender that is done.
+    """
     data = bytearray()
     while len(data) < nbytes:
         # Ask for no more than is missing, so nothing of the next message is
@@ -52,7 +60,7 @@ async def receive_exactly(stream: trio.abc.ReceiveStream, nbytes: int) -> bytear
         chunk = await stream.receive_some(min(nbytes - len(data), 1 << 20))
         if not chunk:
             if data:
-                print(f"  the sender stopped after {len(data)} of {nbytes} bytes")
+                raise SenderLeft(f"the sender stopped after {len(data)} of {nbytes} bytes")
             return None
         data += chunk
     return data
@@ -65,19 +73,24 @@ async def receiver(stream: trio_zc.ZeroCopyStream, verified: list[bool], done: t
     connection only (serve_tcp sees to the reset); one whose header makes no
     sense is disconnected before anything is allocated for it.
     """
-    while (header := await receive_exactly(stream, HEADER.size)) is not None:
-        nbytes, height, width, digest = HEADER.unpack(header)
-        if not 0 < nbytes <= MAX_IMAGE_BYTES or nbytes != height * width * 3:
-            print(f"  a header that makes no sense ({nbytes} bytes, {width}x{height}): disconnecting")
-            return
-        body = await receive_exactly(stream, nbytes)
-        if body is None:
-            return
-        ok = hashlib.sha256(body).digest() == digest
-        image = np.frombuffer(body, dtype=np.uint8).reshape(height, width, 3)
-        colour = image.mean(axis=(0, 1)).round(1)
-        print(f"  received {width}x{height} image, mean colour {colour}, ok={ok}")
-        verified.append(ok)
+    try:
+        while (header := await receive_exactly(stream, HEADER.size)) is not None:
+            nbytes, height, width, digest = HEADER.unpack(header)
+            if not 0 < nbytes <= MAX_IMAGE_BYTES or nbytes != height * width * 3:
+                print(f"  a header that makes no sense ({nbytes} bytes, {width}x{height}): disconnecting")
+                return
+            body = await receive_exactly(stream, nbytes)
+            if body is None:
+                print("  the sender stopped between a header and its image")
+                return
+            ok = hashlib.sha256(body).digest() == digest
+            image = np.frombuffer(body, dtype=np.uint8).reshape(height, width, 3)
+            colour = image.mean(axis=(0, 1)).round(1)
+            print(f"  received {width}x{height} image, mean colour {colour}, ok={ok}")
+            verified.append(ok)
+    except SenderLeft as exc:
+        print(f"  {exc}")
+        return
     # A clean end of stream after the last image: the sender is done.
     done.set()
 

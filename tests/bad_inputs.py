@@ -33,6 +33,7 @@ import attrs
 import numpy as np
 import trio
 import trio.testing
+import PIL
 from PIL import Image
 
 import trio_zc
@@ -503,6 +504,29 @@ def _photo(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.new(mode, size, (200, 120, 30) if mode == "RGB" else (200, 120, 30, 255))
 
 
+def with_workers(call: Callable[[Ctx, images.ImageWorkers], Awaitable[object]]) -> Run:
+    """A row that calls image workers: they are opened for the call (one process) and closed after it."""
+
+    async def run(c: Ctx) -> object:
+        async with images.open_workers(c.pool, 1) as workers:
+            return await call(c, workers)
+
+    return run
+
+
+async def _encode_adopted(c: Ctx, workers: images.ImageWorkers) -> object:
+    adopted = c.pool.adopt(bytes(10_000))
+    try:
+        return await workers.encode(images.RawImage(adopted, "L", (100, 100)), "PNG")
+    finally:
+        adopted.release()
+
+
+async def _open_workers(c: Ctx, processes: int | None = None, **options: Any) -> None:
+    async with images.open_workers(c.pool, processes, **options):
+        pass  # pragma: no cover - it raises
+
+
 def _noise(size: int) -> Image.Image:
     """An image that compresses badly: its PNG is larger than its pixels."""
     pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -555,6 +579,9 @@ ROWS: list[Row] = [
     R("write-past-end", SIZES, "a write that runs past the lease's end", "lease.write(b'abc', lease.nbytes - 2)",
       VE, "writing 3 bytes at offset 9998 overruns the lease (10000 bytes)",
       sync(lambda c: c.lease.write(b"abc", c.lease.nbytes - 2))),
+    R("write-at-end", SIZES, "a write in order that runs past the lease's end", "lease.write(b'abc', lease.nbytes)",
+      VE, "writing 3 bytes at offset 10000 overruns the lease (10000 bytes)",
+      sync(lambda c: c.lease.write(b"abc", c.lease.nbytes))),
     R("write-negative-offset", SIZES, "a write at a negative offset", "lease.write(b'abc', -1)",
       VE, "at offset -1 overruns the lease", sync(lambda c: c.lease.write(b"abc", -1))),
     R("ndarray-too-large", SIZES, "an array larger than the lease", "lease.ndarray((100, 100), 'float32')",
@@ -856,18 +883,18 @@ ROWS: list[Row] = [
       VE, "drain_timeout must be a non-negative number of seconds, not nan",
       lambda c: _open_pool(max_bytes=POOL_BYTES, drain_timeout=math.nan), "bare"),
     R("pool-drain-str", OPTIONS, "a drain timeout given as a string", "trio_zc.open_pool(max_bytes=n, drain_timeout='10')",
-      TE, "drain_timeout must be a number, not str",
+      TE, "drain_timeout must be a number of seconds, not str",
       lambda c: _open_pool(max_bytes=POOL_BYTES, drain_timeout="10"), "bare"),
     R("pool-protect-str", OPTIONS, "protect_sealed given as a string", "trio_zc.open_pool(max_bytes=n, protect_sealed='yes')",
-      TE, "protect_sealed must be a bool, not str",
+      TE, "protect_sealed must be True or False, not str",
       lambda c: _open_pool(max_bytes=POOL_BYTES, protect_sealed="yes"), "bare"),
     R("stream-drain-negative", OPTIONS, "a stream's negative drain timeout",
       "trio_zc.ZeroCopyStream(sock, pool=pool, drain_timeout=-1)",
-      VE, "drain_timeout must be a non-negative number, not -1",
+      VE, "drain_timeout must be a non-negative number of seconds, not -1",
       lambda c: _stream_over(c, lambda a: trio_zc.ZeroCopyStream(a, pool=c.pool, drain_timeout=-1)), "tcp"),
     R("stream-drain-str", OPTIONS, "a stream's drain timeout given as a string",
       "mock_kernel.open_stream(pool, drain_timeout='10')",
-      TE, "drain_timeout must be a number or None, not str",
+      TE, "drain_timeout must be a number of seconds or None, not str",
       sync(lambda c: c.kernel.open_stream(c.pool, drain_timeout="10"))),  # type: ignore[arg-type]
     # -- mock controls --------------------------------------------------------------
     R("fail-sends-eio", MOCK, "injecting an errno the mock cannot inject", "peer.fail_sends(errno.EIO)",
@@ -946,6 +973,41 @@ ROWS: list[Row] = [
       "await images.pixels(pool, Image.new('RGB', (512, 512)))",
       VE, "pixel bytes are more than the pool can ever hold",
       lambda c: images.pixels(c.pool, Image.new("RGB", (512, 512)))),
+    R("workers-unknown-format", IMAGES, "encoding in a worker to a format Pillow does not know",
+      "await workers.encode(photo, 'NOPE')",
+      VE, "Pillow cannot write 'NOPE' here", with_workers(lambda c, w: w.encode(_photo(), "NOPE"))),
+    R("workers-not-an-image", IMAGES, "encoding bytes in a worker instead of an image",
+      "await workers.encode(b'...', 'JPEG')",
+      TE, "expected a RawImage or a PIL.Image.Image, not bytes",
+      with_workers(lambda c, w: w.encode(b"...", "JPEG"))),  # type: ignore[arg-type]
+    R("workers-foreign-pixels", IMAGES, "pixels in a lease of another pool than the workers'",
+      "await workers.encode(RawImage(foreign, 'L', (64, 64)), 'PNG')",
+      Foreign, "belongs to another pool than the workers'",
+      with_workers(lambda c, w: w.encode(images.RawImage(c.foreign, "L", (64, 64)), "PNG"))),
+    R("workers-adopted-pixels", IMAGES, "pixels in adopted memory, which workers cannot map",
+      "await workers.encode(RawImage(pool.adopt(pixels), 'L', (100, 100)), 'PNG')",
+      VE, "adopted memory, which the workers cannot map", with_workers(_encode_adopted)),
+    R("raw-image-too-small", IMAGES, "raw pixels that do not fill the image they claim to be",
+      "RawImage(sealed, 'RGB', (100, 100))",
+      VE, "a 100x100 RGB image needs 30000 bytes; the lease holds 20000",
+      sync(lambda c: images.RawImage(c.sealed, "RGB", (100, 100)))),
+    R("raw-image-unknown-mode", IMAGES, "raw pixels of a mode whose layout trio_zc does not know",
+      "RawImage(sealed, 'BGR;16', (100, 100))",
+      VE, "trio_zc does not know the raw layout of mode 'BGR;16'",
+      sync(lambda c: images.RawImage(c.sealed, "BGR;16", (100, 100)))),
+    R("workers-resize-to-zero", IMAGES, "resizing in a worker to a width of zero",
+      "await workers.resize(photo, (0, 10))",
+      VE, "size must be positive, not (0, 10)", with_workers(lambda c, w: w.resize(_photo(), (0, 10)))),
+    R("workers-decode-garbage", IMAGES, "decoding bytes that are no image",
+      "await workers.decode(b'not an image')",
+      PIL.UnidentifiedImageError, "cannot identify image file",
+      with_workers(lambda c, w: w.decode(b"not an image"))),
+    R("workers-no-processes", IMAGES, "image workers with no process",
+      "images.open_workers(pool, 0)",
+      VE, "processes must be at least 1, not 0", lambda c: _open_workers(c, 0)),
+    R("workers-nice-negative", IMAGES, "image workers above the server's priority",
+      "images.open_workers(pool, nice=-5)",
+      VE, "nice must be from 0 to 19, not -5", lambda c: _open_workers(c, nice=-5)),
 ]
 
 

@@ -10,7 +10,7 @@ import trio.testing
 
 import trio_zc
 import trio_zc.testing
-import trio_zc.testing._mock
+import trio_zc.testing._transport
 
 
 async def socket_pair(family: int = socket.AF_INET) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
@@ -51,7 +51,7 @@ async def stream_pair(
 async def clog(stream: Peer) -> None:
     """Fill *stream*'s send path (its peer reads nothing) until a send would block."""
     if not isinstance(stream, trio_zc.ZeroCopyStream) or isinstance(
-        stream._channel, trio_zc.testing._mock.MockChannel
+        stream._channel.transport, trio_zc.testing._transport.MockTransport
     ):
         await _clog_mock(stream)
         return
@@ -64,7 +64,7 @@ async def clog(stream: Peer) -> None:
         nursery.start_soon(sender)
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         nursery.cancel_scope.cancel()
-    sock: socket.socket = stream._channel.sock  # type: ignore[attr-defined]
+    sock: socket.socket = stream._channel.transport.sock  # type: ignore[attr-defined]
     # Top it up with ever smaller sends, so that even a tiny send blocks.
     size = 65536
     while size:
@@ -82,7 +82,7 @@ def stop_reading(stream: Peer, rcvbuf: int = 65536) -> None:
     if isinstance(stream, trio_zc.testing.MockPeer):
         stream._conn.receive_buffer = rcvbuf
         return
-    sock: socket.socket = stream._channel.sock  # type: ignore[attr-defined]
+    sock: socket.socket = stream._channel.transport.sock  # type: ignore[attr-defined]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
 
 
@@ -91,7 +91,7 @@ async def _clog_mock(stream: Peer) -> None:
     if isinstance(stream, trio_zc.testing.MockPeer):
         await stream.send_all(b"x" * stream._conn.peer_room)
         return
-    conn = stream._channel.conn  # type: ignore[attr-defined]
+    conn = stream._channel.transport.conn  # type: ignore[attr-defined]
     while conn.room:
         await stream.send_all(b"x" * conn.room)
         # The kernel's task moves bytes to the receive buffer; let it.

@@ -50,7 +50,7 @@ async def test_a_lease_released_mid_broadcast_comes_back_only_after_every_send(n
                 peer.stop_reading()
             else:
                 stop_reading(peer, BUFFER)
-                stream._channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)  # type: ignore[attr-defined]
+                stream._channel.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)  # type: ignore[attr-defined]
         lease = await pool.acquire(SIZE)
         lease.write(first)
         sealed = lease.seal()

@@ -127,7 +127,7 @@ async def one_run(pool: trio_zc.BufferPool, scenario: Scenario, expected: bytes,
     stream, peer = await stream_pair(pool)
     # Small buffers both ways, so that a send waits many times.
     stop_reading(peer, rcvbuf=BUFFER)
-    sock = getattr(stream._channel, "sock", None)
+    sock = getattr(stream._channel.transport, "sock", None)
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
     received = bytearray()

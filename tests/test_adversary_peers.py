@@ -49,7 +49,7 @@ async def reset(peer: Peer) -> None:
         peer.reset()
         await trio.lowlevel.checkpoint()
         return
-    sock: socket.socket = peer._channel.sock  # type: ignore[union-attr]
+    sock: socket.socket = peer._channel.transport.sock  # type: ignore[union-attr]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await peer.aclose()
 

@@ -1,8 +1,11 @@
-"""benchmarks/acceptance.py: which targets a run is checked against, and the verdicts."""
+"""benchmarks/acceptance.py: which targets a run is checked against, the verdicts, its options."""
 
 from __future__ import annotations
 
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +53,86 @@ def test_a_target_on_its_limit_is_met(ratio: float, at_least: bool, met: bool) -
     assert target.met is met
     assert target.describe().startswith("met " if met else "MISS")
     assert f"target {'>=' if at_least else '<='} 1.0" in target.describe()
+
+
+@pytest.mark.parametrize(
+    ("ratio", "limit", "at_least", "met", "shown"),
+    [
+        (49_784 / 50_000, 1.0, True, False, "0.996"),  # was printed as 1.00 next to MISS
+        (0.9999999, 1.0, True, False, "0.9999999"),
+        (1.0, 1.0, True, True, "1.00"),
+        (1.003, 1.0, True, True, "1.00"),
+        (1.004, 1.0, False, False, "1.004"),
+        (0.8049, 0.8, False, False, "0.805"),
+        (0.42, 0.8, False, True, "0.42"),
+    ],
+)
+def test_a_target_is_never_printed_on_the_wrong_side_of_its_limit(
+    ratio: float, limit: float, at_least: bool, met: bool, shown: str
+) -> None:
+    target = Target("x", ratio, limit, at_least)
+    assert target.met is met
+    line = target.describe()
+    assert line.startswith("met " if met else "MISS")
+    assert f"x: {shown} (target" in line
+    printed = float(line.split("x: ")[1].split()[0])
+    assert (printed >= limit if at_least else printed <= limit) is met
+
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "acceptance.py"
+
+
+def run_script(cwd: pathlib.Path, *args: str, block_pillow: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/acceptance.py ARGS`` from *cwd*; with *block_pillow*, as if Pillow were not installed."""
+    prelude = "import sys; sys.modules['PIL'] = None; " if block_pillow else "import sys; "
+    code = prelude + f"import runpy; sys.argv[0] = {str(SCRIPT)!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("python benchmarks/acceptance.py: error: ")
+    assert lines[0].endswith("(see python benchmarks/acceptance.py --help)")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        # The bench options, checked as python -m trio_zc bench checks them.
+        (("--repeat", "0"), ("--repeat must be at least 1",)),
+        (("--sizes", "12Q"), ("not a size",)),
+        (("--json", "no/such/folder/runs.json"), ("--json", "does not exist")),
+        (("--from-json", "missing.json"), ("--from-json", "cannot read")),
+        # This script's own.
+        (("--stalled", "-1"), ("--stalled must be 0",)),
+        (("--stalled-settle", "-1"), ("--stalled-settle must be 0",)),
+        (("--stalled-window", "0"), ("--stalled-window must be more than 0",)),
+        (("--stalled-kernel", "warp"), ("--stalled-kernel", "'warp'", "the kernels are")),
+        (("--chart", "no/such/folder/chart.png"), ("--chart", "does not exist")),
+        (("--chart", "."), ("--chart", "is a folder")),
+        (("--no-such-option",), ("unrecognized arguments: --no-such-option",)),
+    ],
+)
+def test_bad_arguments_are_one_line_with_status_2_before_any_work(
+    tmp_path: pathlib.Path, args: tuple[str, ...], fragments: tuple[str, ...]
+) -> None:
+    result = run_script(tmp_path, *args)
+    assert_one_line_usage_error(result, *fragments)
+    assert list(tmp_path.iterdir()) == []  # nothing ran, nothing was written
+
+
+def test_chart_without_pillow_is_refused_before_the_benchmark_runs(tmp_path: pathlib.Path) -> None:
+    """It used to run the whole benchmark and then fail on ``import PIL``."""
+    result = run_script(
+        tmp_path, "--cases", "copy", "--sizes", "64K", "--bytes", "64K", "--repeat", "1",
+        "--cycles", "0", "--stalled", "0", "--json", "runs.json", "--chart", "chart.png", block_pillow=True,
+    )
+    assert_one_line_usage_error(result, "--chart needs Pillow", "pip install Pillow")
+    assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,9 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 #: Files of benchmarks/ that are imported, not run.
 MODULES = {"__init__.py", "chart.py"}
 
+#: Scripts smoke-tested by another test file (beside the example they measure).
+ELSEWHERE = {"image_workers.py": "test_example_render_in_workers.py"}
+
 #: Each script's smallest arguments, and what its report must say.
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "acceptance.py": (
@@ -69,11 +72,13 @@ def run_script(name: str, args: list[str], cwd: pathlib.Path) -> subprocess.Comp
 
 
 def test_every_file_is_a_smoke_tested_script_or_a_module() -> None:
-    assert {path.name for path in BENCHMARKS.glob("*.py")} == set(SCRIPTS) | MODULES
+    assert {path.name for path in BENCHMARKS.glob("*.py")} == set(SCRIPTS) | MODULES | set(ELSEWHERE)
     for name in MODULES:
         assert '__name__ == "__main__"' not in (BENCHMARKS / name).read_text(), name
-    for name in SCRIPTS:
+    for name in [*SCRIPTS, *ELSEWHERE]:
         assert '__name__ == "__main__"' in (BENCHMARKS / name).read_text(), name
+    for name, test in ELSEWHERE.items():
+        assert f'"benchmarks" / "{name}"' in (pathlib.Path(__file__).parent / test).read_text(), (name, test)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

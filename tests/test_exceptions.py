@@ -96,6 +96,14 @@ async def in_mock_pool_fixture(body: Body) -> None:
         await body()
 
 
+async def in_image_workers(body: Body) -> None:
+    from trio_zc import images
+
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        async with images.open_workers(pool, 1):
+            await body()
+
+
 SUBJECTS: dict[str, Callable[[Body], Awaitable[None]]] = {
     **{f"open_pool-{name}": (lambda body, name=name: in_pool(name, body)) for name in KERNELS},  # type: ignore[misc]
     "pool.lease": in_lease,
@@ -103,6 +111,7 @@ SUBJECTS: dict[str, Callable[[Body], Awaitable[None]]] = {
     "ZeroCopyListener": in_listener,
     "MockPeer": in_mock_peer,
     "mock_pool fixture": in_mock_pool_fixture,
+    "images.open_workers": in_image_workers,
 }
 subjects = pytest.mark.parametrize("subject", list(SUBJECTS))
 

@@ -98,8 +98,9 @@ import trio.testing
 
 import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
-from trio_zc._kernels._completion_channel import ABORT_GRACE, CompletionChannel
-from trio_zc._kernels._io_uring import IoUringChannel
+from trio_zc._kernels._closing import ABORT_GRACE
+from trio_zc._kernels._completion import CompletionChannel
+from trio_zc._kernels._socket import SocketTransport
 from trio_zc.testing import MockKernel, MockPeer
 
 from .streams import KERNELS, Peer, receive_exactly, socket_pair, stream_pair
@@ -138,7 +139,7 @@ def assert_whole(pool: trio_zc.BufferPool) -> None:
 
 def pin_send_buffer(stream: trio_zc.ZeroCopyStream, nbytes: int) -> None:
     """Keep a real stream's send buffer small, so that big sends stay part-way for a while."""
-    sock = getattr(stream._channel, "sock", None)
+    sock = getattr(stream._channel.transport, "sock", None)
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
 
@@ -481,7 +482,7 @@ async def storm_connection(
     stream, peer = await stream_pair(pool)
     pin_send_buffer(stream, STORM_BUFFER)
     if isinstance(peer, trio_zc.ZeroCopyStream):
-        peer._channel.sock.setsockopt(  # type: ignore[attr-defined]
+        peer._channel.transport.sock.setsockopt(  # type: ignore[attr-defined]
             socket.SOL_SOCKET, socket.SO_RCVBUF, STORM_BUFFER
         )
     async with trio.open_nursery() as nursery:
@@ -722,8 +723,8 @@ async def test_cancelled_close_skips_the_wait_not_the_safety(autojump_clock: tri
 
 async def test_io_uring_close_quarantines_a_completion_that_never_comes(monkeypatch: pytest.MonkeyPatch) -> None:
     # As if the forced close could not bring the notification back.
-    monkeypatch.setattr(IoUringChannel, "abort", lambda self: None)
-    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr(SocketTransport, "abort", lambda self: None)
+    monkeypatch.setattr("trio_zc._kernels._closing.ABORT_GRACE", 0.05)
     async with open_pool(max_bytes=32 * MiB, kernel="io_uring", policy=ALWAYS_ZC) as pool:
         if pool.statistics().kernel != "io_uring":
             pytest.skip(f"io_uring is not usable here: {pool.statistics().kernel_note}")

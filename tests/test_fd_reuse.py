@@ -153,7 +153,7 @@ def close_and_reuse(stream: trio_zc.ZeroCopyStream, strangers: list[Stranger | N
 
     Appends the stranger to *strangers* (None on the mock kernel, which has no descriptors).
     """
-    sock = getattr(stream._channel, "sock", None)
+    sock = getattr(stream._channel.transport, "sock", None)
     fd = sock.fileno() if sock is not None else None
 
     async def action() -> None:
@@ -262,7 +262,7 @@ async def test_a_send_that_goes_on_after_another_task_closed_the_stream_sends_no
             # Larger than the sockets take at once, so the send waits for room.
             filler = None
             stop_reading(peer, rcvbuf=64 * 1024)
-            sock = getattr(stream._channel, "sock", None)
+            sock = getattr(stream._channel.transport, "sock", None)
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
             size = 6 * MiB

@@ -7,7 +7,7 @@ Three layers, each fed with arbitrary and adversarial input:
    kernel's format: every cmsg either becomes exactly the record that
    reading gives, or is refused with :class:`MalformedRecordError` whose
    message names what was wrong. No other exception may escape.
-2. A real :class:`~trio_zc._kernels._completion_channel.CompletionChannel` (the mock
+2. A real :class:`~trio_zc._kernels._completion.CompletionChannel` (the mock
    kernel's, over a real pool with real leases) with sends in flight, fed
    arbitrary error-queue messages through its ``drain``: only a well-formed
    completion covering exactly calls that are outstanding releases
@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_zc import BufferPool, ZeroCopyPolicy, ZeroCopyStream, open_pool
-from trio_zc._kernels._completion_channel import Ancdata, CompletionChannel
+from trio_zc._kernels._completion import Ancdata, CompletionChannel
 from trio_zc._kernels._errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
@@ -341,7 +341,7 @@ def deliver(channel: CompletionChannel, ancdata: Ancdata, truncated: bool) -> No
     def read_records() -> Iterator[tuple[Ancdata, bool]]:
         yield ancdata, truncated
 
-    with unittest.mock.patch.object(channel, "read_records", read_records):
+    with unittest.mock.patch.object(channel.zerocopy, "completion_records", read_records):
         channel.drain()
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 import trio_zc
 from trio_zc import images, open_pool
+from trio_zc._images import _LeaseFile
 
 MiB = 1 << 20
 
@@ -342,7 +343,7 @@ async def test_the_lease_file_behaves_as_a_bytesio() -> None:
         for capacity in (None, 1, 37, 300):
             for _ in range(60):
                 lease = None if capacity is None else await pool.acquire(capacity)
-                ours, theirs = images._LeaseFile(lease), io.BytesIO()
+                ours, theirs = _LeaseFile(lease), io.BytesIO()
                 assert ours.seekable() and ours.writable() and ours.readable()
                 with pytest.raises(io.UnsupportedOperation):
                     ours.fileno()
@@ -382,7 +383,7 @@ async def test_the_lease_file_behaves_as_a_bytesio() -> None:
 async def test_the_lease_file_refuses_what_a_bytesio_refuses() -> None:
     async with open_pool(max_bytes=MiB) as pool:
         lease = await pool.acquire(64)
-        ours = images._LeaseFile(lease)
+        ours = _LeaseFile(lease)
         for call in (lambda f: f.seek(-1), lambda f: f.seek(0, 3), lambda f: f.truncate(-1)):
             with pytest.raises(ValueError):
                 call(io.BytesIO())

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from trio_zc._kernels._io_uring import IoUringKernel
 from trio_zc._kernels._msg_zerocopy import MsgZeroCopyKernel
 from trio_zc._kernels._ring import Probe, Ring, probe, probe_uncached
 
-from .streams import receive_exactly, stream_pair
+from .streams import ALWAYS_ZC, receive_exactly, stop_reading, stream_pair
 
 MiB = 1 << 20
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -67,6 +68,42 @@ async def test_registered_and_adopted_buffers_and_copied_reports() -> None:
             # REPORT_USAGE: loopback copies every send, and the kernel says so.
             assert sent.bytes_kernel_copied == len(image) + len(frame) + 65536
             assert sent.bytes_zerocopy == 0
+
+
+@needs_io_uring
+async def test_a_send_after_a_cancelled_one_waits_for_it() -> None:
+    """A cancelled SEND_ZC goes on in the kernel: a send after it must not put its bytes in the middle.
+
+    The channel raises a barrier when a send's wait is cancelled, and a
+    later send, even a copy, waits for the kernel's result first.
+    """
+    async with open_pool(max_bytes=32 * MiB, kernel="io_uring", policy=ALWAYS_ZC) as pool:
+        a, b = await stream_pair(pool)
+        assert isinstance(b, trio_zc.ZeroCopyStream)
+        stop_reading(b)
+        a._channel.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # type: ignore[attr-defined]
+        async with a, b:
+            image = os.urandom(12 * MiB)  # one request: within the first registered chunk
+            header = b"after the image" * 100
+            async with pool.lease(len(image)) as lease:
+                lease.write(image)
+                sealed = lease.seal()
+                with trio.move_on_after(0.5) as scope:
+                    await a.send_lease(sealed)  # the peer reads nothing: it cannot finish
+                assert scope.cancelled_caught
+            received = bytearray()
+            async with trio.open_nursery() as nursery:
+
+                async def receive() -> None:
+                    with trio.fail_after(60):  # generous: what arrives is what is checked
+                        while chunk := await b.receive_some(1 << 20):
+                            received.extend(chunk)
+
+                nursery.start_soon(receive)
+                await a.send_all(header)
+                await a.send_eof()
+            # The image's request went on to its end, then the header: nothing interleaved.
+            assert bytes(received) == image + header
 
 
 @needs_io_uring
@@ -208,7 +245,7 @@ async def test_auto_copies_to_loopback_peers_from_the_start() -> None:
             stats = a.statistics()
             assert not stats.zerocopy_enabled and stats.sent.zerocopy_calls == 0
             assert stats.fallbacks == (
-                ("the peer is on loopback, where the kernel copies every zero-copy send anyway", 1),
+                ("the peer is on loopback, where Linux copies every zero-copy send anyway", 1),
             )
         # An explicit zero-copy kernel is taken at its word, even on loopback.
     async with open_pool(max_bytes=8 * MiB, kernel="msg_zerocopy") as pool:
@@ -328,7 +365,7 @@ async def test_a_request_whose_result_never_comes_does_not_hang_its_sender(monke
     # quarantines the send; the task waiting for its result must wake too.
     monkeypatch.setattr(IoUringKernel, "flush", lambda self: None)
     monkeypatch.setattr(IoUringKernel, "_submitter", lambda self: trio.sleep_forever())
-    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr("trio_zc._kernels._closing.ABORT_GRACE", 0.05)
     always = ZeroCopyPolicy(min_zerocopy_bytes=0, copied_streak=0)
     async with open_pool(max_bytes=8 * MiB, kernel="io_uring", policy=always) as pool:
         a, b = await stream_pair(pool)

@@ -57,7 +57,7 @@ async def test_without_protect_sealed_the_mapping_stays_writable_but_views_are_r
 
 
 async def test_protect_sealed_must_be_a_bool() -> None:
-    with pytest.raises(TypeError, match="protect_sealed must be a bool"):
+    with pytest.raises(TypeError, match="protect_sealed must be True or False"):
         async with open_pool(max_bytes=MiB, protect_sealed=1):  # type: ignore[arg-type]
             pass
 

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import pathlib
+import xml.etree.ElementTree as ET
 
 import pytest
+
+import trio_zc._lifecycle as lifecycle_module
 
 from trio_zc._lifecycle import (
     OWNED_STATES,
@@ -13,10 +16,12 @@ from trio_zc._lifecycle import (
     Lifecycle,
     LifecycleError,
     render_mermaid,
+    render_svg,
     render_table,
 )
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def test_every_state_is_reachable_and_every_live_state_can_end() -> None:
@@ -170,19 +175,54 @@ def _between(text: str, begin: str, end: str) -> str:
     return text[start : text.index(end, start)]
 
 
-def test_docs_page_shows_the_table_as_generated() -> None:
-    """The diagram in the docs is generated from TRANSITIONS; regenerate it with
-    ``python -m trio_zc lifecycle --write-docs`` when the table changes."""
+def test_docs_page_shows_the_diagram_and_table_as_generated() -> None:
+    """The diagram (an SVG picture) and the table in the docs are generated from
+    TRANSITIONS; regenerate both with ``python -m trio_zc lifecycle --write-docs``
+    when the table changes."""
     page = (DOCS / "lifecycle.rst").read_text()
-    mermaid = _between(page, ".. BEGIN GENERATED MERMAID\n", ".. END GENERATED MERMAID")
+    diagram = _between(page, ".. BEGIN GENERATED DIAGRAM\n", ".. END GENERATED DIAGRAM")
     table = _between(page, ".. BEGIN GENERATED TABLE\n", ".. END GENERATED TABLE")
-    assert _dedent(mermaid) == render_mermaid()
+    # A picture, not Mermaid source shown as text (no Mermaid renderer runs offline).
+    assert diagram.strip().startswith(".. image:: _static/lifecycle.svg")
+    assert "stateDiagram" not in page
+    assert (DOCS / "_static" / "lifecycle.svg").read_text() == render_svg()
     assert table.strip() == render_table()
 
 
-def _dedent(block: str) -> str:
-    lines = [line for line in block.splitlines() if line.strip() and not line.startswith("..")]
-    lines = [line for line in lines if not line.lstrip().startswith(":")]
-    body = [line for line in lines if line.strip() != ".. code-block:: text"]
-    indent = min(len(line) - len(line.lstrip()) for line in body)
-    return "\n".join(line[indent:] for line in body)
+def _drawn_edges(svg: str) -> set[tuple[str, str, str]]:
+    """(from, event, to) for every transition the SVG's arrows say they draw."""
+    root = ET.fromstring(svg)
+    drawn = set()
+    for group in root.iter(f"{SVG}g"):
+        if "edge" in group.get("class", "").split():
+            for source in group.attrib["data-from"].split():
+                for event in group.attrib["data-events"].split("|"):
+                    drawn.add((source, event, group.attrib["data-to"]))
+    return drawn
+
+
+def test_svg_diagram_draws_every_transition_and_state_and_nothing_else() -> None:
+    svg = render_svg()
+    expected = {(s.name, e.value, n.name) for (s, e), n in TRANSITIONS.items()}
+    expected |= {("[*]", "acquire", "WRITABLE"), ("[*]", "adopt", "SEALED")}
+    assert _drawn_edges(svg) == expected
+    root = ET.fromstring(svg)
+    boxes = {
+        g.attrib["data-state"]: "final" in g.attrib["class"] for g in root.iter(f"{SVG}g") if "data-state" in g.attrib
+    }
+    assert boxes == {s.name: s in TERMINAL_STATES for s in LeaseState}
+    # Every label names events of the table (or the two ways in).
+    labels = [t.text or "" for t in root.iter(f"{SVG}text") if t.get("class") == "label"]
+    events = {e.value for e in Event} | {"acquire", "adopt"}
+    assert labels and all(set(text.split(", ")) <= events for text in labels)
+
+
+def test_svg_diagram_follows_a_changed_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arrows come from TRANSITIONS, not from a drawing of it."""
+    changed = dict(TRANSITIONS)
+    del changed[(LeaseState.SEALED, Event.RELEASE)]
+    changed[(LeaseState.ABANDONED, Event.RELEASE)] = LeaseState.QUARANTINED
+    monkeypatch.setattr(lifecycle_module, "TRANSITIONS", changed)
+    drawn = _drawn_edges(render_svg())
+    assert ("SEALED", "release", "FREE") not in drawn
+    assert ("ABANDONED", "release", "QUARANTINED") in drawn

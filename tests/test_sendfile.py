@@ -80,7 +80,7 @@ async def test_through_the_library_reused_memory_never_changes_what_was_sent() -
     async with open_pool(max_bytes=size, kernel="sendfile") as pool:
         a, b = await stream_pair(pool, family=socket.AF_INET)
         async with a, b:
-            big_receive_buffer(b._channel.sock)  # type: ignore[union-attr]
+            big_receive_buffer(b._channel.transport.sock)  # type: ignore[union-attr]
             for round_ in range(20):
                 first, second = bytes([65 + round_ % 26]) * size, bytes([97 + round_ % 26]) * size
                 async with pool.lease(size) as lease:

@@ -14,7 +14,7 @@ import trio.testing
 
 import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
-from trio_zc._kernels._msg_zerocopy import ZeroCopyChannel
+from trio_zc._kernels._socket import SocketTransport
 
 from .streams import KERNELS, kernel, receive_exactly, socket_pair, stop_reading, stream_pair
 
@@ -306,8 +306,8 @@ async def test_close_with_sends_in_flight_waits_then_forces_and_loses_nothing(na
 async def test_completions_that_never_come_are_quarantined(monkeypatch: pytest.MonkeyPatch) -> None:
     # Make the forced close fail to bring the completions back, as if the
     # kernel had lost them.
-    monkeypatch.setattr(ZeroCopyChannel, "abort", lambda self: None)
-    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr(SocketTransport, "abort", lambda self: None)
+    monkeypatch.setattr("trio_zc._kernels._closing.ABORT_GRACE", 0.05)
     async with open_pool(max_bytes=64 * MiB, kernel="msg_zerocopy", policy=ALWAYS_ZC) as pool:
         a, b = await stream_pair(pool)
         stop_reading(b)

@@ -16,8 +16,7 @@ import pytest
 import trio
 
 import trio_zc
-from trio_zc._kernels._io_uring import IoUringChannel
-from trio_zc._kernels._msg_zerocopy import ZeroCopyChannel
+from trio_zc._kernels._socket import SocketTransport
 from trio_zc.testing import MockKernel
 
 from .streams import ALWAYS_ZC, pattern, receive_exactly, sealed_with, stop_reading, stream_pair
@@ -27,10 +26,10 @@ SIZE = 4 << 20
 
 @pytest.fixture(autouse=True)
 def short_abort_grace(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trio_zc._kernels._completion_channel.ABORT_GRACE", 0.05)
+    monkeypatch.setattr("trio_zc._kernels._closing.ABORT_GRACE", 0.05)
 
 
-NEVER_COMPLETES = {"msg_zerocopy": ZeroCopyChannel, "io_uring": IoUringChannel}
+NEVER_COMPLETES = ("msg_zerocopy", "io_uring")
 
 
 async def lose_a_send(
@@ -58,7 +57,7 @@ async def test_the_owner_of_a_lease_whose_send_was_lost_can_still_send_and_relea
 ) -> None:
     if name in NEVER_COMPLETES:
         # As if the forced close could not bring the completions back.
-        monkeypatch.setattr(NEVER_COMPLETES[name], "abort", lambda self: None)
+        monkeypatch.setattr(SocketTransport, "abort", lambda self: None)
     kernel: str | MockKernel = MockKernel() if name == "mock" else name
     image = pattern(SIZE, 7)
     async with trio_zc.open_pool(max_bytes=4 * SIZE, kernel=kernel, policy=ALWAYS_ZC) as pool:

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 import trio_zc
-from trio_zc._stream import NOTSENT_LOWAT
+from trio_zc._kernels._socket import NOTSENT_LOWAT
 
 PAGE = 4096
 
@@ -88,7 +88,7 @@ async def test_schedule_false_waits_when_the_pool_is_full() -> None:
 
 
 def _lowat(stream: trio_zc.ZeroCopyStream) -> int:
-    sock = stream._channel.sock  # type: ignore[attr-defined]
+    sock = stream._channel.transport.sock  # type: ignore[attr-defined]
     value: int = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
     return value
 

@@ -11,10 +11,10 @@ from . import _lifecycle
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose mistakes can be one line (the demo's are).
+    """An argument parser whose mistakes can be one line (every subcommand's are).
 
-    argparse prints the whole usage before the error; the demo's options
-    are few, and one line saying what is wrong and what to do reads better.
+    argparse prints the whole usage before the error; one line saying what
+    is wrong and what to do reads better, and ``--help`` has the rest.
     """
 
     def __init__(self, *args: Any, one_line_errors: bool = False, **kwargs: Any) -> None:
@@ -27,23 +27,58 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _write_lifecycle_docs(page: pathlib.Path) -> None:
+#: The generated blocks of the life-cycle page, and what each holds.
+_LIFECYCLE_BLOCKS = ("DIAGRAM", "TABLE")
+#: Where the diagram's picture goes, relative to the page's folder.
+LIFECYCLE_SVG = pathlib.PurePosixPath("_static/lifecycle.svg")
+
+
+def _lifecycle_docs_problem(page: pathlib.Path) -> str | None:
+    """Why *page* cannot take the generated life cycle, in one line; None if it can."""
+    if not page.is_file():
+        return (
+            f"--write-docs: {page} does not exist; run this in the top folder of a trio_zc checkout"
+            " (where docs/lifecycle.rst is), or give the page's path"
+        )
+    try:
+        text = page.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"--write-docs: cannot read {page}: {exc}"
+    for name in _LIFECYCLE_BLOCKS:
+        begin, end = f".. BEGIN GENERATED {name}\n", f".. END GENERATED {name}"
+        if begin not in text or end not in text[text.find(begin) :]:
+            return (
+                f"--write-docs: {page} has no generated {name.lower()} block (the lines"
+                f" '.. BEGIN GENERATED {name}' and '.. END GENERATED {name}'); is it the life-cycle page?"
+            )
+    return None
+
+
+def _write_lifecycle_docs(page: pathlib.Path) -> list[pathlib.Path]:
+    """Rewrite the generated blocks of *page* and its diagram's SVG; returns the files written."""
     text = page.read_text()
-    mermaid = "\n".join("   " + line for line in _lifecycle.render_mermaid().splitlines())
     blocks = {
-        "MERMAID": f".. code-block:: text\n\n{mermaid}\n",
+        "DIAGRAM": (
+            f".. image:: {LIFECYCLE_SVG}\n"
+            "   :alt: the lease life cycle as a state diagram; the table below lists every transition\n"
+            "   :width: 100%\n"
+        ),
         "TABLE": _lifecycle.render_table() + "\n",
     }
     for name, body in blocks.items():
         begin, end = f".. BEGIN GENERATED {name}\n", f".. END GENERATED {name}"
         start = text.index(begin) + len(begin)
         text = text[:start] + "\n" + body + "\n" + text[text.index(end, start) :]
+    svg = page.parent / LIFECYCLE_SVG
+    svg.parent.mkdir(exist_ok=True)
+    svg.write_text(_lifecycle.render_svg())
     page.write_text(text)
+    return [page, svg]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m trio_zc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m trio_zc", description=__doc__, one_line_errors=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,lifecycle}")
     demo = sub.add_parser(
         "demo",
         one_line_errors=True,
@@ -65,24 +100,36 @@ def main(argv: list[str] | None = None) -> int:
     from . import _bench_cli
 
     bench = sub.add_parser(
-        "bench", help="measure how fast each way of sending large buffers is, on loopback (see docs/benchmarks)"
+        "bench",
+        one_line_errors=True,
+        help="measure how fast each way of sending large buffers is, on loopback (see docs/benchmarks)",
+        description=_bench_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _bench_cli.add_arguments(bench)
-    life = sub.add_parser("lifecycle", help="print the lease life cycle (Mermaid and table)")
+    life = sub.add_parser(
+        "lifecycle", one_line_errors=True, help="print the lease life cycle (Mermaid and table)"
+    )
     life.add_argument(
         "--write-docs",
         metavar="PAGE",
         nargs="?",
         const="docs/lifecycle.rst",
-        help="rewrite the generated blocks of PAGE (default docs/lifecycle.rst)",
+        help=f"rewrite the generated blocks of PAGE (default docs/lifecycle.rst) and the diagram's picture,"
+        f" {LIFECYCLE_SVG} beside it",
     )
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        (demo if args.command == "demo" else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        subcommand = {"demo": demo, "bench": bench, "lifecycle": life}[args.command]
+        subcommand.error(f"unrecognized arguments: {' '.join(unknown)}")
 
     if args.command == "lifecycle":
         if args.write_docs:
-            _write_lifecycle_docs(pathlib.Path(args.write_docs))
+            problem = _lifecycle_docs_problem(pathlib.Path(args.write_docs))
+            if problem:
+                life.error(problem)
+            for written in _write_lifecycle_docs(pathlib.Path(args.write_docs)):
+                print(f"wrote {written}")
         else:
             print(_lifecycle.render_mermaid())
             print()
@@ -90,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "bench":
+        problem = _bench_cli.check(args)
+        if problem:
+            bench.error(problem)
         code: int = _bench_cli.main(args)
         return code
 

@@ -1,4 +1,4 @@
-"""The ``bench`` command line: options, running each part, the report.
+"""The ``bench`` command line: options, checking them before anything runs, each part, the report.
 
 ``benchmarks/acceptance.py`` (outside the package) runs the same parts and
 adds the project's targets, its stalled-clients benchmark and its chart.
@@ -7,12 +7,39 @@ adds the project's targets, its stalled-clients benchmark and its chart.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 
 from . import _bench
 from ._bench_cases import ALL_CASES
 from ._bench_cycles import CycleResult, run_cycles
+
+
+_DEFAULT_BYTES = 512 << 20
+_DEFAULT_REPEAT = 3
+_DEFAULT_RUNS = len(ALL_CASES) * len(_bench.DEFAULT_SIZES) * _DEFAULT_REPEAT
+
+# The times and memory below were measured (python -m trio_zc bench, under
+# /usr/bin/time) on the development machine while other test suites ran on it
+# (load average about 3); the counts are computed.
+DESCRIPTION = f"""\
+Measure every way trio_zc can send an image, and the ways you would otherwise
+write it, against a receiver process on loopback TCP that checks every byte
+(docs/benchmarks.rst says what each figure means).
+
+What the defaults cost: every case ({len(ALL_CASES)}) at every size ({len(_bench.DEFAULT_SIZES)}), \
+{_DEFAULT_BYTES >> 20} MiB each,
+{_DEFAULT_REPEAT} times -- {_DEFAULT_RUNS} runs sending about \
+{_DEFAULT_RUNS * _DEFAULT_BYTES / 2**30:.0f} GiB over loopback -- then {_DEFAULT_REPEAT} x 100,000
+lease cycles. That took 2 min 25 s on a shared 2-core machine (Linux 6.18;
+38 s with --repeat 1), and the sending process peaked at 570 MB of memory
+(the 64 MiB images). A quick look, in about 5 s:
+  python -m trio_zc bench --sizes 64K,4M --bytes 64M --repeat 1
+
+The project's own targets, stalled clients and chart are
+benchmarks/acceptance.py in trio_zc's repository.
+"""
 
 
 def parse_size(text: str) -> int:
@@ -23,7 +50,7 @@ def parse_size(text: str) -> int:
         if clean and clean[-1] in units:
             return int(float(clean[:-1]) * units[clean[-1]])
         return int(clean)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "infk"
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64K, 4M, 1G)") from None
 
 
@@ -57,8 +84,10 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         default=list(_bench.DEFAULT_SIZES),
         help="comma-separated image sizes (default 16K,64K,256K,1M,4M,16M,64M)",
     )
-    bench.add_argument("--bytes", type=parse_size, default=512 << 20, help="bytes per case and repetition (512M)")
-    bench.add_argument("--repeat", type=int, default=3, help="repetitions per case; medians reported (3)")
+    bench.add_argument(
+        "--bytes", type=parse_size, default=_DEFAULT_BYTES, help="bytes per case, size and repetition (512M)"
+    )
+    bench.add_argument("--repeat", type=int, default=_DEFAULT_REPEAT, help="repetitions per case; medians reported (3)")
     bench.add_argument(
         "--reference", default=_bench.REFERENCE, help=f"the case ratios are relative to ({_bench.REFERENCE})"
     )
@@ -67,15 +96,56 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--from-json", metavar="FILE", help="report on runs saved with --json instead of running")
 
 
+def check(args: argparse.Namespace) -> str | None:
+    """What is wrong with *args*, in one line that says what to do; None if nothing.
+
+    Everything is checked before anything runs: a mistake found after the
+    benchmark (a figures file in a missing folder) used to throw away many
+    minutes of measurement. ``benchmarks/acceptance.py`` checks its own
+    options after these.
+    """
+    for option in ("repeat", "bytes"):
+        if getattr(args, option) < 1:
+            return f"--{option} must be at least 1, not {getattr(args, option)}"
+    if args.cycles < 0:
+        return f"--cycles must be 0 (skip) or more, not {args.cycles}"
+    if args.reference not in ALL_CASES:
+        return f"--reference: unknown case {args.reference!r}; the cases are {', '.join(ALL_CASES)}"
+    if args.json and not args.from_json:
+        problem = unwritable(args.json)
+        if problem:
+            return f"--json: {problem}"
+    if args.from_json:
+        try:
+            _bench.from_json(pathlib.Path(args.from_json).read_text())
+        except OSError as exc:
+            return f"--from-json: cannot read {args.from_json}: {exc.strerror or exc}"
+        except (ValueError, TypeError, KeyError) as exc:
+            kind = "not JSON" if isinstance(exc, json.JSONDecodeError) else "not figures saved by --json"
+            return f"--from-json: {args.from_json} is {kind} ({exc}); give a file written by bench --json"
+    return None
+
+
+def unwritable(path: str) -> str | None:
+    """Why a file cannot be written at *path*, in words that say what to do; None if it can."""
+    folder = pathlib.Path(path).parent
+    if not folder.is_dir():
+        return f"the folder {str(folder)!r} of {path} does not exist; create it or give another path"
+    if pathlib.Path(path).is_dir():
+        return f"{path} is a folder; give a file name"
+    return None
+
+
 def progress(line: str) -> None:
     """Report a step on standard error (the report itself goes to standard output)."""
     print(line, file=sys.stderr, flush=True)
 
 
 def report_cases(args: argparse.Namespace) -> list[_bench.Summary]:
-    """Run the cases *args* asks for (or load them, ``--from-json``), print the table; the summaries."""
-    if args.repeat < 1:
-        raise SystemExit("--repeat must be at least 1")
+    """Run the cases *args* (already :func:`check`-ed) asks for, or load them (``--from-json``); print the table.
+
+    Returns the summaries.
+    """
     if args.from_json:
         results = _bench.from_json(pathlib.Path(args.from_json).read_text())
     else:
@@ -123,7 +193,10 @@ def report_corrupt(summaries: list[_bench.Summary]) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run what *args* asks for and print the report. Exit status: 0, or 1 if an image arrived corrupted."""
+    """Run what *args* (already :func:`check`-ed) asks for and print the report.
+
+    Exit status: 0, or 1 if an image arrived corrupted.
+    """
     summaries = report_cases(args)
     report_cycles(args)
     return 1 if report_corrupt(summaries) else 0

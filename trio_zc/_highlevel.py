@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from ._background import reraise
-from ._pool import BufferPool
+from ._pool import BufferPool, check_pool
 from ._stream import ZeroCopyStream
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport Trio depends on there
@@ -37,13 +37,6 @@ LOGGER = logging.getLogger("trio_zc.serve")
 _MAX_LINKS = 16
 
 
-def _check_pool(pool: object) -> None:
-    """Refuse what is not an open pool, before any connection or listener is made."""
-    if not isinstance(pool, BufferPool):
-        raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
-    pool._check_open()
-
-
 async def open_tcp_stream(
     host: str | bytes, port: int, *, pool: BufferPool, **kwargs: Any
 ) -> ZeroCopyStream:
@@ -51,7 +44,7 @@ async def open_tcp_stream(
 
     Extra keyword arguments go to :func:`trio.open_tcp_stream`.
     """
-    _check_pool(pool)
+    check_pool(pool)
     stream = await trio.open_tcp_stream(host, port, **kwargs)
     try:
         return ZeroCopyStream(stream, pool=pool)
@@ -84,7 +77,7 @@ class ZeroCopyListener(trio.abc.Listener[ZeroCopyStream]):
     def __init__(self, listener: trio.SocketListener, *, pool: BufferPool) -> None:
         if not isinstance(listener, trio.SocketListener):
             raise TypeError(f"ZeroCopyListener wraps a trio.SocketListener, not {type(listener).__name__}")
-        _check_pool(pool)
+        check_pool(pool)
         self.listener = listener
         self.pool = pool
         self._accepted = 0
@@ -115,7 +108,7 @@ async def open_tcp_listeners(
     port: int, *, pool: BufferPool, host: str | bytes | None = None, backlog: int | None = None
 ) -> list[ZeroCopyListener]:
     """Like :func:`trio.open_tcp_listeners`, for :class:`ZeroCopyStream` connections."""
-    _check_pool(pool)
+    check_pool(pool)
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     return [ZeroCopyListener(listener, pool=pool) for listener in listeners]
 

@@ -50,6 +50,7 @@ import trio
 from ._arena import ViewCounter
 from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
 from ._lifecycle import LeaseState, Lifecycle
+from ._validate import exact_int
 
 # Module globals for the per-image checks below (cheaper than LeaseState.X).
 _WRITABLE, _SEALED, _SENDING = LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING
@@ -343,18 +344,9 @@ class AdoptedMemory:
 adopted_memory = AdoptedMemory()
 
 
-def exact_int(name: str, value: object, expected: str = "an int") -> int:
-    """*value*, an int but not a bool, as an exact :class:`int`; TypeError otherwise.
-
-    A subclass of int is taken at its value: its own comparisons and
-    arithmetic, which could say anything (or call back into the lease),
-    never decide a bound. The type is checked with ``type()``, which an
-    object cannot fake, unlike ``isinstance`` (``__class__``).
-    """
-    kind = type(value)
-    if not issubclass(kind, int) or issubclass(kind, bool):
-        raise TypeError(f"{name} must be {expected}, not {kind.__name__}")
-    return int.__index__(value)  # type: ignore[arg-type]
+def _overrun(nbytes: int, offset: int, capacity: int) -> ValueError:
+    """What write() raises for bytes that would not fit (its fast path and its general one)."""
+    return ValueError(f"writing {nbytes} bytes at offset {offset} overruns the lease ({capacity} bytes)")
 
 
 def _check_shape(shape: object) -> tuple[int, ...]:
@@ -499,10 +491,7 @@ class WritableLease:
                         # from bytes): nothing to clear and nothing to cast.
                         end = offset + len(data)
                         if end > slot.capacity:
-                            raise ValueError(
-                                f"writing {len(data)} bytes at offset {offset} overruns the lease"
-                                f" ({slot.capacity} bytes)"
-                            )
+                            raise _overrun(len(data), offset, slot.capacity)
                         start = slot.offset + offset
                         slot.home.arena.rw[start : start + len(data)] = data
                         slot.clean_bytes = end
@@ -510,9 +499,7 @@ class WritableLease:
                     src = memoryview(data)  # bytes: no application code runs
                 n = src.nbytes
                 if offset < 0 or offset + n > slot.capacity:
-                    raise ValueError(
-                        f"writing {n} bytes at offset {offset} overruns the lease ({slot.capacity} bytes)"
-                    )
+                    raise _overrun(n, offset, slot.capacity)
                 if not src.c_contiguous:
                     raise ValueError("write() needs a C-contiguous buffer")
                 # A gap between the clean part and this write must not keep

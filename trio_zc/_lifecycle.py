@@ -48,9 +48,11 @@ state it reaches (unmap, punch, wake waiters). Adopted buffers (memory the
 application owns) follow the same machine, starting at SEALED; for them FREE
 means "yours again".
 
-The documentation's diagram is generated from :data:`TRANSITIONS` by
-:func:`render_mermaid` and :func:`render_table`, and a test checks that the
-page matches, so the picture cannot drift from the code.
+The documentation's diagram (an SVG picture) and table are generated from
+:data:`TRANSITIONS` by :func:`render_svg` and :func:`render_table`
+(``python -m trio_zc lifecycle --write-docs``), and a test checks that the
+page and the picture match, so they cannot drift from the code.
+:func:`render_mermaid` gives the same diagram as Mermaid source.
 """
 
 from __future__ import annotations
@@ -275,3 +277,206 @@ def render_mermaid() -> str:
     for state in sorted(TERMINAL_STATES, key=lambda s: s.name):
         lines.append(f"    {state.name} --> [*]")
     return "\n".join(lines)
+
+
+# Where each state sits in the SVG diagram (the centre of its box), in
+# pixels. The layout is fixed by hand -- the edges and their labels are
+# generated from TRANSITIONS -- so a new state must get a place here, and
+# render_svg() refuses to draw without one.
+_SVG_PLACES: Final = {
+    LeaseState.WRITABLE: (130, 170),
+    LeaseState.SEALED: (420, 170),
+    LeaseState.SENDING: (700, 170),
+    LeaseState.TAINTED: (950, 170),
+    LeaseState.ABANDONED: (130, 340),
+    LeaseState.DRAINING: (700, 340),
+    LeaseState.QUARANTINED: (950, 340),
+    LeaseState.FREE: (420, 480),
+    LeaseState.FORKED: (950, 580),
+}
+# Self-loops drawn above the box (the others below).
+_SVG_LOOPS_ABOVE: Final = frozenset({LeaseState.SENDING, LeaseState.TAINTED})
+_SVG_START: Final = (130, 40)
+_SVG_SIZE: Final = (1060, 640)
+_BOX_W, _BOX_H = 136, 40
+# Average width of a character of the labels' font, to size their backgrounds.
+_CHAR_W = 7.0
+
+
+def _svg_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _label_lines(events: list[str]) -> list[str]:
+    """Event names for one label, two to a line."""
+    return [", ".join(events[i : i + 2]) for i in range(0, len(events), 2)]
+
+
+def _svg_label(x: float, y: float, lines: list[str], *, css: str = "label") -> str:
+    """Centred text on a white background, the middle line at *y*."""
+    height = 16 * len(lines)
+    width = max(len(line) for line in lines) * _CHAR_W + 8
+    top = y - height / 2
+    out = [f'<rect class="label-bg" x="{x - width / 2:.0f}" y="{top:.0f}" width="{width:.0f}" height="{height}"/>']
+    for i, line in enumerate(lines):
+        out.append(f'<text class="{css}" x="{x:.0f}" y="{top + 12 + 16 * i:.0f}">{_svg_escape(line)}</text>')
+    return "".join(out)
+
+
+def _box_exit(cx: float, cy: float, tx: float, ty: float, half_w: float, half_h: float) -> tuple[float, float]:
+    """Where the line from the box's centre (cx, cy) towards (tx, ty) leaves the box."""
+    dx, dy = tx - cx, ty - cy
+    if dx == 0 and dy == 0:
+        return cx, cy
+    scale = min(half_w / abs(dx) if dx else float("inf"), half_h / abs(dy) if dy else float("inf"))
+    return cx + dx * scale, cy + dy * scale
+
+
+def _svg_edges() -> list[tuple[list[LeaseState], LeaseState, list[str]]]:
+    """TRANSITIONS as drawn: (sources, target, events), one per arrow.
+
+    Transitions between the same two states share an arrow. Where one event
+    leads from many states to the same state (``fork``), the sources are
+    gathered into one box with one arrow, instead of arrows across the page.
+    """
+    pairs: dict[tuple[LeaseState, LeaseState], list[str]] = {}
+    for (state, event), new in TRANSITIONS.items():
+        pairs.setdefault((state, new), []).append(event.value)
+    fanned: dict[tuple[str, LeaseState], list[LeaseState]] = {}
+    for (state, new), events in pairs.items():
+        if len(events) == 1 and state is not new:
+            fanned.setdefault((events[0], new), []).append(state)
+    gathered = {key: sources for key, sources in fanned.items() if len(sources) > 2}
+    edges: list[tuple[list[LeaseState], LeaseState, list[str]]] = []
+    for (state, new), events in pairs.items():
+        if len(events) == 1 and (events[0], new) in gathered:
+            continue
+        edges.append(([state], new, events))
+    for (name, new), sources in gathered.items():
+        edges.append((sources, new, [name]))
+    return edges
+
+
+def render_svg() -> str:
+    """The life cycle as an SVG state diagram, for the docs.
+
+    The states' places are fixed (:data:`_SVG_PLACES`); every arrow and
+    label comes from :data:`TRANSITIONS`. Each arrow is a ``<g>`` element
+    whose ``data-from``, ``data-to`` and ``data-events`` attributes say
+    which transitions it draws, so a test can read the picture back.
+    """
+    missing = [s.value for s in LeaseState if s not in _SVG_PLACES]
+    if missing:
+        raise ValueError(f"the diagram has no place for the state(s) {', '.join(missing)}")
+    width, height = _SVG_SIZE
+    hw, hh = _BOX_W / 2 + 3, _BOX_H / 2 + 3  # arrows end just outside the box
+    pairs = {(s[0], t) for s, t, _ in _svg_edges() if len(s) == 1}
+    body: list[str] = []
+    labels: list[str] = []
+
+    def edge_group(sources: list[str], target: str, events: list[str], path: str, dashed: bool = False) -> None:
+        css = "edge dashed" if dashed else "edge"
+        body.append(
+            f'<g class="{css}" data-from="{" ".join(sources)}" data-to="{target}"'
+            f' data-events="{_svg_escape("|".join(events))}"><path d="{path}" marker-end="url(#arrow)"/></g>'
+        )
+
+    # The two ways in: acquire (a new writable lease) and adopt (a sealed one).
+    sx, sy = _SVG_START
+    body.append(f'<circle class="start" cx="{sx}" cy="{sy}" r="9"/>')
+    for target, event in ((LeaseState.WRITABLE, "acquire"), (LeaseState.SEALED, "adopt")):
+        tx, ty = _SVG_PLACES[target]
+        ex, ey = _box_exit(tx, ty, sx, sy, hw, hh)
+        ax, ay = _box_exit(sx, sy, tx, ty, 11, 11)
+        edge_group(["[*]"], target.name, [event], f"M{ax:.1f},{ay:.1f} L{ex:.1f},{ey:.1f}")
+        labels.append(_svg_label((ax + ex) / 2 + (0 if ax == ex else 10), (ay + ey) / 2 - (0 if ax == ex else 12), [event]))
+
+    for sources, target, events in _svg_edges():
+        lines = _label_lines(events)
+        tx, ty = _SVG_PLACES[target]
+        if len(sources) > 1:
+            # One box for all the sources, one arrow from it.
+            names = ", ".join(s.value for s in sources)
+            gw = len(names) * _CHAR_W + 24
+            gx, gy = 420, ty
+            body.append(
+                f'<rect class="group" x="{gx - gw / 2:.0f}" y="{gy - hh:.0f}" width="{gw:.0f}"'
+                f' height="{_BOX_H + 6}" rx="8"/><text class="group" x="{gx}" y="{gy + 5}">{names}</text>'
+            )
+            x0 = gx + gw / 2 + 2
+            x1 = tx - hw
+            edge_group([s.name for s in sources], target.name, events, f"M{x0:.1f},{gy} L{x1:.1f},{ty}", dashed=True)
+            labels.append(_svg_label((x0 + x1) / 2, ty - 14, lines))
+            continue
+        (source,) = sources
+        x, y = _SVG_PLACES[source]
+        if source is target:
+            above = source in _SVG_LOOPS_ABOVE
+            sign = -1 if above else 1
+            y0 = y + sign * (_BOX_H / 2)
+            path = (
+                f"M{x - 22},{y0} C{x - 50},{y0 + sign * 62} {x + 50},{y0 + sign * 62} {x + 22},{y0 + sign * 4}"
+            )
+            edge_group([source.name], target.name, events, path)
+            ly = y0 + sign * (52 + 8 * len(lines))
+            labels.append(_svg_label(x, ly, lines))
+            continue
+        if (target, source) in pairs:
+            # Both ways between two states: two arcs, each bent to its own side.
+            dx, dy = tx - x, ty - y
+            length = (dx * dx + dy * dy) ** 0.5
+            nx, ny = -dy / length * 34, dx / length * 34
+            mx, my = (x + tx) / 2 + nx, (y + ty) / 2 + ny
+            ax, ay = _box_exit(x, y, mx, my, hw, hh)
+            ex, ey = _box_exit(tx, ty, mx, my, hw, hh)
+            edge_group([source.name], target.name, events, f"M{ax:.1f},{ay:.1f} Q{mx:.1f},{my:.1f} {ex:.1f},{ey:.1f}")
+            labels.append(_svg_label(mx, my + (ny / 34) * 4, lines))
+            continue
+        ax, ay = _box_exit(x, y, tx, ty, hw, hh)
+        ex, ey = _box_exit(tx, ty, x, y, hw, hh)
+        edge_group([source.name], target.name, events, f"M{ax:.1f},{ay:.1f} L{ex:.1f},{ey:.1f}")
+        labels.append(_svg_label((ax + ex) / 2, (ay + ey) / 2, lines))
+
+    for state, (x, y) in _SVG_PLACES.items():
+        final = state in TERMINAL_STATES
+        body.append(
+            f'<g class="state{" final" if final else ""}" data-state="{state.name}">'
+            f'<rect x="{x - _BOX_W / 2}" y="{y - _BOX_H / 2}" width="{_BOX_W}" height="{_BOX_H}" rx="10"/>'
+            + (
+                f'<rect class="inner" x="{x - _BOX_W / 2 + 4}" y="{y - _BOX_H / 2 + 4}" width="{_BOX_W - 8}"'
+                f' height="{_BOX_H - 8}" rx="7"/>'
+                if final
+                else ""
+            )
+            + f'<text x="{x}" y="{y + 5}">{state.value}</text></g>'
+        )
+    legend = (
+        f'<text class="legend" x="20" y="{height - 16}">filled circle: where a lease begins (acquire, or adopt of'
+        " your own buffer); double border: where it ends. Generated from trio_zc's transition table.</text>"
+    )
+    style = (
+        "text{font-family:'DejaVu Sans',Verdana,Arial,sans-serif;font-size:13px;fill:#1b1b1b;text-anchor:middle}"
+        ".state rect{fill:#eef4fb;stroke:#2c5d8f;stroke-width:1.6}"
+        ".state text{font-weight:bold;font-size:14px}"
+        ".state.final rect{fill:#f3f3f3;stroke:#444}.state.final rect.inner{fill:none}"
+        ".edge path{fill:none;stroke:#444;stroke-width:1.4}.edge.dashed path{stroke-dasharray:6 4}"
+        ".label-bg{fill:#fff;opacity:0.92}.label{font-size:12.5px;fill:#7a2e0e}"
+        ".start{fill:#1b1b1b}.group{fill:#fafafa;stroke:#888;stroke-dasharray:5 3}"
+        "text.group{fill:#333;stroke:none;font-style:italic}"
+        "text.legend{text-anchor:start;font-size:12px;fill:#555}"
+    )
+    return "\n".join(
+        [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
+            f' viewBox="0 0 {width} {height}" role="img" aria-labelledby="title">',
+            "<title id=\"title\">The lease life cycle: states and transitions</title>",
+            f"<style>{style}</style>",
+            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="8" markerHeight="8"'
+            ' orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#444"/></marker></defs>',
+            *body,
+            *labels,
+            legend,
+            "</svg>",
+            "",
+        ]
+    )

@@ -29,12 +29,11 @@ from collections.abc import Callable
 
 import attrs
 
+from ._validate import check_count
 
-def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, not {value}")
+
+def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    check_count(attribute.name, value)
 
 
 @attrs.frozen
@@ -46,13 +45,13 @@ class ZeroCopyPolicy:
     """
 
     #: Sends smaller than this many bytes are copied.
-    min_zerocopy_bytes: int = attrs.field(default=16 * 1024, validator=_positive_int)
+    min_zerocopy_bytes: int = attrs.field(default=16 * 1024, validator=_count)
     #: After this many zero-copy calls in a row come back COPIED, copy for good.
     #: Zero disables the switch.
-    copied_streak: int = attrs.field(default=64, validator=_positive_int)
+    copied_streak: int = attrs.field(default=64, validator=_count)
     #: After a send fell back to copying on ENOBUFS, copy this many more
     #: sends before trying zero-copy again.
-    enobufs_backoff: int = attrs.field(default=16, validator=_positive_int)
+    enobufs_backoff: int = attrs.field(default=16, validator=_count)
 
 
 #: Why a stream copies for a while: the kernel refused to pin memory for a

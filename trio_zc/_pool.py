@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import math
 import os
 import resource
 import sys
@@ -35,12 +34,18 @@ from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._kernels._base import Kernel
 from ._kernels._choice import make_kernel
-from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory, exact_int
+from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
-from ._limits import check_max_in_flight as _check_max_in_flight
-from ._limits import check_send_timeout as _check_send_timeout
 from ._policy import ZeroCopyPolicy
 from ._stats import Counters, SendStatistics
+from ._validate import (
+    check_bool,
+    check_drain_timeout,
+    check_lease_size,
+    check_max_in_flight,
+    check_pool_size,
+    check_send_timeout,
+)
 
 #: How long closing a pool waits, by default, for sends in flight to complete.
 #: Completions normally arrive within microseconds of the data leaving; ten
@@ -303,14 +308,7 @@ class BufferPool:
         self._abandoned.clear()
 
     def _check_nbytes(self, nbytes: object) -> int:
-        nbytes = exact_int("nbytes", nbytes)
-        if nbytes <= 0:
-            raise ValueError(f"nbytes must be positive, not {nbytes}")
-        if nbytes > self._arena.size:
-            raise ValueError(
-                f"a lease of {nbytes} bytes can never be served: the pool holds {self._arena.size}"
-            )
-        return nbytes
+        return check_lease_size(nbytes, self._arena.size)
 
     def _own(self, lease: WritableLease | SealedLease) -> _LeaseRecord:
         if not isinstance(lease, (WritableLease, SealedLease)):
@@ -380,8 +378,8 @@ class BufferPool:
             # The checks with their messages (an int subclass passes them, at its value).
             self._check_open()
             nbytes = self._check_nbytes(nbytes)
-        if schedule.__class__ is not bool:
-            raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
+        if type(schedule) is not bool:
+            check_bool("schedule", schedule)  # raises
         await trio.lowlevel.checkpoint_if_cancelled()
         lease = self._take(nbytes)
         if lease is not None:
@@ -421,8 +419,8 @@ class BufferPool:
         :meth:`WritableLease.seal` returned. Its memory returns to the pool
         once the kernel has finished every send of it.
         """
-        if schedule.__class__ is not bool:
-            raise TypeError(f"schedule must be True or False, not {type(schedule).__name__}")
+        if type(schedule) is not bool:
+            check_bool("schedule", schedule)  # raises
         if type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
             nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes, at its value)
         return LeaseScope(self, nbytes, schedule)
@@ -741,6 +739,13 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
+def check_pool(pool: object) -> None:
+    """Refuse what is not an open pool (a stream's, a listener's, a server's *pool*)."""
+    if not isinstance(pool, BufferPool):
+        raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
+    pool._check_open()
+
+
 def _map_areas() -> tuple[int, int]:
     """The process's memory-map areas and the most it may have (0, 0 where unknown)."""
     try:
@@ -842,24 +847,12 @@ async def open_pool(
     much as sending 64 KiB costs (see the benchmarks page). Good for test
     suites and debugging.
     """
-    send_timeout = _check_send_timeout(send_timeout)
+    send_timeout = check_send_timeout(send_timeout)
     if stream_max_in_flight is not None:
-        stream_max_in_flight = _check_max_in_flight(stream_max_in_flight)
-    if not isinstance(protect_sealed, bool):
-        raise TypeError(f"protect_sealed must be a bool, not {type(protect_sealed).__name__}")
-    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
-        raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
-    if max_bytes < PAGE_SIZE:
-        raise ValueError(f"max_bytes must be at least one page ({PAGE_SIZE}), not {max_bytes}")
-    if max_bytes > sys.maxsize:
-        raise ValueError(
-            f"max_bytes must be at most {sys.maxsize} (sys.maxsize, the largest mapping a process"
-            f" can ask for), not {max_bytes}"
-        )
-    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
-        raise TypeError(f"drain_timeout must be a number, not {type(drain_timeout).__name__}")
-    if math.isnan(drain_timeout) or drain_timeout < 0:
-        raise ValueError(f"drain_timeout must be a non-negative number of seconds, not {drain_timeout}")
+        stream_max_in_flight = check_max_in_flight(stream_max_in_flight)
+    protect_sealed = check_bool("protect_sealed", protect_sealed)
+    max_bytes = check_pool_size(max_bytes, PAGE_SIZE, sys.maxsize)
+    drain_timeout = check_drain_timeout(drain_timeout)
     if policy is None:
         policy = ZeroCopyPolicy()
     elif not isinstance(policy, ZeroCopyPolicy):

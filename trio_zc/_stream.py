@@ -3,108 +3,48 @@
 The stream does everything that is the same for every kernel -- checking
 leases, choosing between zero-copy and copying (:mod:`trio_zc._policy`),
 statistics, detecting concurrent misuse -- and leaves the I/O to the pool's
-kernel through a :class:`~trio_zc._kernel.Channel`.
+kernel through a :class:`~trio_zc._kernels._base.Channel`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Iterator
+from typing import NoReturn
 
 import trio
 
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
-from ._lease import SealedLease, WritableLease, _LeaseRecord, exact_int
+from ._kernels._base import Transport
+from ._kernels._socket import SocketTransport, take_socket
+from ._lease import SealedLease, WritableLease, _LeaseRecord
 from ._lifecycle import LeaseState
-from ._limits import check_max_in_flight as _check_max_in_flight
-from ._limits import check_send_timeout as _check_send_timeout
 from ._policy import SendDecider
-from ._pool import BufferPool
+from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
+from ._validate import (
+    check_drain_timeout,
+    check_max_in_flight,
+    check_receive_size,
+    check_send_timeout,
+    exact_int,
+)
 
-if TYPE_CHECKING:
-    from ._kernels._base import Channel
 
-#: What ``receive_some()`` asks for when given no size, as in Trio.
-DEFAULT_RECEIVE_SIZE = 65536
 #: The most ``receive_some()`` asks the OS for in one call: Python allocates
 #: the whole size up front, so ``receive_some(2**40)`` would otherwise fail
 #: with a bare MemoryError. Returning fewer bytes than asked is always allowed.
 MAX_RECEIVE_SIZE = 16 * 2**20
 
 
-#: ``TCP_NOTSENT_LOWAT`` where Python knows it.
-_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-#: The most bytes a stream made from a trio.SocketStream lets the kernel hold
-#: unsent (trio's own setting is 16 KiB).
-NOTSENT_LOWAT = 1 << 20
-
-
-def _take_socket(transport: object) -> socket.socket:
-    """Take the OS socket out of a Trio SocketStream or Trio socket."""
-    if isinstance(transport, trio.SocketStream):
-        transport = transport.socket
-    if isinstance(transport, socket.socket):
-        raise TypeError(
-            "ZeroCopyStream wraps a Trio socket, not a standard-library socket.socket;"
-            " convert it with trio.socket.from_stdlib_socket()"
-        )
-    if not isinstance(transport, trio.socket.SocketType):
-        raise TypeError(
-            "ZeroCopyStream wraps a trio.SocketStream or a Trio socket,"
-            f" not {type(transport).__name__}"
-        )
-    if transport.type != socket.SOCK_STREAM:
-        raise ValueError("ZeroCopyStream needs a SOCK_STREAM socket")
-    if transport.fileno() == -1:
-        raise trio.ClosedResourceError("the socket is already closed")
-    family = transport.family
-    # Detach so that exactly one object owns (and closes) the descriptor.
-    sock = socket.socket(family, socket.SOCK_STREAM, fileno=transport.detach())
-    if family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - not fatal
-            pass
-    return sock
-
-
-def _raise_notsent_lowat(sock: socket.socket) -> None:
-    """Let a copying stream queue more unsent bytes than trio.SocketStream's 16 KiB.
-
-    Trio caps the bytes queued but not yet sent (TCP_NOTSENT_LOWAT) at 16
-    KiB, which keeps interactive protocols responsive but makes a large
-    send go out in many short calls, each with a wait for the socket to
-    become writable again: it cost about a quarter of the throughput at
-    1-16 MiB on loopback (see docs/benchmarks.rst). 1 MiB gave most of what
-    no cap at all gave. Only for streams that always copy: the unsent bytes
-    of a zero-copy send are pool memory, and a peer that stops reading
-    would keep that much of it per connection.
-    """
-    if _NOTSENT_LOWAT is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, NOTSENT_LOWAT)
-    except OSError:  # pragma: no cover - not fatal
-        pass
-
-
-def _check_drain_timeout(pool: BufferPool, drain_timeout: object) -> float:
-    if drain_timeout is None:
-        return pool._stream_defaults.drain_timeout
-    if not isinstance(drain_timeout, (int, float)) or isinstance(drain_timeout, bool):
-        raise TypeError(f"drain_timeout must be a number or None, not {type(drain_timeout).__name__}")
-    if not drain_timeout >= 0:
-        raise ValueError(f"drain_timeout must be a non-negative number, not {drain_timeout!r}")
-    return float(drain_timeout)
-
-
 def _index(name: str, value: object) -> int:
     return value if type(value) is int else exact_int(name, value)
+
+
+def _foreign(lease: SealedLease) -> ForeignLeaseError:
+    return ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
 
 
 class ZeroCopyStream(trio.abc.HalfCloseableStream):
@@ -125,51 +65,34 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     def __init__(
         self,
-        transport: trio.SocketStream | trio.socket.SocketType,
+        transport: trio.SocketStream | trio.socket.SocketType | Transport,
         *,
         pool: BufferPool,
         drain_timeout: float | None = None,
     ) -> None:
-        if not isinstance(pool, BufferPool):
-            raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
-        pool._check_open()
-        timeout = _check_drain_timeout(pool, drain_timeout)
-        sock = _take_socket(transport)
-        try:
-            self._attach(pool, lambda counters: pool._kernel.open_channel(sock, counters), timeout)
-        except BaseException:
-            sock.close()
-            raise
-        if isinstance(transport, trio.SocketStream) and self._channel.unavailable is not None:
-            _raise_notsent_lowat(sock)
-
-    @classmethod
-    def _over(
-        cls,
-        pool: BufferPool,
-        open_channel: Callable[[Counters], Channel],
-        drain_timeout: float | None = None,
-    ) -> ZeroCopyStream:
-        """A stream over a channel a kernel made itself (the mock kernel's)."""
-        pool._check_open()
-        stream = cls.__new__(cls)
-        stream._attach(pool, open_channel, _check_drain_timeout(pool, drain_timeout))
-        return stream
-
-    def _attach(
-        self, pool: BufferPool, open_channel: Callable[[Counters], Channel], drain_timeout: float
-    ) -> None:
-        self._pool = pool
-        self._drain_timeout = drain_timeout
-        self._counters = Counters(parent=pool._counters)
-        self._channel = open_channel(self._counters)
-        self._decider = SendDecider(
-            pool._policy, unavailable=self._channel.unavailable, notify=pool._note_fallback
+        check_pool(pool)
+        self._drain_timeout = (
+            pool._stream_defaults.drain_timeout
+            if drain_timeout is None
+            else check_drain_timeout(drain_timeout, or_none=True)
         )
-        self._channel.on_completions = self._on_completions  # type: ignore[method-assign]
+        # A socket becomes the channel's transport (the channel owns it from
+        # here on); a kernel that makes its own (the mock) passes that.
+        connection = transport if isinstance(transport, Transport) else SocketTransport(take_socket(transport))
+        self._pool = pool
+        self._counters = Counters(parent=pool._counters)
+        try:
+            self._channel = pool._kernel.open_channel(connection, self._counters, self._on_completions)
+        except BaseException:
+            connection.close()
+            raise
+        reason = self._channel.copy_only_reason
+        self._decider = SendDecider(pool._policy, unavailable=reason, notify=pool._note_fallback)
         # A stream whose channel can never send zero-copy (a local peer
         # under "auto", the copy kernel) skips asking the policy per send.
-        self._copy_only = self._channel.unavailable is not None
+        self._copy_only = reason is not None
+        if reason is not None and isinstance(transport, trio.SocketStream):
+            connection.let_more_unsent()
         defaults = pool._stream_defaults
         self._send_timeout: float | None = defaults.send_timeout
         self._max_in_flight: int = defaults.max_in_flight
@@ -224,7 +147,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     @send_timeout.setter
     def send_timeout(self, value: float | None) -> None:
-        self._send_timeout = _check_send_timeout(value)
+        self._send_timeout = check_send_timeout(value)
 
     @property
     def max_in_flight(self) -> int:
@@ -240,7 +163,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     @max_in_flight.setter
     def max_in_flight(self, value: int) -> None:
-        self._max_in_flight = _check_max_in_flight(value)
+        self._max_in_flight = check_max_in_flight(value)
 
     def _check_not_forked(self) -> None:
         """Refuse in a process forked from the stream's (rule 8 of the life cycle).
@@ -258,11 +181,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 " cannot use its parent's streams (aclose() only closes the child's descriptor)"
             )
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+
     def _check_sendable(self) -> None:
         if self._broken is not None:
             raise trio.BrokenResourceError(self._broken)
-        if self._closed:
-            raise trio.ClosedResourceError("this stream was closed")
+        self._check_open()
         if self._eof_sent:
             raise trio.ClosedResourceError("can't send data after sending EOF")
 
@@ -290,7 +216,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             raise TypeError(f"send_lease() takes a SealedLease, not {type(lease).__name__}")
         slot = lease._live()
         if slot.home is not self._pool._home:
-            raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
+            raise _foreign(lease)
         start = _index("offset", offset)
         if not 0 <= start < slot.nbytes:
             raise ValueError(f"offset {start} is outside the lease's {slot.nbytes} bytes")
@@ -324,7 +250,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             if state is not LeaseState.SEALED and state is not LeaseState.SENDING:
                 lease._live()  # raises
             if slot.home is not self._pool._home:
-                raise ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
+                raise _foreign(lease)
             start, length = 0, slot.nbytes
         else:
             slot, start, length = self._lease_slot(lease, offset, nbytes)
@@ -426,32 +352,24 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         self._check_not_forked()
         with self._send_conflict:
-            if self._closed:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_open()
             await self._channel.wait_writable()
 
     async def send_eof(self) -> None:
         self._check_not_forked()
         with self._send_conflict:
             await trio.lowlevel.checkpoint()
-            if self._closed:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_open()
             self._channel.send_eof()
             self._eof_sent = True
 
     # -- receiving --------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        max_bytes = _index("max_bytes", max_bytes)
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        max_bytes = min(max_bytes, MAX_RECEIVE_SIZE)
+        max_bytes = min(check_receive_size(max_bytes), MAX_RECEIVE_SIZE)
         self._check_not_forked()
         with self._receive_conflict:
-            if self._closed:
-                raise trio.ClosedResourceError("this stream was closed")
+            self._check_open()
             return await self._channel.receive_some(max_bytes)
 
     # -- closing ----------------------------------------------------------------
@@ -477,9 +395,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             # No drain (the completions are the parent's to read), no reset
             # (the connection is the parent's), no unregistering from the
             # kernel's epoll (shared with the parent): just our descriptor.
-            close_socket = getattr(self._channel, "close_socket", None)
-            if close_socket is not None:
-                close_socket()
+            self._channel.transport.close()
             await trio.lowlevel.checkpoint()
             return
         if self._room is not None:
@@ -501,14 +417,10 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     def getsockname(self) -> object:
         """The local address of the underlying socket."""
-        return self._socket().getsockname()
+        self._check_open()
+        return self._channel.transport.sockname()
 
     def getpeername(self) -> object:
         """The remote address of the underlying socket."""
-        return self._socket().getpeername()
-
-    def _socket(self) -> socket.socket:
-        sock: socket.socket | None = getattr(self._channel, "sock", None)
-        if sock is None or self._closed:
-            raise trio.ClosedResourceError("this stream was closed")
-        return sock
+        self._check_open()
+        return self._channel.transport.peername()

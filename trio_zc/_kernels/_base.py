@@ -1,45 +1,64 @@
-"""The kernel interface: how a stream's bytes reach the wire.
+"""The kernel interface: what a pool's kernel is, and what it sees.
 
-A *kernel* (copy, msg_zerocopy, and later sendfile, io_uring and the mock)
-is chosen per pool. For each connection it opens a :class:`Channel`, which
-owns the socket (or, for the mock, an in-memory pipe) and does the I/O;
-everything else -- lease checks, the zero-copy policy, statistics, conflict
-detection -- lives once in :class:`~trio_zc.ZeroCopyStream`.
+Rules
+=====
+
+1. A pool's *kernel* is how its streams' bytes reach the wire: ``copy``,
+   ``msg_zerocopy``, ``io_uring``, ``sendfile``, or the mock for tests. (The
+   name is the one ``open_pool(kernel=...)`` takes; where this package means
+   the operating system, it says Linux.) A kernel object serves one pool for
+   its whole life (:meth:`Kernel.claim`).
+2. A kernel sees a lease only through :class:`SendableLease` and imports
+   nothing from the lease or pool modules. Each of the protocol's methods
+   also keeps the pool's counts, so no kernel can move a lease along its
+   life cycle behind the pool's back.
+3. For each connection a kernel opens one :class:`Channel` over a
+   :class:`Transport`. The transport is the connection -- a socket
+   (:class:`~trio_zc._kernels._socket.SocketTransport`) or the mock's
+   in-memory wire -- and knows nothing of leases; the channel decides how
+   each send goes and keeps a lease held while Linux may read it.
+4. A channel never acts on its transport once the transport is closed: a
+   closed socket's descriptor number may belong to another connection by
+   then.
+5. Errors come out as Trio's: :class:`trio.BrokenResourceError` for a
+   broken connection, :class:`trio.ClosedResourceError` for a closed one.
+
+Theory of operation
+===================
 
 A channel's contract, which every kernel is tested against:
 
-- ``send_copy`` returns once every byte was handed over and the memory may
-  be reused at once (a plain send copies). It is built on ``copy_now``,
-  which takes what the kernel accepts without waiting: a send it finishes
-  has read its memory before any other task could run.
-- ``send_zerocopy`` returns once the kernel accepted every byte (or as many
-  as it would take zero-copy; the stream copies the rest) and calls
-  ``lease.begin_send()`` once per kernel call that may still read the
-  memory, and ``lease.end_send()`` for each when the kernel says it is done.
-- ``aclose`` keeps the memory of in-flight sends safe: it waits for their
-  completions up to a deadline, then forces the connection down, and
-  quarantines whatever the kernel never reported done.
-- Errors come out as Trio's: :class:`trio.BrokenResourceError` for a broken
-  connection, :class:`trio.ClosedResourceError` for a closed one.
+- :meth:`Channel.send_copy` returns once every byte was handed over and the
+  memory may be reused at once (a plain send copies). It is built on
+  :meth:`Channel.copy_now`, which takes what the connection accepts without
+  waiting: a send it finishes has read its memory before any other task
+  could run.
+- :meth:`Channel.zerocopy_now` and :meth:`Channel.send_zerocopy` hand memory
+  to Linux without copying, calling ``lease.begin_send()`` once per call
+  that may still read the memory and ``lease.end_send()`` for each when
+  Linux says it is done; when Linux refuses to pin the memory (ENOBUFS,
+  ENOMEM, after one retry), they return what was taken and the stream
+  copies the rest.
+- :meth:`Channel.aclose` keeps the memory of in-flight sends safe: it waits
+  for their completions up to a deadline, then forces the connection down,
+  and quarantines whatever Linux never reported done
+  (:mod:`trio_zc._kernels._closing`).
 
-Background work (a completion reaper) runs in the pool's nursery via
-:meth:`Kernel.run`, shielded from cancellation until the pool's close has
-drained. A kernel object serves one pool (:meth:`Kernel.claim`). A channel
-never acts on its socket's descriptor number once the socket is closed:
-the number may belong to another connection by then.
+The classes compose rather than inherit across: :class:`Channel` copies
+over any transport and is the one base class; each zero-copy channel
+derives from it once and owns its other parts (the close protocol, the
+refusal retry, its completion tracker). Background work -- a completion
+reaper, io_uring's submitter, the mock's pump -- runs in
+:meth:`Kernel.run`, which the pool shields from cancellation until its
+close has drained.
 """
 
 from __future__ import annotations
 
 import abc
-import ctypes
 import errno
-import ipaddress
-import socket
-import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, ClassVar, NoReturn, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, Final, NoReturn, Protocol
 
 import trio
 
@@ -52,12 +71,7 @@ if TYPE_CHECKING:
 
 
 class SendableLease(Protocol):
-    """What a kernel sees of a lease: the only way a kernel touches one.
-
-    Kernels import nothing from the lease or pool modules; the lease record
-    satisfies this protocol, and each of its methods also keeps the pool's
-    counts (a kernel cannot move a lease's state behind the pool's back).
-    """
+    """What a kernel sees of a lease: the only way a kernel touches one (rule 2)."""
 
     #: Where the lease's bytes start in the pool's arena (0 for adopted memory).
     offset: int
@@ -71,122 +85,143 @@ class SendableLease(Protocol):
     state: LeaseState
 
     def begin_send(self) -> None:
-        """The kernel may read the lease's memory from now on, until :meth:`end_send`."""
+        """Linux may read the lease's memory from now on, until :meth:`end_send`."""
 
     def end_send(self) -> None:
-        """The kernel finished one send of the lease."""
+        """Linux finished one send of the lease."""
 
     def quarantine_send(self) -> None:
         """One send will never be reported finished (its connection is gone)."""
 
     def hold_pages(self) -> None:
-        """The kernel may keep the lease's pages after every send returned (sendfile):
+        """Linux may keep the lease's pages after every send returned (sendfile):
         they must be replaced, not reused, when the lease comes back."""
 
     def describe(self, state: LeaseState | None = None) -> str:
         """How errors name the lease (as it was in *state*, default: now)."""
 
-_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_connect = _libc.connect
-_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_connect.restype = ctypes.c_int
-_AF_UNSPEC_ADDR = struct.pack("=H14x", socket.AF_UNSPEC)
+#: How a channel tells its stream what completions said (calls, and whether
+#: Linux copied them after all): the stream's zero-copy policy listens.
+CompletionListener = Callable[[int, bool], None]
 
 
-def local_peer(sock: socket.socket) -> str | None:
-    """Why zero-copy cannot win to this socket's peer, if the peer is loopback."""
-    try:
-        host = sock.getpeername()[0]
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_loopback:
-        return "the peer is on loopback, where the kernel copies every zero-copy send anyway"
-    return None
+class Transport(abc.ABC):
+    """One connection, as a channel sends through it: a socket, or the mock's wire.
 
-
-#: Errors with which the kernel refuses to pin memory for a zero-copy send:
-#: ENOBUFS (MSG_ZEROCOPY: option memory or RLIMIT_MEMLOCK used up) and
-#: ENOMEM (io_uring's SEND_ZC from unregistered memory: RLIMIT_MEMLOCK used
-#: up). The connection is fine: the send's rest is copied and the stream
-#: backs off (see _policy.py).
-ZEROCOPY_REFUSED = frozenset({errno.ENOBUFS, errno.ENOMEM})
-
-
-def abort_connection(sock: socket.socket) -> None:
-    """Reset *sock*'s TCP connection but keep the socket open.
-
-    ``connect(AF_UNSPEC)`` makes Linux drop the queued data and send a reset,
-    and the kernel reports the zero-copy sends it dropped as complete --
-    which it could not do for a closed socket.
-
-    It takes the socket object, never a bare descriptor number, and does
-    nothing once the socket is closed: by then the number may belong to
-    another connection, which a reset through it would break.
+    Everything here is non-blocking but the two waits. A transport knows
+    nothing of leases or pools (rule 3); once closed, it does nothing to
+    the connection any more (rule 4).
     """
-    fd = sock.fileno()
-    if fd < 0:
-        return
-    if _connect(fd, _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.ENOTCONN, errno.EBADF):  # pragma: no cover - defensive
-            raise OSError(err, f"aborting the connection failed: {errno.errorcode.get(err)}")
+
+    #: Set once :meth:`close` ran.
+    closed: bool = False
+
+    @abc.abstractmethod
+    def send(self, data: memoryview) -> int:
+        """Copy as much of *data* as the connection takes now; bytes taken.
+
+        Raises BlockingIOError when it takes nothing now, and the Trio error
+        (or an OSError, which the channel turns into one) when it is broken.
+        """
+
+    @abc.abstractmethod
+    def recv(self, max_bytes: int) -> bytes:
+        """Bytes waiting now (``b""`` at end of stream); BlockingIOError when none."""
+
+    @abc.abstractmethod
+    async def wait_writable(self) -> None:
+        """Wait until :meth:`send` might take something."""
+
+    @abc.abstractmethod
+    async def wait_readable(self) -> None:
+        """Wait until :meth:`recv` might return something."""
+
+    @abc.abstractmethod
+    def shutdown_write(self) -> None:
+        """Send end-of-stream."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Reset the connection but keep the transport open (completions may still come).
+
+        Does nothing once closed: only the transport's own open connection
+        is ever reset.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close for good (idempotent); completions after this are lost."""
+
+    def check_open(self) -> None:
+        """Raise :class:`trio.ClosedResourceError` if :meth:`close` ran.
+
+        For code that goes on with a send after a wait: another task may
+        have closed the stream meanwhile.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError("the stream was closed while a send was in progress")
+
+    def let_more_unsent(self) -> None:
+        """Let a stream that only copies queue more unsent bytes (sockets; see there)."""
+
+    def sockname(self) -> object:
+        """The local address, as the socket module gives it."""
+        raise trio.ClosedResourceError("this stream has no socket")
+
+    def peername(self) -> object:
+        """The remote address, as the socket module gives it."""
+        raise trio.ClosedResourceError("this stream has no socket")
+
+
+#: Errors that mean the descriptor is gone, not that the connection broke.
+_CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
 
 
 def broken(exc: OSError) -> NoReturn:
-    """Raise the Trio stream error for a socket error."""
+    """Raise the Trio stream error for a connection's OSError."""
     if exc.errno in _CLOSED_ERRNOS:
         raise trio.ClosedResourceError("the socket was closed") from exc
     raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
 
 
-@contextmanager
-def stream_errors() -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        broken(exc)
+class Channel:
+    """One connection as a kernel sees it; sends by copying. Made by :meth:`Kernel.open_channel`.
 
+    The one base class of every channel: zero-copy channels derive from it
+    and add their own way of sending without copying.
+    """
 
-class Channel(abc.ABC):
-    """One connection as a kernel sees it. Made by :meth:`Kernel.open_channel`."""
+    #: Why zero-copy can never be used on this channel (the copy kernel, a
+    #: peer on loopback under "auto", not TCP...), or None.
+    copy_only_reason: str | None = None
 
-    #: Why zero-copy can never be used on this channel, or None.
-    unavailable: str | None = None
-
-    def __init__(self, counters: Counters) -> None:
+    def __init__(self, transport: Transport, counters: Counters, on_completions: CompletionListener) -> None:
+        self.transport = transport
         self.counters = counters
+        self.on_completions = on_completions
 
-    #: Set while an earlier send is still in the kernel's hands after its
-    #: task was cancelled (io_uring): a copy must wait for it, or the two
-    #: sends' bytes would interleave.
-    send_barrier: trio.Event | None = None
+    # -- copying ------------------------------------------------------------------
 
-    async def pass_barrier(self) -> None:
-        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
-        barrier = self.send_barrier
-        if barrier is not None:
-            await barrier.wait()
-            self.send_barrier = None
-
-    @abc.abstractmethod
     def copy_now(self, data: memoryview) -> int:
-        """Copy what the kernel takes of *data* at once, without waiting; bytes taken.
+        """Copy what the connection takes of *data* at once, without waiting; bytes taken.
 
-        Never blocks and never yields: 0 when nothing can be taken now (or
-        while :attr:`send_barrier` is up). A caller that gets every byte
-        taken is done with the memory before any other task can run.
+        Never blocks and never yields: 0 when nothing can be taken now. A
+        caller that gets every byte taken is done with the memory before
+        any other task can run.
         """
+        try:
+            n = self.transport.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            broken(exc)
+        self.counters.copied(n)
+        return n
 
     async def send_copy(self, data: memoryview) -> None:
         """Send every byte of *data* by copying it."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self.send_barrier is not None:
-            await self.pass_barrier()
         total = len(data)
         sent = self.copy_now(data)  # most sends: one call, no slice
         if sent == total:
@@ -197,22 +232,24 @@ class Channel(abc.ABC):
             with data[sent:] as rest:
                 sent += self.copy_now(rest)
 
+    # -- zero-copy (what zero-copy channels override) -------------------------------
+
     def zerocopy_now(self, data: memoryview, lease: SendableLease) -> tuple[int, bool]:
         """Zero-copy calls for *data* (bytes of *lease*) without waiting.
 
-        Returns the bytes the kernel took, each call recorded with
-        ``lease.begin_send()`` (so the lease stays held by them), and whether
-        the kernel refused zero-copy (ENOBUFS after a retry): the caller
-        copies the rest then. Never blocks and never yields. Channels whose
-        sends always wait (io_uring, sendfile) take nothing: ``(0, False)``.
+        Returns the bytes Linux took, each call recorded with
+        ``lease.begin_send()`` (so the lease stays held by them), and
+        whether Linux refused zero-copy (after a retry): the caller copies
+        the rest then. Never blocks and never yields. Channels whose sends
+        always wait (io_uring, sendfile) take nothing: ``(0, False)``.
         """
         return 0, False
 
     async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
         """Send *data* (bytes of *lease* from *start*) without copying; bytes accepted.
 
-        Fewer bytes than ``len(data)`` means the kernel refused zero-copy
-        for the rest (ENOBUFS after a retry); the caller copies them.
+        Fewer bytes than ``len(data)`` means Linux refused zero-copy for
+        the rest; the caller copies them.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot send zero-copy")
 
@@ -220,37 +257,51 @@ class Channel(abc.ABC):
         """Whether :meth:`send_zerocopy` can send this lease (sendfile: pool memory only)."""
         return True
 
-    @abc.abstractmethod
-    async def receive_some(self, max_bytes: int) -> bytes:
-        """Receive up to *max_bytes*; ``b""`` at end of stream."""
-
-    @abc.abstractmethod
-    async def wait_writable(self) -> None:
-        """Wait until a send might not block."""
-
-    @abc.abstractmethod
-    def send_eof(self) -> None:
-        """Shut the sending direction down (idempotent)."""
-
-    @abc.abstractmethod
-    async def aclose(self, drain_timeout: float) -> None:
-        """Close, keeping in-flight memory safe (see the module docstring)."""
-
     @property
     def sends_in_flight(self) -> int:
         """Zero-copy calls whose completion has not arrived."""
         return 0
 
-    def on_completions(self, calls: int, copied: bool) -> None:
-        """Hook for the stream's policy; replaced by the stream."""
+    # -- the rest of a stream -----------------------------------------------------
+
+    def before_wait(self) -> None:
+        """Called before the channel waits on its connection (zero-copy channels drain here)."""
+
+    async def wait_writable(self) -> None:
+        """Wait until a send might not block."""
+        self.before_wait()
+        await self.transport.wait_writable()
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Receive up to *max_bytes*; ``b""`` at end of stream."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = self.transport.recv(max_bytes)
+            except BlockingIOError:
+                self.before_wait()
+                await self.transport.wait_readable()
+                continue
+            except OSError as exc:
+                broken(exc)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    def send_eof(self) -> None:
+        """Shut the sending direction down."""
+        try:
+            self.transport.shutdown_write()
+        except OSError as exc:
+            broken(exc)
 
     def abort(self) -> None:
-        """Reset the connection (the peer sees a reset); completions may still arrive.
+        """Reset the connection (the peer sees a reset); nothing once closed (rule 4)."""
+        self.transport.abort()
 
-        Does nothing once the channel is closed: only its own open
-        connection is ever reset.
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot reset its connection")
+    async def aclose(self, drain_timeout: float) -> None:
+        """Close, keeping in-flight memory safe (a copying channel has none in flight)."""
+        self.transport.close()
+        await trio.lowlevel.checkpoint()
 
 
 class Kernel(abc.ABC):
@@ -258,16 +309,27 @@ class Kernel(abc.ABC):
 
     #: The name applications pass to ``open_pool(kernel=...)``.
     name: ClassVar[str]
-    #: Copy to peers on this machine (set by "auto"): the kernel copies
+    #: Copy to peers on this machine (set by "auto"): Linux copies
     #: zero-copy sends delivered to a local socket anyway.
     copy_local_peers: bool = False
-
-    @abc.abstractmethod
-    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        """Take ownership of a connected stream socket."""
-
+    #: Why this kernel runs as it does (a fallback, an alignment), or None.
+    note: str | None = None
+    #: Completions this kernel refused that belong to no stream (an io_uring
+    #: CQE for an unknown request); the pool's statistics add them in.
+    malformed_records: int = 0
     #: Whether a pool took this kernel (see :meth:`claim`).
     _claimed: bool = False
+
+    @abc.abstractmethod
+    def open_channel(
+        self, transport: Transport, counters: Counters, on_completions: CompletionListener
+    ) -> Channel:
+        """A channel over *transport*, which the channel owns from now on.
+
+        *counters* are the stream's; *on_completions* is told what each
+        batch of completions said. Raises TypeError for a transport this
+        kernel cannot send on (closing it first).
+        """
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         # A copy would share the original's connections, epoll or ring while
@@ -306,7 +368,7 @@ class Kernel(abc.ABC):
         await trio.sleep_forever()
 
     def attach(self, arena: Arena) -> None:
-        """The pool's arena exists (io_uring registers it here)."""
+        """The pool's arena exists (io_uring registers it, sendfile sends from it)."""
 
     def close(self) -> None:
         """The pool is closing: release what the kernel holds (after draining)."""
@@ -314,12 +376,6 @@ class Kernel(abc.ABC):
     def allocation_granule(self) -> int:
         """The unit, in bytes, in which the pool must hand out memory for this kernel."""
         return PAGE_SIZE
-
-    #: Why this kernel runs as it does (a fallback, an alignment), or None.
-    note: str | None = None
-    #: Completions this kernel refused that belong to no stream (an io_uring
-    #: CQE for an unknown request); the pool's statistics add them in.
-    malformed_records: int = 0
 
     async def abort_in_flight(self) -> None:
         """The pool is closing past its deadline: make in-flight sends end.
@@ -329,90 +385,3 @@ class Kernel(abc.ABC):
         quarantined by the pool.
         """
         await trio.lowlevel.checkpoint()
-
-
-class SocketChannel(Channel):
-    """A channel over a non-blocking stream socket; sends by copying."""
-
-    def __init__(self, sock: socket.socket, counters: Counters) -> None:
-        super().__init__(counters)
-        sock.setblocking(False)
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.eof_sent = False
-        self.closed = False
-
-    def abort(self) -> None:
-        if not self.closed:
-            abort_connection(self.sock)
-
-    def check_open(self) -> None:
-        """Raise :class:`trio.ClosedResourceError` if the socket was closed.
-
-        For code that goes on with a send after a wait: another task may
-        have closed the stream meanwhile, and the descriptor number
-        (``self.fd``) may now belong to another connection.
-        """
-        if self.closed:
-            raise trio.ClosedResourceError("the stream was closed while a send was in progress")
-
-    def before_wait(self) -> None:
-        """Called before the channel waits on its socket (kernels drain here)."""
-
-    async def wait_writable(self) -> None:
-        self.before_wait()
-        await trio.lowlevel.wait_writable(self.sock)
-
-    def copy_now(self, data: memoryview) -> int:
-        if self.send_barrier is not None:
-            return 0  # an earlier send's bytes must go first
-        try:
-            n = self.sock.send(data)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            broken(exc)
-        self.counters.copied(n)
-        return n
-
-    async def receive_some(self, max_bytes: int) -> bytes:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                data = self.sock.recv(max_bytes)
-            except BlockingIOError:
-                self.before_wait()
-                await trio.lowlevel.wait_readable(self.sock)
-                continue
-            except OSError as exc:
-                broken(exc)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
-
-    def send_eof(self) -> None:
-        if self.eof_sent:
-            return
-        with stream_errors():
-            self.sock.shutdown(socket.SHUT_WR)
-        self.eof_sent = True
-
-    def close_socket(self) -> None:
-        if not self.closed:
-            self.closed = True
-            trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
-
-    async def aclose(self, drain_timeout: float) -> None:
-        self.close_socket()
-        await trio.lowlevel.checkpoint()
-
-
-class CopyKernel(Kernel):
-    """Plain copying sends: the memory is free again as soon as send returns."""
-
-    name = "copy"
-
-    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        channel = SocketChannel(sock, counters)
-        channel.unavailable = "the pool's kernel is 'copy'"
-        return channel

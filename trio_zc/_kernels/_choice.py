@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import Final
 
 from ._io_uring import IoUringKernel
-from ._base import CopyKernel, Kernel
+from ._base import Kernel
+from ._copy import CopyKernel
 from ._msg_zerocopy import MsgZeroCopyKernel
 from ._sendfile import SendfileKernel
 from ._ring import UringUnavailable, probe

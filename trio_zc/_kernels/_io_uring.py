@@ -5,7 +5,7 @@ ask for a submit; a submitter task hands everything prepared since its last
 turn to the kernel in one ``io_uring_enter`` (so sends that are ready
 together are batched). A reaper task waits for the ring fd to become
 readable (``trio.lowlevel.wait_readable``) and routes each completion to its
-send through :class:`~trio_zc._uring_tracker.SendZcTracker`.
+send through :class:`~trio_zc._kernels._uring_tracker.SendZcTracker`.
 
 A send has two completions. The *result* (bytes sent, or ``-errno``)
 resumes the stream's task; the *notification* (``F_NOTIF``), which follows
@@ -34,12 +34,12 @@ that is no broken connection, and the stream copies the send's rest and
 backs off, as for MSG_ZEROCOPY's ENOBUFS (see ``_policy.py``).
 
 Closing, cancellation and draining follow the msg_zerocopy kernel's
-protocol (:class:`~trio_zc._completion_channel.DrainingChannel`): a
+protocol (:class:`~trio_zc._kernels._closing.DrainingClose`): a
 cancelled send's entry is already the kernel's, so its lease stays held
 until its notification; closing waits for notifications, then resets the
 connection and quarantines what never comes.
 
-Whether io_uring is usable at all is found by :func:`~trio_zc._uring.probe`
+Whether io_uring is usable at all is found by :func:`~trio_zc._kernels._ring.probe`
 when the pool opens; see ``_choice.py`` (beside this module) for the fallbacks.
 """
 
@@ -55,9 +55,10 @@ import attrs
 import trio
 
 from .._address import buffer_address
-from ._completion_channel import DrainingChannel, settle_all
-from ._base import SendableLease, ZEROCOPY_REFUSED, Channel, Kernel, SocketChannel, broken, local_peer
 from .._stats import Counters
+from ._base import Channel, CompletionListener, Kernel, SendableLease, Transport, broken
+from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, settle_all
+from ._socket import SocketTransport, local_peer, not_tcp, socket_of
 from ._ring import Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
 
@@ -95,22 +96,51 @@ class _Call:
     quarantined: bool = False
 
 
-class IoUringChannel(DrainingChannel, SocketChannel):
+class IoUringChannel(Channel):
     """A TCP socket whose zero-copy sends go through the pool's ring."""
 
-    def __init__(self, kernel: IoUringKernel, sock: socket.socket, counters: Counters) -> None:
-        SocketChannel.__init__(self, sock, counters)
+    #: Set while an earlier send is still in Linux's hands after its task
+    #: was cancelled: a later send, copied or not, must wait for it, or the
+    #: two sends' bytes would interleave.
+    send_barrier: trio.Event | None = None
+
+    def __init__(
+        self,
+        kernel: IoUringKernel,
+        socket: SocketTransport,
+        counters: Counters,
+        on_completions: CompletionListener,
+    ) -> None:
+        super().__init__(socket, counters, on_completions)
         self.kernel = kernel
+        self.socket = socket
         self.calls: set[_Call] = set()
-        self._drained: trio.Event | None = None
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            self.unavailable = f"not a TCP socket (family {sock.family.name})"
-        elif kernel.copy_local_peers:
-            self.unavailable = local_peer(sock)
+        self.closing = DrainingClose(self)
+        self.copy_only_reason = not_tcp(socket.sock) or (
+            local_peer(socket.sock) if kernel.copy_local_peers else None
+        )
 
     @property
     def sends_in_flight(self) -> int:
         return len(self.calls)
+
+    def copy_now(self, data: memoryview) -> int:
+        if self.send_barrier is not None:
+            return 0  # an earlier send's bytes must go first
+        return super().copy_now(data)
+
+    async def send_copy(self, data: memoryview) -> None:
+        if self.send_barrier is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self.pass_barrier()
+        await super().send_copy(data)
+
+    async def pass_barrier(self) -> None:
+        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
+        barrier = self.send_barrier
+        if barrier is not None:
+            await barrier.wait()
+            self.send_barrier = None
 
     def _where(self, lease: SendableLease, pos: int) -> tuple[int, int | None, int]:
         """Where the lease's bytes from *pos* are, the fixed buffer holding
@@ -126,12 +156,12 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         await self.pass_barrier()
         total = len(data)
         sent = 0
-        retried = False
+        retry = RefusalRetry()  # a send here costs a system call anyway
         while sent < total:
             # Another task may have closed the stream during the last wait,
             # and the entry names the socket by its number, which may belong
             # to another connection by now.
-            self.check_open()
+            self.socket.check_open()
             addr, index, room = self._where(lease, start + sent)
             # A request stays within one registered buffer.
             length = min(total - sent, room)
@@ -154,7 +184,7 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             assert res is not None
             if res > 0:
                 sent += res
-                retried = False
+                retry.went_through()
                 continue
             if res == 0:
                 # Never seen; going round again could go on for ever.
@@ -163,14 +193,11 @@ class IoUringChannel(DrainingChannel, SocketChannel):
             if err == errno.EAGAIN:
                 await self.wait_writable()
             elif err in ZEROCOPY_REFUSED:
-                # The kernel would not pin the memory (ENOMEM: the
-                # locked-memory limit, for unregistered memory): the
-                # connection is fine. Try once more, then the stream copies
-                # the rest and backs off.
-                self.counters.count("enobufs")
-                if retried:
+                # Linux would not pin the memory (ENOMEM: the locked-memory
+                # limit, for unregistered memory): the connection is fine.
+                # Try once more, then the stream copies the rest and backs off.
+                if not retry.refused(self.counters):
                     break
-                retried = True
             else:
                 broken(OSError(err, errno.errorcode.get(err, str(err))))
         return sent
@@ -184,37 +211,32 @@ class IoUringChannel(DrainingChannel, SocketChannel):
         taken = max(call.res or 0, 0)
         self.counters.completed(1, call.nbytes, taken, copied)
         self.on_completions(1, copied)
-        if self._drained is not None and not self.calls:
-            self._drained.set()
+        self.closing.notify()
 
-    async def wait_drained(self) -> None:
-        while self.calls:
-            self._drained = trio.Event()
-            await self._drained.wait()
-        self._drained = None
+    def poll_completions(self) -> None:
+        pass  # the kernel's reaper task routes every completion
 
-    def abort(self) -> None:
-        SocketChannel.abort(self)  # only while the socket is open (see there)
-
-    def forget_outstanding(self) -> int:
+    def take_outstanding(self) -> list[tuple[SendableLease, int]]:
         calls, self.calls = self.calls, set()
         for call in calls:
+            # Its notification, if it ever comes, changes nothing (see _reaper).
             call.quarantined = True
-            call.lease.quarantine_send()
-            self.counters.count("bytes_in_flight", -call.nbytes)
             if call.res is None:
                 # Its result never came either: a task still waiting for it
                 # (a send, or a copy behind its barrier) would wait for ever.
                 call.res = -errno.ECANCELED
                 call.done.set()
-        return len(calls)
+        return [(call.lease, call.nbytes) for call in calls]
 
     def close_transport(self) -> None:
         # An entry prepared but not handed to the kernel yet names this
         # socket by number: hand it over while the number is still ours
         # (the kernel then holds the socket itself).
         self.kernel.flush()
-        self.close_socket()
+        self.transport.close()
+
+    async def aclose(self, drain_timeout: float) -> None:
+        await self.closing.aclose(drain_timeout)
 
 
 class IoUringKernel(Kernel):
@@ -331,8 +353,10 @@ class IoUringKernel(Kernel):
         self.registered_bytes += length
         return True
 
-    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        return IoUringChannel(self, sock, counters)
+    def open_channel(
+        self, transport: Transport, counters: Counters, on_completions: CompletionListener
+    ) -> IoUringChannel:
+        return IoUringChannel(self, socket_of(transport, self.name), counters, on_completions)
 
     def submit_send(self, call: _Call, addr: int, index: int | None) -> None:
         """Prepare a SEND_ZC for *call* and have the submitter hand it over."""
@@ -351,7 +375,7 @@ class IoUringKernel(Kernel):
 
     def _prep(self, call: _Call, addr: int, index: int | None, user_data: int) -> None:
         self.ring.prep_send_zc(
-            call.channel.fd,
+            call.channel.socket.fd,
             addr,
             call.nbytes,
             user_data,
@@ -409,7 +433,7 @@ class IoUringKernel(Kernel):
             self.submit_calls += 1
 
     async def abort_in_flight(self) -> None:
-        await settle_all({call.channel for call in self.tracker.items_outstanding()})
+        await settle_all({call.channel.closing for call in self.tracker.items_outstanding()})
         await trio.lowlevel.checkpoint()
 
     def close(self) -> None:

@@ -1,29 +1,30 @@
 """The msg_zerocopy kernel: ``send(MSG_ZEROCOPY)`` with completions from the error queue.
 
-How completions reach us: the kernel queues them on each socket's error
-queue, and pending errors make the socket report EPOLLERR. One reaper task
-per pool waits for all of its sockets at once through a private epoll
-instance in which every socket is registered with an *empty* event mask
-(errors are always reported) and edge-triggered (so a socket that stays in
-an error or hang-up state does not wake the reaper again and again). Trio
-then waits for that epoll fd to become readable. This wakes the reaper for
+How completions reach us: Linux queues them on each socket's error queue,
+and pending errors make the socket report EPOLLERR. One reaper task per
+pool waits for all of its sockets at once through a private epoll instance
+in which every socket is registered with an *empty* event mask (errors are
+always reported) and edge-triggered (so a socket that stays in an error or
+hang-up state does not wake the reaper again and again). Trio then waits
+for that epoll fd to become readable. This wakes the reaper for
 completions only, and leaves the socket's own read and write waits to the
 stream, so receiving while sends are in flight works.
 
 Why drain before every wait: EPOLLERR also wakes any task waiting for the
 socket to become readable or writable. A task that went back to waiting
 with completions still queued would be woken at once, forever (a busy
-loop), so the channel drains the error queue itself before each wait.
+loop), so the channel drains the error queue itself before each wait
+(:meth:`CompletionChannel.before_wait`).
 
-Closing: once a socket is closed the kernel drops its completions, and
-nobody would ever say the memory is free. So ``aclose`` keeps the socket
-open until the completions arrive or a deadline passes; then it aborts the
-connection with ``connect(AF_UNSPEC)``, which makes the kernel drop the
-queued data and report those sends complete while the socket is still
+Closing follows :mod:`._closing`: Linux drops the completions of a closed
+socket, so the socket stays open until they arrive or a deadline passes,
+then the connection is reset with ``connect(AF_UNSPEC)``, which makes Linux
+drop the queued data and report those sends while the socket is still
 open; whatever even that does not bring back is quarantined.
 
-See ``shared/reference/zerocopy-facts.md`` (sections 1 and 5) for the
-kernel's rules and the mistakes this avoids.
+Linux's own account of MSG_ZEROCOPY (counters, coalesced and wrapping
+ranges, the COPIED code, ENOBUFS) is ``Documentation/networking/msg_zerocopy.rst``
+in the kernel's source tree.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from typing import Final
 
 import trio
 
-from ._completion_channel import Ancdata, CompletionChannel, settle_all
-from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
-from ._base import Channel, Kernel, SocketChannel, local_peer
-from ._memlock import memlock_problem
 from .._stats import Counters
+from ._base import CompletionListener, Kernel, Transport
+from ._closing import settle_all
+from ._completion import Ancdata, Call, CompletionChannel
+from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
+from ._memlock import memlock_problem
+from ._socket import SocketTransport, local_peer, not_tcp, socket_of
 
 #: Room for one error-queue record: the 16-byte extended error plus the
 #: offender address (28 bytes for IPv6), with cmsg headers and padding.
@@ -49,56 +52,21 @@ _ANCBUF: Final = socket.CMSG_SPACE(64)
 _UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL})
 
 
-class ZeroCopyChannel(CompletionChannel, SocketChannel):
-    """One TCP socket with SO_ZEROCOPY, its counter tracker and its error queue."""
+class ErrorQueue:
+    """The MSG_ZEROCOPY side of a socket: zero-copy sends, and completions from its error queue."""
 
-    def __init__(self, kernel: MsgZeroCopyKernel, sock: socket.socket, counters: Counters) -> None:
-        SocketChannel.__init__(self, sock, counters)
-        self.init_tracking()
-        self.kernel = kernel
-        self.unavailable = (
-            kernel.unavailable
-            or (local_peer(sock) if kernel.copy_local_peers else None)
-            or self._enable(sock)
-        )
+    __slots__ = ("sock",)
 
-    @staticmethod
-    def _enable(sock: socket.socket) -> str | None:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            return f"not a TCP socket (family {sock.family.name})"
-        try:
-            if sock.getsockopt(socket.SOL_SOCKET, SO_ZEROCOPY):
-                # Someone else turned it on: another stream over a duplicate
-                # of this descriptor, or the application's own MSG_ZEROCOPY
-                # sends. The completion counter is per socket, not per
-                # descriptor: it may not start at 0, and another reader of
-                # the error queue may take our completions (or we theirs),
-                # which would free memory the kernel still reads.
-                return (
-                    "SO_ZEROCOPY was already on for this socket (a duplicate descriptor, or"
-                    " zero-copy sends of its own): its completion counter is not this stream's"
-                )
-            sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
-        except OSError as exc:
-            if exc.errno in _UNSUPPORTED:
-                return f"the kernel refused SO_ZEROCOPY: {exc.strerror}"
-            raise
-        return None
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
 
-    # -- completions ------------------------------------------------------------
+    def zerocopy_send(self, data: memoryview) -> int:
+        return self.sock.send(data, MSG_ZEROCOPY)
 
-    def before_wait(self) -> None:
-        if self.unavailable is None:
-            # Only a channel that sends zero-copy reads the error queue: on a
-            # socket shared with another stream the records are that one's.
-            self.drain()
-
-    def read_records(self) -> Iterator[tuple[Ancdata, bool]]:
+    def completion_records(self) -> Iterator[tuple[Ancdata, bool]]:
         while True:
             try:
-                _, ancdata, flags, _ = self.sock.recvmsg(
-                    0, _ANCBUF, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
-                )
+                _, ancdata, flags, _ = self.sock.recvmsg(0, _ANCBUF, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -107,19 +75,59 @@ class ZeroCopyChannel(CompletionChannel, SocketChannel):
                 return
             yield ancdata, bool(flags & socket.MSG_CTRUNC)
 
-    # -- sending ----------------------------------------------------------------
+    def accepted(self, call: Call, counter: int) -> None:
+        pass
 
-    def zerocopy_call(self, data: memoryview) -> int:
-        return self.sock.send(data, MSG_ZEROCOPY)
+    def releasing(self, calls: list[Call]) -> None:
+        pass
 
-    # -- closing ----------------------------------------------------------------
+    def after_completion(self) -> None:
+        pass
 
-    def abort(self) -> None:
-        SocketChannel.abort(self)  # only while the socket is open (see there)
+
+
+def enable_zerocopy(sock: socket.socket) -> str | None:
+    """Turn SO_ZEROCOPY on; why zero-copy cannot be used on *sock*, or None."""
+    reason = not_tcp(sock)
+    if reason is not None:
+        return reason
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, SO_ZEROCOPY):
+            # Someone else turned it on: another stream over a duplicate
+            # of this descriptor, or the application's own MSG_ZEROCOPY
+            # sends. The completion counter is per socket, not per
+            # descriptor: it may not start at 0, and another reader of
+            # the error queue may take our completions (or we theirs),
+            # which would free memory Linux still reads.
+            return (
+                "SO_ZEROCOPY was already on for this socket (a duplicate descriptor, or"
+                " zero-copy sends of its own): its completion counter is not this stream's"
+            )
+        sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            return f"Linux refused SO_ZEROCOPY: {exc.strerror}"
+        raise
+    return None
+
+
+class MsgZeroCopyChannel(CompletionChannel):
+    """One TCP socket with SO_ZEROCOPY, its counter tracker and its error queue."""
+
+    def __init__(
+        self,
+        kernel: MsgZeroCopyKernel,
+        transport: SocketTransport,
+        counters: Counters,
+        on_completions: CompletionListener,
+    ) -> None:
+        super().__init__(transport, ErrorQueue(transport.sock), counters, on_completions)
+        self.kernel = kernel
+        self.socket = transport
 
     def close_transport(self) -> None:
         self.kernel.unregister(self)
-        self.close_socket()
+        self.transport.close()
 
 
 class MsgZeroCopyKernel(Kernel):
@@ -128,23 +136,34 @@ class MsgZeroCopyKernel(Kernel):
     name = "msg_zerocopy"
 
     def __init__(self) -> None:
-        self.unavailable = memlock_problem()
+        #: Why no channel of this kernel can send zero-copy (a locked-memory
+        #: limit of zero), or None.
+        self.copy_only_reason = memlock_problem()
         self._epoll = select.epoll()
-        self._channels: dict[int, ZeroCopyChannel] = {}
+        self._channels: dict[int, MsgZeroCopyChannel] = {}
 
-    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        channel = ZeroCopyChannel(self, sock, counters)
-        if channel.unavailable is None:
+    def open_channel(
+        self, transport: Transport, counters: Counters, on_completions: CompletionListener
+    ) -> MsgZeroCopyChannel:
+        sock = socket_of(transport, self.name)
+        channel = MsgZeroCopyChannel(self, sock, counters, on_completions)
+        channel.copy_only_reason = (
+            self.copy_only_reason
+            or (local_peer(sock.sock) if self.copy_local_peers else None)
+            or enable_zerocopy(sock.sock)
+        )
+        if channel.copy_only_reason is None:
             # Empty mask: errors only. Edge-triggered: once per new record.
-            self._epoll.register(channel.fd, select.EPOLLET)
-            self._channels[channel.fd] = channel
+            self._epoll.register(sock.fd, select.EPOLLET)
+            self._channels[sock.fd] = channel
         return channel
 
-    def unregister(self, channel: ZeroCopyChannel) -> None:
-        if self._channels.get(channel.fd) is channel:
-            del self._channels[channel.fd]
+    def unregister(self, channel: MsgZeroCopyChannel) -> None:
+        fd = channel.socket.fd
+        if self._channels.get(fd) is channel:
+            del self._channels[fd]
             try:
-                self._epoll.unregister(channel.fd)
+                self._epoll.unregister(fd)
             except (OSError, ValueError):  # the epoll is already closed
                 pass
 
@@ -164,5 +183,5 @@ class MsgZeroCopyKernel(Kernel):
         self._epoll.close()  # idempotent; run() closes it too when it ends
 
     async def abort_in_flight(self) -> None:
-        await settle_all(list(self._channels.values()))
+        await settle_all([channel.closing for channel in self._channels.values()])
         await trio.lowlevel.checkpoint()

@@ -14,7 +14,7 @@ Rules
 4. Addresses are the caller's business. :meth:`Ring.prep_send_zc` takes a
    raw address and length; the memory there must stay mapped, and must not
    be rewritten, until the send's memory is released (see
-   :mod:`trio_zc._uring_tracker`, which decides that from the CQEs).
+   :mod:`trio_zc._kernels._uring_tracker`, which decides that from the CQEs).
 5. Once a ``prep_*`` call returned, its entry belongs to the ring: the next
    :meth:`Ring.submit` hands it to the kernel, and there is no taking it
    back. Only an entry whose ``prep_*`` raised never reaches the kernel.
@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import itertools
 import mmap
 import os
@@ -108,12 +107,13 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Final
 
 import attrs
 
+from .._libc import function
 from ._memlock import describe_limit, limited
 from ._uring_tracker import IORING_NOTIF_USAGE_ZC_COPIED, Cqe, parse_cqe
 
@@ -235,7 +235,7 @@ def _unsupported_platform() -> str | None:
         return (
             f"io_uring is only supported on x86_64, and this is {machine or 'an unknown machine'}:"
             " the rings are shared with the kernel through plain loads and stores, which"
-            " are ordered correctly only on x86_64 (see trio_zc._uring)"
+            " are ordered correctly only on x86_64 (see trio_zc._kernels._ring)"
         )
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         return "io_uring is only supported for 64-bit x86_64 processes, not the x32 ABI"
@@ -316,21 +316,16 @@ def _describe_setup_errno(err: int) -> str:
 # --- system calls ---------------------------------------------------------------
 
 
-@functools.cache
-def _syscall() -> Callable[..., int]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = libc.syscall
-    fn.restype = ctypes.c_long
-    # syscall() is variadic and reads every argument as a long: arguments
-    # are passed as c_long or c_void_p, never as bare ints, which ctypes
-    # would pass as 32-bit ints with undefined upper halves.
-    return fn
+#: syscall() is variadic and reads every argument as a long: arguments are
+#: passed as c_long or c_void_p, never as bare ints, which ctypes would pass
+#: as 32-bit ints with undefined upper halves.
+_syscall = function("syscall", ctypes.c_long, None)
 
 
 def _call(nr: int, *args: int | None) -> tuple[int, int]:
     """Make system call *nr*; (return value, errno), errno 0 on success."""
     cargs = [ctypes.c_void_p(a) if a is None else ctypes.c_long(a) for a in args]
-    ret = _syscall()(ctypes.c_long(nr), *cargs)
+    ret = _syscall(ctypes.c_long(nr), *cargs)
     if ret < 0:
         return ret, ctypes.get_errno()
     return ret, 0

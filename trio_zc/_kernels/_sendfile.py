@@ -24,21 +24,24 @@ Adopted buffers are not in the memfd; they are sent by copying.
 from __future__ import annotations
 
 import os
-import socket
 
 import trio
 
 from .._arena import PAGE_SIZE, Arena
 from .._stats import Counters
-from ._base import Channel, Kernel, SendableLease, SocketChannel, broken
+from ._base import Channel, CompletionListener, Kernel, SendableLease, Transport, broken
+from ._socket import SocketTransport, socket_of
 from ._thp import shmem_folios
 
 
-class SendfileChannel(SocketChannel):
+class SendfileChannel(Channel):
     """A stream socket that sends pool leases with sendfile from the arena."""
 
-    def __init__(self, sock: socket.socket, counters: Counters, arena: Arena) -> None:
-        super().__init__(sock, counters)
+    def __init__(
+        self, socket: SocketTransport, counters: Counters, on_completions: CompletionListener, arena: Arena
+    ) -> None:
+        super().__init__(socket, counters, on_completions)
+        self.socket = socket
         self.arena = arena
 
     def accepts(self, lease: SendableLease) -> bool:
@@ -59,7 +62,7 @@ class SendfileChannel(SocketChannel):
             while sent < total:
                 # After a wait, another task may have closed the stream, and
                 # the descriptor number may be another connection's by now.
-                self.check_open()
+                self.socket.check_open()
                 if arena.closed:
                     # Likewise the pool's block may have ended (its drain
                     # deadline passed while this send waited for the peer):
@@ -70,7 +73,7 @@ class SendfileChannel(SocketChannel):
                         " was not sent"
                     )
                 try:
-                    n = os.sendfile(self.fd, arena.fd, offset + sent, total - sent)
+                    n = os.sendfile(self.socket.fd, arena.fd, offset + sent, total - sent)
                 except BlockingIOError:
                     await self.wait_writable()
                     waited = True
@@ -81,7 +84,7 @@ class SendfileChannel(SocketChannel):
                     raise trio.BrokenResourceError("sendfile sent nothing")
                 sent += n
         finally:
-            self.counters.count("bytes_zerocopy", sent)
+            self.counters.sent_by_reference(sent)
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return sent
@@ -107,5 +110,7 @@ class SendfileKernel(Kernel):
     def attach(self, arena: Arena) -> None:
         self._arena = arena
 
-    def open_channel(self, sock: socket.socket, counters: Counters) -> Channel:
-        return SendfileChannel(sock, counters, self._arena)
+    def open_channel(
+        self, transport: Transport, counters: Counters, on_completions: CompletionListener
+    ) -> Channel:
+        return SendfileChannel(socket_of(transport, self.name), counters, on_completions, self._arena)

@@ -6,10 +6,10 @@ with ``open_pool(kernel=MockKernel())`` and make connections with
 package) provides the fixtures ``mock_kernel`` and ``mock_pool``.
 """
 
-from ._mock import MockKernel as MockKernel
-from ._mock import MockPeer as MockPeer
-from ._mock import MockSend as MockSend
-from ._mock import PrematureReuseError as PrematureReuseError
+from ._kernel import MockKernel as MockKernel
+from ._peer import MockPeer as MockPeer
+from ._sends import MockSend as MockSend
+from ._sends import PrematureReuseError as PrematureReuseError
 
 for _name, _obj in list(globals().items()):
     if getattr(_obj, "__module__", "").startswith("trio_zc.testing._"):

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from .._pool import BufferPool, open_pool
-from ._mock import MockKernel
+from ._kernel import MockKernel
 
 MOCK_POOL_BYTES = 64 * 2**20
 
