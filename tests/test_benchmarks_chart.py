@@ -1,4 +1,4 @@
-"""trio_zc._bench_chart: benchmark results drawn as a PNG with Pillow."""
+"""benchmarks/chart.py: benchmark results drawn as a PNG with Pillow."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ pytest.importorskip("PIL")
 
 from PIL import Image  # noqa: E402
 
-from trio_zc._bench_chart import PALETTE, _nice_scale, _size_label, render_chart  # noqa: E402
+from benchmarks.chart import PALETTE, _nice_scale, _size_label, render_chart  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZES = [16 * KiB << (2 * i) for i in range(7)]  # 16 KiB ... 64 MiB

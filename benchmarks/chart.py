@@ -1,9 +1,12 @@
-"""PNG charts of benchmark results, drawn with Pillow alone.
+"""The benchmark's PNG chart: throughput and sender CPU per GB by buffer size.
 
 :func:`render_chart` draws two panels side by side against buffer size on a
 log scale, throughput (GB/s) and the sender's CPU time per GB, with one line
-per case and a legend. Pillow is optional (``pip install 'trio_zc[images]'``)
-and imported only when a chart is drawn, so the benchmark runs without it.
+per case and a legend; :func:`chart_series` turns the bench's summaries into
+what it draws. ``benchmarks/acceptance.py --chart`` uses it for the figure in
+docs/benchmarks.rst. Pillow (``pip install 'trio_zc[images]'``) is imported
+only when a chart is drawn. The text and colours are the demo's
+(:mod:`trio_zc._demo_drawing`), so that both charts look alike.
 """
 
 from __future__ import annotations
@@ -13,31 +16,19 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from trio_zc._bench_cases import KERNEL_CASES
+from trio_zc._demo_drawing import INK, PALETTE, font, put, text_box
+
 if TYPE_CHECKING:
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
-    _Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+    from trio_zc._bench import Summary
+    from trio_zc._demo_drawing import Font
 
-__all__ = ["OWN_CASES", "PALETTE", "render_chart"]
-
-#: Line colours, given to the cases in the order of ``series`` (reused past the twelfth).
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (31, 119, 180),  # blue
-    (255, 127, 14),  # orange
-    (44, 160, 44),  # green
-    (214, 39, 40),  # red
-    (148, 103, 189),  # purple
-    (140, 86, 75),  # brown
-    (227, 119, 194),  # pink
-    (127, 127, 127),  # grey
-    (188, 189, 34),  # olive
-    (23, 190, 207),  # cyan
-    (0, 0, 128),  # navy
-    (128, 0, 0),  # maroon
-)
+__all__ = ["OWN_CASES", "PALETTE", "chart_series", "render_chart"]
 
 #: trio_zc's own send kernels: drawn thicker than the baselines they are compared with.
-OWN_CASES = frozenset({"copy", "msg_zerocopy", "io_uring", "sendfile", "auto"})
+OWN_CASES = frozenset(KERNEL_CASES)
 
 _WIDTH, _HEIGHT = 1400, 600
 _PANELS = ("Throughput (GB/s)", "Sender CPU (s per GB)")
@@ -47,7 +38,6 @@ _PLOT_TOP, _PLOT_BOTTOM = 80, 515
 _LEGEND_X = 1180
 # Keeps the first and last markers clear of the axes.
 _INSET = 18
-_INK = (40, 40, 40)
 _GRID = (225, 225, 225)
 
 
@@ -69,32 +59,9 @@ def _nice_scale(peak: float) -> tuple[float, int]:
     return step, max(math.ceil(peak / step * (1 - 1e-9)), 1)
 
 
-def _font(size: int) -> _Font:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _text_box(draw: ImageDraw.ImageDraw, text: str, font: _Font) -> tuple[float, float, float, float]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return left, top, right - left, bottom - top
-
-
-def _put(draw: ImageDraw.ImageDraw, x: float, y: float, text: str, font: _Font, align: str = "mm") -> None:
-    """Draw *text* with (x, y) at its left/middle/right (``align[0]``), top/middle/bottom (``align[1]``)."""
-    # Placed by hand rather than with Pillow's anchors, which old bitmap fonts do not support.
-    left, top, width, height = _text_box(draw, text, font)
-    dx = {"l": 0.0, "m": width / 2, "r": width}[align[0]]
-    dy = {"t": 0.0, "m": height / 2, "b": height}[align[1]]
-    draw.text((x - dx - left, y - dy - top), text, fill=_INK, font=font)
-
-
 def _draw_panel(
     draw: ImageDraw.ImageDraw,
-    fonts: tuple[_Font, _Font, _Font],
+    fonts: tuple[Font, Font, Font],
     panel: int,
     lines: Mapping[str, Sequence[tuple[int, float]]],
     sizes: Sequence[int],
@@ -116,20 +83,20 @@ def _draw_panel(
     for i in range(steps + 1):
         y = y_of(i * step)
         draw.line([(left, y), (right, y)], fill=_GRID)
-        _put(draw, left - 8, y, f"{round(i * step, 9):g}", small_font, "rm")
+        put(draw, left - 8, y, f"{round(i * step, 9):g}", small_font, "rm")
     # Many sizes crowd the axis: a label that would overlap the previous one is skipped, its tick kept.
     last_right = -math.inf
     for size in sizes:
         x = x_of(size)
-        draw.line([(x, _PLOT_BOTTOM), (x, _PLOT_BOTTOM + 5)], fill=_INK)
+        draw.line([(x, _PLOT_BOTTOM), (x, _PLOT_BOTTOM + 5)], fill=INK)
         text = _size_label(size)
-        width = _text_box(draw, text, small_font)[2]
+        width = text_box(draw, text, small_font)[2]
         if x - width / 2 > last_right + 6:
-            _put(draw, x, _PLOT_BOTTOM + 9, text, small_font, "mt")
+            put(draw, x, _PLOT_BOTTOM + 9, text, small_font, "mt")
             last_right = x + width / 2
-    draw.rectangle([left, _PLOT_TOP, right, _PLOT_BOTTOM], outline=_INK)
-    _put(draw, (left + right) / 2, _PLOT_TOP - 12, _PANELS[panel], label_font, "mb")
-    _put(draw, (left + right) / 2, _PLOT_BOTTOM + 40, "buffer size", small_font, "mt")
+    draw.rectangle([left, _PLOT_TOP, right, _PLOT_BOTTOM], outline=INK)
+    put(draw, (left + right) / 2, _PLOT_TOP - 12, _PANELS[panel], label_font, "mb")
+    put(draw, (left + right) / 2, _PLOT_BOTTOM + 40, "buffer size", small_font, "mt")
 
     # Baselines first, so that trio_zc's own lines stay on top where they cross.
     for name in sorted(lines, key=lambda n: n in OWN_CASES):
@@ -175,9 +142,9 @@ def render_chart(
 
     image = Image.new("RGB", (_WIDTH, _HEIGHT), "white")
     draw = ImageDraw.Draw(image)
-    fonts = (_font(20), _font(15), _font(13))
+    fonts = (font(20), font(15), font(13))
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
-    _put(draw, _WIDTH / 2, 24, title, fonts[0])
+    put(draw, _WIDTH / 2, 24, title, fonts[0])
     for panel, panel_lines in enumerate(lines):
         _draw_panel(draw, fonts, panel, panel_lines, sizes, colours)
 
@@ -186,6 +153,14 @@ def render_chart(
         own = name in OWN_CASES
         draw.line([(_LEGEND_X, y), (_LEGEND_X + 28, y)], fill=colour, width=4 if own else 2)
         draw.ellipse([_LEGEND_X + 10, y - 4, _LEGEND_X + 18, y + 4], fill=colour)
-        _put(draw, _LEGEND_X + 38, y, name, fonts[2], "lm")
+        put(draw, _LEGEND_X + 38, y, name, fonts[2], "lm")
         y += 22
     image.save(path, format="PNG")
+
+
+def chart_series(summaries: Sequence[Summary]) -> dict[str, dict[int, tuple[float, float]]]:
+    """What :func:`render_chart` draws, from the bench's summaries: case -> size -> (GB/s, CPU s/GB)."""
+    series: dict[str, dict[int, tuple[float, float]]] = {}
+    for s in summaries:
+        series.setdefault(s.case, {})[s.size] = (s.throughput, s.cpu_per_gb)
+    return series

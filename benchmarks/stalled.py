@@ -1,22 +1,25 @@
 """Stalled clients: what a trio_zc server costs while nobody reads.
 
-The target checked here: *with 1,000 concurrent clients that have stopped
-reading, the server's CPU stays under 5% and its memory under the pool size
-plus 64 MiB.* A server that sends images to slow or dead peers must not spin
-(a busy loop on EPOLLERR or writability, a completion reaper polling, a pool
-sweeper ticking) and must not buffer what it cannot send (copies of images
-queued in user space): every send has to sit parked in the kernel, costing
-nothing until the peer reads again.
+The project's target checked here: *with 1,000 concurrent clients that have
+stopped reading, the server's CPU stays under 5% and its memory under the
+pool size plus 64 MiB.* A server that sends images to slow or dead peers
+must not spin (a busy loop on EPOLLERR or writability, a completion reaper
+polling, a pool sweeper ticking) and must not buffer what it cannot send
+(copies of images queued in user space): every send has to sit parked in
+the kernel, costing nothing until the peer reads again.
+
+Run: python benchmarks/stalled.py run [--clients 1000] [--kernel auto] [--check]
+(``benchmarks/acceptance.py`` runs it too, with the other targets).
 
 Three processes, so that each figure is only the server's:
 
-- the **server** (``python -m trio_zc._bench_stalled server``), a fresh
+- the **server** (this file run with ``server``), a fresh
   interpreter that does what an image server does for every client: take a
   lease of the image size, write an image into it, seal it, send it, release
   it, and again, until the connection breaks. It answers ``stats`` on stdin
   with its counters (a JSON line on stdout), and exits when stdin closes or
   its maximum lifetime passes;
-- the **clients** (``python -m trio_zc._bench_stalled clients``), plain
+- the **clients** (this file run with ``clients``), plain
   blocking sockets with a small receive buffer that connect to the server on
   loopback and never read;
 - the **parent** (:func:`run_stalled`), which starts both, waits until the
@@ -349,12 +352,15 @@ class _Child:
     def __init__(self, name: str, argv: Sequence[str], lifetime: float) -> None:
         self.name = name
         self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        # The child runs this file as a script, and must import the same
+        # trio_zc as the parent even when that one is found through the
+        # parent's sys.path rather than installed.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(trio_zc.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trio_zc._bench_stalled", *argv, "--lifetime", str(lifetime)],
+                [sys.executable, os.path.abspath(__file__), *argv, "--lifetime", str(lifetime)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
@@ -568,8 +574,18 @@ def run_stalled(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trio_zc._bench_stalled", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/stalled.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     sub = parser.add_subparsers(dest="role", required=True)
+    run = sub.add_parser("run", help="measure: start the server and the clients, print the report")
+    run.add_argument("--clients", type=int, default=1000, help="clients that stop reading (1000)")
+    run.add_argument("--kernel", default="auto", help="the server's kernel (auto)")
+    run.add_argument("--image-size", type=int, default=1 << 20, help="bytes per image (1 MiB)")
+    run.add_argument("--pool-bytes", type=int, default=256 << 20, help="the server's pool (256 MiB)")
+    run.add_argument("--settle", type=float, default=3.0, help="seconds for every send to block (3)")
+    run.add_argument("--window", type=float, default=5.0, help="seconds the server is measured (5)")
+    run.add_argument("--check", action="store_true", help="exit with status 3 if a target is missed")
     server = sub.add_parser("server", help="the image server (internal)")
     server.add_argument("--image-size", type=int, required=True)
     server.add_argument("--pool-bytes", type=int, required=True)
@@ -583,9 +599,28 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
-    _args = _parse(sys.argv[1:])
-    if _args.role == "server":
-        _server_main(_args)
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``run`` measures and reports; ``server`` and ``clients`` are its children."""
+    args = _parse(argv)
+    if args.role == "server":
+        _server_main(args)
+    elif args.role == "clients":
+        _clients_main(args)
     else:
-        _clients_main(_args)
+        result = run_stalled(
+            args.clients,
+            image_size=args.image_size,
+            pool_bytes=args.pool_bytes,
+            kernel=args.kernel,
+            settle=args.settle,
+            window=args.window,
+            progress=True,
+        )
+        print(result.format())
+        if args.check and not (result.cpu_ok and result.memory_ok):
+            return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The stalled-clients benchmark's mechanics, at a small size.
+"""The stalled-clients benchmark's mechanics (benchmarks/stalled.py), at a small size.
 
 These tests check that the benchmark measures what it says (every client
 connected, every handler parked, the figures read from /proc and reported),
@@ -13,7 +13,7 @@ import os
 import attrs
 import pytest
 
-from trio_zc._bench_stalled import (
+from benchmarks.stalled import (
     MEMORY_ALLOWANCE,
     StalledBenchError,
     StalledResult,
