@@ -1,6 +1,6 @@
 """The project's own measurements, outside the shipped package.
 
-Each module is a script (``python benchmarks/NAME.py --help``), type-checked
+Each module is a script (``python benchmarks/<name>.py --help``), type-checked
 with the package and run with its smallest arguments by
 ``tests/test_benchmarks_smoke.py`` (``image_workers.py`` by
 ``tests/test_example_render_in_workers.py``, with the example it measures):

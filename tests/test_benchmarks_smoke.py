@@ -3,7 +3,7 @@
 benchmarks/ lives outside the package, where nothing else would notice a
 script that no longer runs (``kernel_cost.py`` once called functions that had
 been removed). Each script runs here as a user runs it, ``python
-benchmarks/NAME.py`` in a fresh interpreter and from another directory, with
+benchmarks/<name>.py`` in a fresh interpreter and from another directory, with
 sizes and times cut to the minimum: this checks that it runs to the end and
 reports, not its figures.
 """
