@@ -2,8 +2,8 @@
 
 Each module is a script (``python benchmarks/<name>.py --help``), type-checked
 with the package and run with its smallest arguments by
-``tests/test_benchmarks_smoke.py`` (``image_workers.py`` by
-``tests/test_example_render_in_workers.py``, with the example it measures):
+``tests/tools/test_benchmarks_smoke.py`` (``image_workers.py`` by
+``tests/tools/test_example_render_in_workers.py``, with the example it measures):
 
 - ``acceptance.py``: ``python -m trio_zc bench`` checked against the
   project's performance targets (docs/benchmarks.rst), with

@@ -40,7 +40,7 @@ autodoc_typehints = "description"
 # (BufferPool, the leases), so only return types are added.
 autodoc_typehints_description_target = "documented_params"
 # No default "members": each entry of reference.rst says which members it shows
-# (and tests/test_exports.py that it accounts for every public one).
+# (and tests/tools/test_exports.py that it accounts for every public one).
 autodoc_default_options = {"undoc-members": False, "show-inheritance": False}
 nitpicky = True
 # The type variable of LeaseCache's keys (the application's own type), shown as K.
@@ -113,7 +113,7 @@ def _resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
 # the ``#:`` comments of their fields, and of public constants, in the public
 # module's source, where they are not: the reference would show fields with
 # no description and a constant with the docstring of ``float``. This finds
-# each comment where its object is defined (tests/test_exports.py checks it).
+# each comment where its object is defined (tests/tools/test_exports.py checks it).
 
 _attr_docs = None
 

@@ -4,7 +4,7 @@ A class defined in ``trio_zc._pool`` and re-exported as ``trio_zc.BufferPool``
 would otherwise show as ``trio_zc._pool.BufferPool`` in reprs, tracebacks,
 pickles and the generated reference (Sphinx renders type hints from
 ``__module__``). Each public module lists its names in ``__all__`` and calls
-:func:`publish` at its end; ``tests/test_exports.py`` checks that ``__all__``,
+:func:`publish` at its end; ``tests/tools/test_exports.py`` checks that ``__all__``,
 ``__module__`` and ``docs/reference.rst`` agree.
 """
 

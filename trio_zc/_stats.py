@@ -122,7 +122,7 @@ class SendStatistics:
 
     @classmethod
     def of(cls, counters: Counters) -> SendStatistics:
-        """A snapshot of *counters* (``tests/test_stats.py`` keeps the two classes' fields in step)."""
+        """A snapshot of *counters* (``tests/sansio/test_stats.py`` keeps the two classes' fields in step)."""
         return cls(
             bytes_zerocopy=counters.bytes_zerocopy,
             bytes_kernel_copied=counters.bytes_kernel_copied,

@@ -9,5 +9,5 @@ the close protocol and refusal retry of the zero-copy channels;
 parser and tracker), ``_io_uring`` (with ``_ring`` and ``_uring_tracker``),
 ``_sendfile`` (with ``_thp``); ``_choice`` picks one by name, ``_memlock``
 reads the locked-memory limit. Nothing here imports the lease or pool
-modules (``tests/test_boundary.py``).
+modules (``tests/tools/test_boundary.py``).
 """
