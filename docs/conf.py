@@ -86,6 +86,10 @@ _PUBLIC_FOR_PRIVATE = {
 }
 
 
+# Public type aliases (documented as data) by the short name a signature may show.
+_PUBLIC_DATA = {"Body": "trio_zc.http.Body", "Handler": "trio_zc.http.Handler"}
+
+
 def _resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     """Resolve the names above; leave every other miss to ``-n`` to report."""
     from docutils import nodes
@@ -100,6 +104,12 @@ def _resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
         new["reftarget"] = public
         text = nodes.literal(public.rsplit(".", 1)[1], public.rsplit(".", 1)[1])
         return domain.resolve_xref(env, node["refdoc"], builder, "class", public, new, text)
+    data = _PUBLIC_DATA.get(target)
+    if data is not None:
+        # Python 3.10's autodoc leaves these aliases' short names in signatures.
+        new = node.deepcopy()
+        new["reftarget"] = data
+        return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, "obj", data, new, contnode)
     alias = _ALIASES.get(target)
     if alias is not None:
         new = node.deepcopy()

@@ -28,7 +28,9 @@ def publish(namespace: Mapping[str, object]) -> None:
     package = public.partition(".")[0]
     for name in names:
         obj = namespace[name]
-        if not isinstance(obj, (type, types.FunctionType)):
+        # type(obj), not isinstance: on Python 3.10 an alias such as
+        # Callable[[X], Y] passes isinstance(alias, type) (and has no module of its own).
+        if not (issubclass(type(obj), type) or isinstance(obj, types.FunctionType)):
             continue
         module = obj.__module__
         if module.startswith(package + ".") and any(part.startswith("_") for part in module.split(".")):
