@@ -541,7 +541,7 @@ class WritableLease:
             if not 0 < nbytes <= slot.capacity:
                 raise ValueError(f"nbytes must be between 1 and the lease's {slot.capacity}, not {nbytes}")
         lock = slot.lock
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(False):
             raise trio.BusyResourceError(
                 f"cannot seal {slot.describe()}: another thread is writing into it; seal it after"
                 " that write returns"
@@ -549,30 +549,35 @@ class WritableLease:
         try:
             if slot.state is not _WRITABLE:  # pragma: no cover - only this thread changes it
                 self._live()
-            alive = 0 if slot.views is None else slot.views.live_views()
-            if alive:
-                raise LiveViewsError(
-                    f"cannot seal {slot.describe()}: {alive} writable view(s) of it"
-                    " are still alive (memoryviews, arrays or images from view()/ndarray());"
-                    " drop them or call their release() first",
-                    alive,
-                )
+            views = slot.views
+            if views is not None:
+                alive = views.live_views()
+                if alive:
+                    raise LiveViewsError(
+                        f"cannot seal {slot.describe()}: {alive} writable view(s) of it"
+                        " are still alive (memoryviews, arrays or images from view()/ndarray());"
+                        " drop them or call their release() first",
+                        alive,
+                    )
             if slot.clean_bytes < nbytes:
                 slot.make_clean(nbytes)
-            block = home.round_up(nbytes)
-            old_block = slot.block_length
-            if home.protect_sealed:
-                # From here on the process has no writable mapping of these
-                # pages. First, so that if it fails (vm.max_map_count, say)
-                # nothing has changed yet.
-                home.arena.protect(slot.offset, block, writable=False)
+            if home.protect_sealed or nbytes < slot.capacity:
+                # Block lengths are worked out only here: most seals are of
+                # whole leases in unprotected pools, and need none.
+                block = home.round_up(nbytes)
+                old_block = slot.block_length
+                if home.protect_sealed:
+                    # From here on the process has no writable mapping of these
+                    # pages. First, so that if it fails (vm.max_map_count, say)
+                    # nothing has changed yet.
+                    home.arena.protect(slot.offset, block, writable=False)
+                if nbytes < slot.capacity:
+                    # Give whole unused pages back; the rest of the last page is
+                    # never sent nor shown, and the next lease clears it.
+                    slot.capacity = slot.clean_bytes = nbytes
+                    if block < old_block:
+                        home.give_back(slot.offset + block, old_block - block)
             slot.views = None
-            if nbytes < slot.capacity:
-                # Give whole unused pages back; the rest of the last page is
-                # never sent nor shown, and the next lease clears it.
-                slot.capacity = slot.clean_bytes = nbytes
-                if block < old_block:
-                    home.give_back(slot.offset + block, old_block - block)
             slot.seal()
             slot.nbytes = nbytes
             slot.was_sealed = True
