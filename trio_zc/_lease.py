@@ -478,28 +478,36 @@ class WritableLease:
         if type(offset) is not int:
             offset = exact_int("offset", offset)
         slot = self._slot
+        # The state is checked and the bytes copied under the lease's lock:
+        # a seal or release in another thread cannot fall between the two.
+        # (acquire/try/release rather than ``with``: half the cost, per image.)
+        if type(data) is bytes:
+            lock = slot.lock
+            lock.acquire()
+            try:
+                if slot.state is not _WRITABLE:
+                    self._live()  # raises
+                if offset == slot.clean_bytes:
+                    # The common case (an image written whole, or in order,
+                    # from bytes): nothing to clear and nothing to cast.
+                    end = offset + len(data)
+                    if end > slot.capacity:
+                        raise _overrun(len(data), offset, slot.capacity)
+                    start = slot.offset + offset
+                    slot.home.arena.rw[start : start + len(data)] = data
+                    slot.clean_bytes = end
+                    return end
+            finally:
+                lock.release()
         # The source's buffer is taken before the lease's lock: taking it may
         # run the application's code (a class's __buffer__, Python 3.12+),
         # which could call back into this lease -- under the lock, a hang.
-        src = None if type(data) is bytes else memoryview(data)
+        # (For bytes no application code runs; the lock is simply taken again.)
+        src = memoryview(data)
         try:
-            # The state is checked and the bytes copied under the lease's lock:
-            # a seal or release in another thread cannot fall between the two.
             with slot.lock:
                 if slot.state is not _WRITABLE:
                     self._live()  # raises
-                if src is None:
-                    if offset == slot.clean_bytes:
-                        # The common case (an image written whole, or in order,
-                        # from bytes): nothing to clear and nothing to cast.
-                        end = offset + len(data)
-                        if end > slot.capacity:
-                            raise _overrun(len(data), offset, slot.capacity)
-                        start = slot.offset + offset
-                        slot.home.arena.rw[start : start + len(data)] = data
-                        slot.clean_bytes = end
-                        return end
-                    src = memoryview(data)  # bytes: no application code runs
                 n = src.nbytes
                 if offset < 0 or offset + n > slot.capacity:
                     raise _overrun(n, offset, slot.capacity)
@@ -515,8 +523,7 @@ class WritableLease:
                     slot.clean_bytes = offset + n
             return offset + n
         finally:
-            if src is not None:
-                src.release()  # outside the lock too (__release_buffer__)
+            src.release()  # outside the lock too (__release_buffer__)
 
     def seal(self, nbytes: int | None = None) -> SealedLease:
         """Make the lease read-only and sendable; this handle goes stale.
