@@ -181,6 +181,22 @@ _SEAL, _SEND, _RELEASE, _ABANDON = Event.SEAL, Event.SEND, Event.RELEASE, Event.
 _COMPLETE, _LAST_COMPLETE = Event.COMPLETE, Event.LAST_COMPLETE
 
 
+def _column(event: Event) -> dict[LeaseState, LeaseState]:
+    """The rows of :data:`TRANSITIONS` for *event*, keyed by state alone.
+
+    For the methods that run per image: a lookup by state costs half of one
+    by a (state, event) tuple, which must be built and hashed first, and
+    whose time varied from process to process with where the members
+    happened to lie in memory (their hashes are their addresses).
+    """
+    return {state: new for (state, e), new in TRANSITIONS.items() if e is event}
+
+
+_ON_SEAL, _ON_SEND = _column(_SEAL), _column(_SEND)
+_ON_RELEASE, _ON_ABANDON = _column(_RELEASE), _column(_ABANDON)
+_ON_COMPLETE, _ON_LAST_COMPLETE = _column(_COMPLETE), _column(_LAST_COMPLETE)
+
+
 class LifecycleError(RuntimeError):
     """An event that the life cycle does not allow in the current state."""
 
@@ -210,18 +226,18 @@ class Lifecycle:
         return new
 
     # seal(), send(), complete() and release() run for every image, so they
-    # look the table up themselves: a call to _fire() costs as much as the
-    # lookup. The table still decides.
+    # look the table up themselves (in its columns, made from it at import):
+    # a call to _fire() costs as much as the lookup. The table still decides.
 
     def seal(self) -> LeaseState:
-        new = TRANSITIONS.get((self.state, _SEAL))
+        new = _ON_SEAL.get(self.state)
         if new is None:
             raise LifecycleError(self.state, _SEAL)
         self.state = new
         return new
 
     def send(self) -> LeaseState:
-        new = TRANSITIONS.get((self.state, _SEND))
+        new = _ON_SEND.get(self.state)
         if new is None:
             raise LifecycleError(self.state, _SEND)
         self.state = new
@@ -234,19 +250,17 @@ class Lifecycle:
             # Not in the table on purpose: a completion with nothing in flight
             # means the caller's accounting is wrong, whatever the state.
             raise LifecycleError(self.state, _COMPLETE)
-        event = _LAST_COMPLETE if self.inflight == 1 else _COMPLETE
-        new = TRANSITIONS.get((self.state, event))
+        new = (_ON_LAST_COMPLETE if self.inflight == 1 else _ON_COMPLETE).get(self.state)
         if new is None:
-            raise LifecycleError(self.state, event)
+            raise LifecycleError(self.state, _LAST_COMPLETE if self.inflight == 1 else _COMPLETE)
         self.state = new
         self.inflight -= 1
         return new
 
     def release(self, *, views_alive: bool = False) -> LeaseState:
-        event = _ABANDON if views_alive else _RELEASE
-        new = TRANSITIONS.get((self.state, event))
+        new = (_ON_ABANDON if views_alive else _ON_RELEASE).get(self.state)
         if new is None:
-            raise LifecycleError(self.state, event)
+            raise LifecycleError(self.state, _ABANDON if views_alive else _RELEASE)
         self.state = new
         return new
 
