@@ -36,6 +36,9 @@ from ._kernels._base import Kernel
 from ._kernels._choice import make_kernel
 from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
+
+# Module globals for the per-image checks below (cheaper than LeaseState.X).
+_WRITABLE, _FREE = LeaseState.WRITABLE, LeaseState.FREE
 from ._policy import ZeroCopyPolicy
 from ._stats import Counters, SendStatistics
 from ._validate import (
@@ -497,7 +500,7 @@ class BufferPool:
     def _release(self, slot: _LeaseRecord, reason: str) -> None:
         """The owner gave *slot* up (or its scope did it for them)."""
         slot.stale_reason = reason
-        if slot.state is LeaseState.WRITABLE:
+        if slot.state is _WRITABLE:
             # A view still alive, or a write running in another thread
             # (which holds the lock), means the memory is not ours to
             # reuse yet: abandon it until they are gone.
@@ -537,7 +540,7 @@ class BufferPool:
         """Act on the state *slot* reached, once per lease when it ends."""
         if slot.state not in TERMINAL_STATES or self._slots.pop(slot.id, None) is None:
             return
-        if slot.state is LeaseState.FREE:
+        if slot.state is _FREE:
             if slot.adopted is not None:
                 adopted_memory.discard(slot)
                 slot.adopted.release()

@@ -153,6 +153,38 @@ def test_leases_start_writable_or_sealed(state: LeaseState) -> None:
         Lifecycle(state)
 
 
+@pytest.mark.parametrize("state", list(LeaseState))
+@pytest.mark.parametrize("inflight", [0, 1, 2])
+def test_every_event_method_does_what_the_table_says(state: LeaseState, inflight: int) -> None:
+    """The methods look transitions up in columns made from TRANSITIONS; they must agree with it."""
+    methods = {
+        Event.SEAL: Lifecycle.seal,
+        Event.SEND: Lifecycle.send,
+        Event.RELEASE: Lifecycle.release,
+        Event.ABANDON: lambda lc: lc.release(views_alive=True),
+        Event.VIEWS_GONE: Lifecycle.views_gone,
+        Event.QUARANTINE: Lifecycle.quarantine,
+        Event.FORK: Lifecycle.fork,
+        # complete() picks its event from the count of sends in flight.
+        Event.LAST_COMPLETE if inflight == 1 else Event.COMPLETE: Lifecycle.complete,
+    }
+    for event, method in methods.items():
+        lc = Lifecycle()
+        lc.state, lc.inflight = state, inflight
+        expected = TRANSITIONS.get((state, event))
+        if event in (Event.COMPLETE, Event.LAST_COMPLETE) and inflight == 0:
+            expected = None  # refused whatever the table says (see complete())
+        if expected is None:
+            with pytest.raises(LifecycleError):
+                method(lc)
+            assert (lc.state, lc.inflight) == (state, inflight)  # a refusal changes nothing
+        else:
+            assert method(lc) is expected and lc.state is expected
+            assert lc.inflight == inflight + (event is Event.SEND) - (
+                event in (Event.COMPLETE, Event.LAST_COMPLETE)
+            )
+
+
 def test_owned_states() -> None:
     assert OWNED_STATES == {LeaseState.WRITABLE, LeaseState.SEALED, LeaseState.SENDING, LeaseState.TAINTED}
 
