@@ -648,6 +648,87 @@ async def test_closing_kills_a_worker_still_finishing_a_cancelled_job(tmp_path: 
         assert gone(pid) and whole(pool) and pool.statistics().free_bytes == pool.max_bytes
 
 
+class _SlowHello:
+    """A worker's socket whose hello waits (shielded) for *batches* scheduler passes first."""
+
+    def __init__(self, sock: Any, batches: int) -> None:
+        self._sock, self._batches = sock, batches
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    async def sendmsg(self, *args: Any) -> Any:
+        with trio.CancelScope(shield=True):
+            for _ in range(self._batches):
+                await trio.sleep(0)
+        return await self._sock.sendmsg(*args)
+
+
+async def test_a_cancel_as_a_worker_starts_leaves_the_block_with_the_worker_reaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hang seen once in test_exceptions: the block is cancelled just as
+    # a worker's process was created, before the task starting it has seen
+    # the cancel. Closing then killed that worker from a task of its own,
+    # in the cancelled nursery: its wait for the process was cancelled, the
+    # process stayed a zombie, and everyone else waited for it to be reaped
+    # forever. The patches make that order certain: the cancel lands as
+    # open_process returns, and the hello waits (shielded) until the close
+    # has had its way with the worker.
+    from trio_zc import _image_workers
+
+    scope = trio.CancelScope()
+    started: list[Any] = []
+    made: list[Any] = []
+    real_open_process = trio.lowlevel.open_process
+    real_from_stdlib_socket = trio.socket.from_stdlib_socket
+    real_init = _image_workers.ImageWorkers.__init__
+
+    async def open_process(*args: Any, **kwargs: Any) -> Any:
+        process = await real_open_process(*args, **kwargs)
+        started.append(process)
+        scope.cancel()
+        return process
+
+    def init(self: Any, *args: Any) -> None:
+        real_init(self, *args)
+        made.append(self)
+
+    monkeypatch.setattr(trio.lowlevel, "open_process", open_process)
+    monkeypatch.setattr(trio.socket, "from_stdlib_socket", lambda sock: _SlowHello(real_from_stdlib_socket(sock), 20))
+    monkeypatch.setattr(_image_workers.ImageWorkers, "__init__", init)
+    hung = False
+    async with trio_zc.open_pool(max_bytes=1 * MiB) as pool:
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def block() -> None:
+                with scope:
+                    async with images.open_workers(pool, 1):
+                        await trio.sleep_forever()  # pragma: no cover - cancelled while starting
+                done.set()
+
+            nursery.start_soon(block)
+            with trio.move_on_after(PATIENCE):
+                await done.wait()
+            if not done.is_set():
+                # Rescue, so that the test fails instead of hanging: reap
+                # the worker and tell the close it is gone.
+                hung = True
+                (workers,) = made
+                for worker in list(workers._workers.values()):
+                    with trio.CancelScope(shield=True):
+                        worker.process.kill()
+                        await worker.process.wait()
+                    worker.sock.close()
+                    workers._workers.pop(worker.number, None)
+                    worker.reaped.set()
+        assert not hung, "leaving the block hung: a worker was killed and never reaped"
+        assert scope.cancelled_caught
+        (process,) = started
+        assert gone(process.pid) and whole(pool)
+
+
 async def test_many_tasks_share_the_workers_first_come_first_served() -> None:
     pictures = [photo(64 + n, 48, seed=n) for n in range(12)]
     async with trio_zc.open_pool(max_bytes=4 * MiB) as pool:
