@@ -521,6 +521,12 @@ async def test_a_result_waits_for_memory_holding_none_and_its_cancel_leaks_nothi
 # -- workers that die ------------------------------------------------------------
 
 
+def zombie(pid: int) -> bool:
+    """Whether *pid* has ended and is waiting to be reaped."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "Z"
+
+
 def gone(pid: int) -> bool:
     """Whether *pid* no longer exists, not even as a zombie (it was reaped)."""
     return not os.path.exists(f"/proc/{pid}")
@@ -727,6 +733,53 @@ async def test_a_cancel_as_a_worker_starts_leaves_the_block_with_the_worker_reap
         assert scope.cancelled_caught
         (process,) = started
         assert gone(process.pid) and whole(pool)
+
+
+async def test_closing_kills_a_replacement_that_shows_up_late_and_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A replacement worker whose process was still being created when the
+    # block ended shows up in the middle of the close. The close used to
+    # wait for it to be reaped without killing it: one that never answers
+    # its hello (here a process that sleeps) held the block forever.
+    late: list[Any] = []
+    hung = False
+
+    async def rescue() -> None:
+        # So that the test fails instead of hanging: kill the late worker
+        # after a while (the close then reaps it).
+        nonlocal hung
+        await trio.sleep(PATIENCE)
+        hung = True
+        for process in late:
+            process.kill()
+
+    async with trio_zc.open_pool(max_bytes=1 * MiB) as pool, trio.open_nursery() as nursery:
+        async with images.open_workers(pool, 2) as workers:
+            real_open_process = trio.lowlevel.open_process
+
+            async def open_process(command: Any, **kwargs: Any) -> Any:
+                process = await real_open_process([sys.executable, "-c", "import time; time.sleep(120)"], **kwargs)
+                late.append(process)
+                # Handed over only once the close has begun.
+                for _ in range(1_000_000):
+                    if workers._closed:
+                        break
+                    await trio.sleep(0)
+                return process
+
+            monkeypatch.setattr(trio.lowlevel, "open_process", open_process)
+            # The next job goes to a dead worker: it is buried, and a
+            # replacement started; the job goes to the other one.
+            dead = workers._idle[0].pid
+            os.kill(dead, signal.SIGKILL)
+            await eventually(lambda: zombie(dead), "the worker died")
+            assert await encoded(workers, photo(), "PNG") == saved(photo(), "PNG")
+            assert workers.statistics().starting == 1
+            nursery.start_soon(rescue)
+        nursery.cancel_scope.cancel()
+    assert not hung, "the close waited for a worker that never answered"
+    assert late and all(gone(process.pid) for process in late) and whole(pool)
 
 
 async def test_many_tasks_share_the_workers_first_come_first_served() -> None:
