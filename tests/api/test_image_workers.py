@@ -521,6 +521,12 @@ async def test_a_result_waits_for_memory_holding_none_and_its_cancel_leaks_nothi
 # -- workers that die ------------------------------------------------------------
 
 
+def zombie(pid: int) -> bool:
+    """Whether *pid* has ended and is waiting to be reaped."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "Z"
+
+
 def gone(pid: int) -> bool:
     """Whether *pid* no longer exists, not even as a zombie (it was reaped)."""
     return not os.path.exists(f"/proc/{pid}")
@@ -646,6 +652,134 @@ async def test_closing_kills_a_worker_still_finishing_a_cancelled_job(tmp_path: 
             assert workers.statistics().finishing == 1
         # The block waited for the worker to be reaped.
         assert gone(pid) and whole(pool) and pool.statistics().free_bytes == pool.max_bytes
+
+
+class _SlowHello:
+    """A worker's socket whose hello waits (shielded) for *batches* scheduler passes first."""
+
+    def __init__(self, sock: Any, batches: int) -> None:
+        self._sock, self._batches = sock, batches
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    async def sendmsg(self, *args: Any) -> Any:
+        with trio.CancelScope(shield=True):
+            for _ in range(self._batches):
+                await trio.sleep(0)
+        return await self._sock.sendmsg(*args)
+
+
+async def test_a_cancel_as_a_worker_starts_leaves_the_block_with_the_worker_reaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hang seen once in test_exceptions: the block is cancelled just as
+    # a worker's process was created, before the task starting it has seen
+    # the cancel. Closing then killed that worker from a task of its own,
+    # in the cancelled nursery: its wait for the process was cancelled, the
+    # process stayed a zombie, and everyone else waited for it to be reaped
+    # forever. The patches make that order certain: the cancel lands as
+    # open_process returns, and the hello waits (shielded) until the close
+    # has had its way with the worker.
+    from trio_zc import _image_workers
+
+    scope = trio.CancelScope()
+    started: list[Any] = []
+    made: list[Any] = []
+    real_open_process = trio.lowlevel.open_process
+    real_from_stdlib_socket = trio.socket.from_stdlib_socket
+    real_init = _image_workers.ImageWorkers.__init__
+
+    async def open_process(*args: Any, **kwargs: Any) -> Any:
+        process = await real_open_process(*args, **kwargs)
+        started.append(process)
+        scope.cancel()
+        return process
+
+    def init(self: Any, *args: Any) -> None:
+        real_init(self, *args)
+        made.append(self)
+
+    monkeypatch.setattr(trio.lowlevel, "open_process", open_process)
+    monkeypatch.setattr(trio.socket, "from_stdlib_socket", lambda sock: _SlowHello(real_from_stdlib_socket(sock), 20))
+    monkeypatch.setattr(_image_workers.ImageWorkers, "__init__", init)
+    hung = False
+    async with trio_zc.open_pool(max_bytes=1 * MiB) as pool:
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def block() -> None:
+                with scope:
+                    async with images.open_workers(pool, 1):
+                        await trio.sleep_forever()  # pragma: no cover - cancelled while starting
+                done.set()
+
+            nursery.start_soon(block)
+            with trio.move_on_after(PATIENCE):
+                await done.wait()
+            if not done.is_set():
+                # Rescue, so that the test fails instead of hanging: reap
+                # the worker and tell the close it is gone.
+                hung = True
+                (workers,) = made
+                for worker in list(workers._workers.values()):
+                    with trio.CancelScope(shield=True):
+                        worker.process.kill()
+                        await worker.process.wait()
+                    worker.sock.close()
+                    workers._workers.pop(worker.number, None)
+                    worker.reaped.set()
+        assert not hung, "leaving the block hung: a worker was killed and never reaped"
+        assert scope.cancelled_caught
+        (process,) = started
+        assert gone(process.pid) and whole(pool)
+
+
+async def test_closing_kills_a_replacement_that_shows_up_late_and_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A replacement worker whose process was still being created when the
+    # block ended shows up in the middle of the close. The close used to
+    # wait for it to be reaped without killing it: one that never answers
+    # its hello (here a process that sleeps) held the block forever.
+    late: list[Any] = []
+    hung = False
+
+    async def rescue() -> None:
+        # So that the test fails instead of hanging: kill the late worker
+        # after a while (the close then reaps it).
+        nonlocal hung
+        await trio.sleep(PATIENCE)
+        hung = True
+        for process in late:
+            process.kill()
+
+    async with trio_zc.open_pool(max_bytes=1 * MiB) as pool, trio.open_nursery() as nursery:
+        async with images.open_workers(pool, 2) as workers:
+            real_open_process = trio.lowlevel.open_process
+
+            async def open_process(command: Any, **kwargs: Any) -> Any:
+                process = await real_open_process([sys.executable, "-c", "import time; time.sleep(120)"], **kwargs)
+                late.append(process)
+                # Handed over only once the close has begun.
+                for _ in range(1_000_000):
+                    if workers._closed:
+                        break
+                    await trio.sleep(0)
+                return process
+
+            monkeypatch.setattr(trio.lowlevel, "open_process", open_process)
+            # The next job goes to a dead worker: it is buried, and a
+            # replacement started; the job goes to the other one.
+            dead = workers._idle[0].pid
+            os.kill(dead, signal.SIGKILL)
+            await eventually(lambda: zombie(dead), "the worker died")
+            assert await encoded(workers, photo(), "PNG") == saved(photo(), "PNG")
+            assert workers.statistics().starting == 1
+            nursery.start_soon(rescue)
+        nursery.cancel_scope.cancel()
+    assert not hung, "the close waited for a worker that never answered"
+    assert late and all(gone(process.pid) for process in late) and whole(pool)
 
 
 async def test_many_tasks_share_the_workers_first_come_first_served() -> None:
