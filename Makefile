@@ -1,6 +1,7 @@
 # The two commands a newcomer needs (see README.md):
 #   make demo   run the main job
-#   make test   run every test, type checks and the documentation build included
+#   make test   run every test, type checks and the documentation build included,
+#               then the tests on the other supported Pythons this machine has
 # Both create (or reuse) the project's own virtual environment in .venv and
 # install what they need into it; nothing else is required but Python and make.
 
@@ -9,12 +10,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test typecheck pytest docs venv clean
+.PHONY: demo test typecheck pytest test-pythons docs venv clean
 
 demo: $(STAMP)
 	$(BIN)/python -m trio_zc demo
 
-test: typecheck docs pytest
+# The main suite runs last, so that its summary ends the output (.ci/run reads it).
+test: typecheck docs test-pythons pytest
 
 typecheck: $(STAMP)
 	$(BIN)/python -m ruff check trio_zc tests examples benchmarks
@@ -27,6 +29,17 @@ docs: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# requires-python is ">=3.10": the suite also runs on the oldest and the newest
+# supported Python, each in its own .venv-X.Y, where the machine has them (on
+# PATH or in pyenv; one that is missing is skipped with a line saying so).
+# The tests marked slow run once, in the main run.
+EXTRA_PYTHONS ?= 3.10 3.13
+
+test-pythons:
+	@for version in $(EXTRA_PYTHONS); do \
+		.ci/test-on-python $$version -m "not slow" $(PYTEST_ARGS) || exit 1; \
+	done
 
 venv: $(STAMP)
 
@@ -42,4 +55,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache docs/_build
+	rm -rf $(VENV) $(VENV)-3.* build dist *.egg-info .mypy_cache .pytest_cache docs/_build

@@ -39,7 +39,9 @@ autodoc_typehints = "description"
 # well showed the private classes behind constructors meant for the library
 # (BufferPool, the leases), so only return types are added.
 autodoc_typehints_description_target = "documented_params"
-autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
+# No default "members": each entry of reference.rst says which members it shows
+# (and tests/tools/test_exports.py that it accounts for every public one).
+autodoc_default_options = {"undoc-members": False, "show-inheritance": False}
 nitpicky = True
 # The type variable of LeaseCache's keys (the application's own type), shown as K.
 nitpick_ignore = [("py:class", "trio_zc._cache.K"), ("py:obj", "trio_zc._cache.K")]
@@ -84,6 +86,10 @@ _PUBLIC_FOR_PRIVATE = {
 }
 
 
+# Public type aliases (documented as data) by the short name a signature may show.
+_PUBLIC_DATA = {"Body": "trio_zc.http.Body", "Handler": "trio_zc.http.Handler"}
+
+
 def _resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     """Resolve the names above; leave every other miss to ``-n`` to report."""
     from docutils import nodes
@@ -98,6 +104,12 @@ def _resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
         new["reftarget"] = public
         text = nodes.literal(public.rsplit(".", 1)[1], public.rsplit(".", 1)[1])
         return domain.resolve_xref(env, node["refdoc"], builder, "class", public, new, text)
+    data = _PUBLIC_DATA.get(target)
+    if data is not None:
+        # Python 3.10's autodoc leaves these aliases' short names in signatures.
+        new = node.deepcopy()
+        new["reftarget"] = data
+        return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, "obj", data, new, contnode)
     alias = _ALIASES.get(target)
     if alias is not None:
         new = node.deepcopy()
@@ -106,5 +118,84 @@ def _resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     return None
 
 
+# Public classes report their public module (trio_zc.PoolStatistics, not
+# trio_zc._pool.PoolStatistics; see trio_zc/_exports.py), so autodoc looks for
+# the ``#:`` comments of their fields, and of public constants, in the public
+# module's source, where they are not: the reference would show fields with
+# no description and a constant with the docstring of ``float``. This finds
+# each comment where its object is defined (tests/tools/test_exports.py checks it).
+
+_attr_docs = None
+
+
+def _package_attr_docs():
+    """``{module: {(class qualname or "", name): comment lines}}`` for every module of trio_zc."""
+    global _attr_docs
+    if _attr_docs is None:
+        import pkgutil
+
+        from sphinx.pycode import ModuleAnalyzer
+
+        import trio_zc
+
+        _attr_docs = {
+            info.name: ModuleAnalyzer.for_module(info.name).find_attr_docs()
+            for info in pkgutil.walk_packages(trio_zc.__path__, "trio_zc.")
+        }
+    return _attr_docs
+
+
+def _resolve(dotted, start=None):
+    """The object at *dotted*: a path from *start*, or from the longest importable module."""
+    import importlib
+
+    parts = dotted.split(".")
+    if start is not None:
+        obj = start
+    else:
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            parts = parts[i:]
+            break
+        else:
+            raise ImportError(dotted)
+    for part in parts:
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def source_comment(name):
+    """The ``#:`` comment of the public field or constant *name* (dotted), or None."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = _resolve(owner_name)
+    if isinstance(owner, type):
+        # A field: the class, or one of its bases, defines it.
+        wanted = [(cls.__qualname__, cls) for cls in owner.__mro__]
+    else:
+        # A constant: its module defines it.
+        wanted = [("", getattr(owner, attr))]
+    for modname, docs in _package_attr_docs().items():
+        for qualname, obj in wanted:
+            lines = docs.get((qualname, attr))
+            if lines is not None and _resolve(qualname or attr, _resolve(modname)) is obj:
+                return list(lines)
+    return None
+
+
+def _fill_in_comments(app, what, name, obj, options, lines):
+    if what not in ("attribute", "data"):
+        return
+    own = "\n".join(lines).strip()
+    if own and own != (type(obj).__doc__ or "").strip():
+        return  # documented already, not just by the docstring of the value's type
+    comment = source_comment(name)
+    if comment is not None:
+        lines[:] = comment
+
+
 def setup(app: Any) -> None:
     app.connect("missing-reference", _resolve_alias)
+    app.connect("autodoc-process-docstring", _fill_in_comments)

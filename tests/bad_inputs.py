@@ -1,6 +1,6 @@
 """Every kind of bad input the test suite tries, and the exception each gets.
 
-:data:`ROWS` is the one table. ``tests/test_bad_input.py`` runs every row
+:data:`ROWS` is the one table. ``tests/api/test_bad_input.py`` runs every row
 (one test each) and checks that nothing was lost; ``docs/bad_input.rst``
 shows the table, rendered by :func:`render_rst`. After changing a row,
 regenerate the page with::

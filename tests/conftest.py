@@ -14,7 +14,8 @@ def slot_of(lease: trio_zc.WritableLease | trio_zc.SealedLease) -> _LeaseRecord:
 def start_send(lease: trio_zc.SealedLease) -> Callable[[], None]:
     """Pretend a kernel took *lease*'s memory; returns the completion to call.
 
-    Until the mock kernel exists this is how pool tests put a send in flight.
+    For pool tests that need a send in flight and no stream: no socket, and
+    no kernel (not even the mock) deciding when it completes.
     """
     slot = slot_of(lease)
     slot.begin_send()

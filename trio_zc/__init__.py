@@ -25,7 +25,6 @@ from ._highlevel import serve_tcp as serve_tcp
 from ._lease import ReadOnlyBuffer as ReadOnlyBuffer
 from ._lease import SealedLease as SealedLease
 from ._lease import WritableLease as WritableLease
-from ._lifecycle import LeaseState as LeaseState
 from ._pool import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from ._pool import BufferPool as BufferPool
 from ._pool import LeaseScope as LeaseScope
@@ -38,12 +37,42 @@ from ._stream import ZeroCopyStream as ZeroCopyStream
 
 __version__ = "0.1.0.dev0"
 
-# Show public names as trio_zc.X rather than trio_zc._module.X in reprs,
-# tracebacks and the generated reference.
-for _name, _obj in list(globals().items()):
-    if getattr(_obj, "__module__", "").startswith("trio_zc._"):
-        _obj.__module__ = "trio_zc"
-del _name, _obj
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "BufferPool",
+    "CacheStatistics",
+    "CachedLease",
+    "ForeignLeaseError",
+    "LeaseCache",
+    "LeaseError",
+    "LeaseLeakWarning",
+    "LeaseQuarantinedError",
+    "LeaseScope",
+    "ListenerStatistics",
+    "LiveViewsError",
+    "PoolStatistics",
+    "QuarantineWarning",
+    "ReadOnlyBuffer",
+    "SealedLease",
+    "SendStatistics",
+    "StaleLeaseError",
+    "StreamStatistics",
+    "WritableLease",
+    "ZeroCopyListener",
+    "ZeroCopyPolicy",
+    "ZeroCopyStream",
+    "open_pool",
+    "open_tcp_listeners",
+    "open_tcp_stream",
+    "serve_listeners",
+    "serve_tcp",
+]
+
+# Reprs, tracebacks and the reference show trio_zc.X, not trio_zc._module.X.
+from ._exports import publish as _publish
+
+_publish(globals())
+del _publish
 
 from ._ki import protect_package as _protect_package
 

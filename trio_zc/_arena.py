@@ -1,7 +1,9 @@
 """The pool's memory: one memfd, mapped once, with page protection per lease.
 
-Why a memfd: it is shared memory with a file descriptor, so later kernels
-can ``sendfile`` from it or register it with io_uring.
+Why a memfd: it is shared memory with a file descriptor, so the sendfile
+kernel can send from it and punch pages out of it, and the io_uring kernel
+can map a piece of it afresh to register it with its ring (see
+``_kernels/_sendfile.py`` and ``_kernels/_io_uring.py``).
 
 The arena is mapped twice, both mappings shared (``MAP_SHARED``), so both
 show the same pages:

@@ -65,7 +65,7 @@ class CacheStatistics:
     holds: int
     #: Keys being rendered now.
     rendering: int
-    #: Whether :meth:`LeaseCache.close` was called.
+    #: Whether the cache was closed (its close method was called, or its with block ended).
     closed: bool
 
 

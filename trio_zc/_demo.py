@@ -629,14 +629,14 @@ def render_chart(rows: Sequence[Row], path: pathlib.Path, title: str) -> None:
     """A PNG bar chart of part 3: each case's median GB/s (min-max whiskers) and its ratio."""
     from PIL import Image, ImageDraw
 
-    from ._bench_chart import PALETTE, _font, _put
+    from ._demo_drawing import PALETTE, font, put
 
     width, bar_height, gap, left, top = 1000, 34, 14, 150, 70
     height = top + len(rows) * (bar_height + gap) + 60
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    title_font, label_font, small_font = _font(18), _font(15), _font(13)
-    _put(draw, width / 2, 26, title, title_font)
+    title_font, label_font, small_font = font(18), font(15), font(13)
+    put(draw, width / 2, 26, title, title_font)
     peak = max(max(run.throughput for run in row.runs) for row in rows)
     scale = (width - left - 330) / peak
     base = next((row for row in rows if row.case == BASELINE), None)
@@ -648,13 +648,13 @@ def render_chart(rows: Sequence[Row], path: pathlib.Path, title: str) -> None:
         high = max(run.throughput for run in row.runs)
         middle = y + bar_height / 2
         draw.line([(left + low * scale, middle), (left + high * scale, middle)], fill=(40, 40, 40), width=2)
-        _put(draw, left - 10, middle, row.case, label_font, "rm")
+        put(draw, left - 10, middle, row.case, label_font, "rm")
         ratio = f"  {row.throughput / base.throughput:.2f}x" if base is not None else ""
         label = f"{row.throughput:.2f} GB/s{ratio}  ({_zerocopy_columns(row)[0]} zero-copy at send)"
-        _put(draw, left + high * scale + 8, middle, label, small_font, "lm")
+        put(draw, left + high * scale + 8, middle, label, small_font, "lm")
     axis_y = top + len(rows) * (bar_height + gap)
     draw.line([(left, top - 6), (left, axis_y)], fill=(40, 40, 40))
-    _put(
+    put(
         draw,
         width / 2,
         axis_y + 24,

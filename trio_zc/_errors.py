@@ -24,14 +24,21 @@ class StaleLeaseError(LeaseError):
 
 
 class LiveViewsError(LeaseError, BufferError):
-    """The lease cannot change state while writable views of it are alive.
+    """The lease cannot be sealed or released while writable views of it are alive.
 
     Raised by :meth:`~trio_zc.WritableLease.seal` and
-    :meth:`~trio_zc.WritableLease.release`. Sealing unmaps every writable
-    mapping of the lease, and a mapping cannot be unmapped while a view
-    (a memoryview or a slice of one, a NumPy array, a PIL image built on it)
-    still points into it. Drop or ``release()`` the views and try again;
-    the lease is unchanged.
+    :meth:`~trio_zc.WritableLease.release`. A view handed out for writing (a
+    memoryview or a slice of one, a NumPy array, a PIL image built on it)
+    writes straight into the lease's memory, and nothing can take it back:
+    kept past a seal it could change bytes while they are sent, kept past a
+    release it could write into the next lease's image. So both refuse
+    while one is alive (the lease counts the views through the reference
+    count of the buffer object they are all built on). Drop or
+    ``release()`` the views and try again; the lease is unchanged.
+
+    Sealing unmaps nothing: the memory stays mapped read-write in the
+    pool, and only a pool opened with ``protect_sealed=True`` also makes
+    the pages read-only, so that a raw pointer kept past the seal faults.
 
     Attributes:
       count: how many views handed out by the lease were still alive.
@@ -47,10 +54,12 @@ class ForeignLeaseError(LeaseError, ValueError):
 
 
 class LeaseQuarantinedError(LeaseError):
-    """The kernel never confirmed it finished reading this memory.
+    """The kernel may go on reading this memory: it must never be reused.
 
-    Raised by :meth:`~trio_zc.SealedLease.wait_reusable` when the pool closed
-    before a completion arrived and the drain deadline passed. The memory is
+    Raised by :meth:`~trio_zc.SealedLease.wait_reusable` when a send of the
+    lease (or of another lease over the same adopted memory) will never be
+    reported complete: a connection it was sent on closed with the send in
+    flight, or the pool closed before the kernel confirmed it. The memory is
     withheld for good (quarantined): the application must not reuse an
     adopted buffer after this error.
     """
@@ -66,7 +75,10 @@ class LeaseLeakWarning(RuntimeWarning):
 
 
 class QuarantineWarning(RuntimeWarning):
-    """A pool closed before the kernel confirmed that it finished with some memory.
+    """Some memory was withheld for good: it is never reused or unmapped.
 
-    That memory is never reused or unmapped; the warning says how much.
+    Warned when a connection closes with zero-copy sends the kernel never
+    reported done (the kernel may read their memory for ever), and when a
+    pool closes with such sends, or (``protect_sealed=True``) with released
+    pages it could not make writable again. The warning says how much.
     """

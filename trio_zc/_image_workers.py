@@ -871,6 +871,7 @@ class ImageWorkers:
         if worker.reaped.is_set() or worker.burying:
             return
         if self._closed:
+            worker.burying = True  # _retire's from now on: _bury leaves it alone
             self._nursery.start_soon(self._retire, worker)
             return
         while self._waiters:
@@ -1011,6 +1012,11 @@ class ImageWorkers:
         if worker.burying:
             await worker.reaped.wait()
             return
+        self._kill(worker)
+        await self._reap(worker)
+
+    def _kill(self, worker: _Worker) -> None:
+        """Send *worker* SIGKILL; from now on, whoever calls :meth:`_reap` next reaps it."""
         worker.burying = True
         try:
             self._idle.remove(worker)
@@ -1020,7 +1026,18 @@ class ImageWorkers:
             worker.process.kill()
         except OSError:  # pragma: no cover - it was gone already
             pass
-        await worker.process.wait()
+
+    async def _reap(self, worker: _Worker) -> None:
+        """Wait until killed *worker*'s process is reaped; then let go of its leases.
+
+        Shielded, whoever calls it: every other task that wants this worker
+        gone (and the workers' close) waits for ``reaped`` with no way out,
+        so a reaper cancelled half-way (killed, not yet reaped) would leave
+        them all waiting forever, and a zombie behind. The wait is short:
+        the process was sent SIGKILL.
+        """
+        with trio.CancelScope(shield=True):
+            await worker.process.wait()
         worker.sock.close()
         # Reaped: nothing of that process can touch the pool any more.
         if worker.session is not None:
@@ -1071,14 +1088,19 @@ class ImageWorkers:
         # starting) are killed.
         idle = list(self._idle)
         self._idle.clear()
-        for worker in list(self._workers.values()):
-            if worker in idle:
-                self._nursery.start_soon(self._retire, worker)
-            elif not worker.burying:
-                self._nursery.start_soon(self._bury, worker)
-        # Workers still starting are cancelled with the nursery, after this,
-        # and reaped by their own cleanup before the nursery ends.
+        for worker in idle:
+            worker.burying = True  # _retire's from now on: _bury leaves it alone
+            self._nursery.start_soon(self._retire, worker)
+        # The others are killed, and looked for again after each reaped one:
+        # a worker whose process was being created (in open_process's
+        # thread) when we began shows up later, and may never answer its
+        # hello; only a kill makes sure it ends. (A worker that is handed
+        # back meanwhile is _retire's: _give_back marks it burying.)
         while self._workers:
+            for worker in list(self._workers.values()):
+                if not worker.burying:
+                    self._kill(worker)
+                    self._nursery.start_soon(self._reap, worker)
             await next(iter(self._workers.values())).reaped.wait()
 
 

@@ -44,7 +44,8 @@ get it wrong.
 
 The machine does no I/O and knows nothing of Trio, mappings or the kernel;
 :mod:`trio_zc._lease` and :mod:`trio_zc._pool` drive it and act on the
-state it reaches (unmap, punch, wake waiters). Adopted buffers (memory the
+state it reaches (give the memory back to the allocator or withhold it,
+punch out pages a socket may hold, wake waiters). Adopted buffers (memory the
 application owns) follow the same machine, starting at SEALED; for them FREE
 means "yours again".
 
@@ -173,6 +174,29 @@ TERMINAL_STATES: Final = frozenset({S.FREE, S.QUARANTINED, S.FORKED})
 
 del S, E
 
+# The members the per-image methods below use, as module globals: reading
+# ``Event.SEND`` goes through the enum class (about 50 ns on CPython 3.11),
+# a global costs a few. Several run for every image.
+_WRITABLE, _SEALED = LeaseState.WRITABLE, LeaseState.SEALED
+_SEAL, _SEND, _RELEASE, _ABANDON = Event.SEAL, Event.SEND, Event.RELEASE, Event.ABANDON
+_COMPLETE, _LAST_COMPLETE = Event.COMPLETE, Event.LAST_COMPLETE
+
+
+def _column(event: Event) -> dict[LeaseState, LeaseState]:
+    """The rows of :data:`TRANSITIONS` for *event*, keyed by state alone.
+
+    For the methods that run per image: a lookup by state costs half of one
+    by a (state, event) tuple, which must be built and hashed first, and
+    whose time varied from process to process with where the members
+    happened to lie in memory (their hashes are their addresses).
+    """
+    return {state: new for (state, e), new in TRANSITIONS.items() if e is event}
+
+
+_ON_SEAL, _ON_SEND = _column(_SEAL), _column(_SEND)
+_ON_RELEASE, _ON_ABANDON = _column(_RELEASE), _column(_ABANDON)
+_ON_COMPLETE, _ON_LAST_COMPLETE = _column(_COMPLETE), _column(_LAST_COMPLETE)
+
 
 class LifecycleError(RuntimeError):
     """An event that the life cycle does not allow in the current state."""
@@ -188,8 +212,8 @@ class Lifecycle:
 
     __slots__ = ("state", "inflight")
 
-    def __init__(self, state: LeaseState = LeaseState.WRITABLE) -> None:
-        if state is not LeaseState.WRITABLE and state is not LeaseState.SEALED:
+    def __init__(self, state: LeaseState = _WRITABLE) -> None:
+        if state is not _WRITABLE and state is not _SEALED:
             raise ValueError(f"a lease starts writable or sealed, not {state.value}")
         self.state: LeaseState = state
         #: Sends handed to the kernel and not yet reported complete.
@@ -202,17 +226,21 @@ class Lifecycle:
         self.state = new
         return new
 
-    def seal(self) -> LeaseState:
-        return self._fire(Event.SEAL)
+    # seal(), send(), complete() and release() run for every image, so they
+    # look the table up themselves (in its columns, made from it at import):
+    # a call to _fire() costs as much as the lookup. The table still decides.
 
-    # send() and complete() run for every send and every completion, so they
-    # look the table up themselves: a call to _fire() costs as much as the
-    # lookup. The table still decides.
+    def seal(self) -> LeaseState:
+        new = _ON_SEAL.get(self.state)
+        if new is None:
+            raise LifecycleError(self.state, _SEAL)
+        self.state = new
+        return new
 
     def send(self) -> LeaseState:
-        new = TRANSITIONS.get((self.state, Event.SEND))
+        new = _ON_SEND.get(self.state)
         if new is None:
-            raise LifecycleError(self.state, Event.SEND)
+            raise LifecycleError(self.state, _SEND)
         self.state = new
         self.inflight += 1
         return new
@@ -222,17 +250,20 @@ class Lifecycle:
         if self.inflight == 0:
             # Not in the table on purpose: a completion with nothing in flight
             # means the caller's accounting is wrong, whatever the state.
-            raise LifecycleError(self.state, Event.COMPLETE)
-        event = Event.LAST_COMPLETE if self.inflight == 1 else Event.COMPLETE
-        new = TRANSITIONS.get((self.state, event))
+            raise LifecycleError(self.state, _COMPLETE)
+        new = (_ON_LAST_COMPLETE if self.inflight == 1 else _ON_COMPLETE).get(self.state)
         if new is None:
-            raise LifecycleError(self.state, event)
+            raise LifecycleError(self.state, _LAST_COMPLETE if self.inflight == 1 else _COMPLETE)
         self.state = new
         self.inflight -= 1
         return new
 
     def release(self, *, views_alive: bool = False) -> LeaseState:
-        return self._fire(Event.ABANDON if views_alive else Event.RELEASE)
+        new = (_ON_ABANDON if views_alive else _ON_RELEASE).get(self.state)
+        if new is None:
+            raise LifecycleError(self.state, _ABANDON if views_alive else _RELEASE)
+        self.state = new
+        return new
 
     def views_gone(self) -> LeaseState:
         return self._fire(Event.VIEWS_GONE)

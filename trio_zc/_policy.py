@@ -74,7 +74,7 @@ class SendDecider:
         self,
         policy: ZeroCopyPolicy,
         *,
-        unavailable: str | None = None,
+        unavailable_reason: str | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> None:
         self.policy = policy
@@ -87,8 +87,8 @@ class SendDecider:
         self.fallbacks: dict[str, int] = {}
         # Told of every fallback too (the pool sums them up).
         self._notify = notify
-        if unavailable:
-            self.disable(unavailable)
+        if unavailable_reason:
+            self.disable(unavailable_reason)
 
     def _fall_back(self, reason: str) -> None:
         self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1

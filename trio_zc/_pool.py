@@ -36,6 +36,9 @@ from ._kernels._base import Kernel
 from ._kernels._choice import make_kernel
 from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
+
+# Module globals for the per-image checks below (cheaper than LeaseState.X).
+_WRITABLE, _FREE = LeaseState.WRITABLE, LeaseState.FREE
 from ._policy import ZeroCopyPolicy
 from ._stats import Counters, SendStatistics
 from ._validate import (
@@ -93,12 +96,12 @@ class PoolStatistics:
     ``adopted_*`` ones, which count the application's own buffers.
     """
 
-    #: Arena size: *max_bytes* rounded down to whole pages.
+    #: Bytes of pool memory: *max_bytes* rounded down to whole pages.
     max_bytes: int
     #: The unit leases are rounded up to: the page size, or the largest
     #: shared-memory folio for the sendfile kernel when huge pages are on.
     page_size: int
-    #: Arena bytes free for new leases.
+    #: Bytes of pool memory free for new leases.
     free_bytes: int
     #: The largest lease that could be served right now without waiting.
     largest_free_block: int
@@ -113,9 +116,12 @@ class PoolStatistics:
     #: Leases their owner still holds whose memory will never be reused: a
     #: send of each was lost (its connection closed before the kernel was done).
     tainted_leases: int
-    #: Leases whose completion never came before the pool closed.
+    #: Leases released and withheld for good: a send of each was lost (its
+    #: connection closed, or the pool's drain deadline passed, before the
+    #: kernel was done), or (``protect_sealed``) their pages could not be
+    #: made writable again.
     quarantined_leases: int
-    #: Arena bytes withheld for good by quarantine.
+    #: Bytes of pool memory withheld for good by quarantine.
     quarantined_bytes: int
     #: Adopted buffers not yet reusable by the application.
     adopted_leases: int
@@ -131,7 +137,8 @@ class PoolStatistics:
     leaked_at_close: int
     #: Whether the pool's block has ended.
     closed: bool
-    #: The pool's kernel ("copy", "msg_zerocopy", "sendfile", "mock").
+    #: The pool's kernel: "copy", "msg_zerocopy", "io_uring", "sendfile", or
+    #: "mock" (:class:`trio_zc.testing.MockKernel`); "auto" is one of the first four.
     kernel: str
     #: Why the kernel runs as it does (a fallback, an alignment), or None.
     kernel_note: str | None
@@ -320,7 +327,7 @@ class BufferPool:
 
     @property
     def max_bytes(self) -> int:
-        """The arena's size: the most memory the pool's leases ever use."""
+        """The most memory the pool's leases ever use, in bytes (the arena's size)."""
         return self._arena.size
 
     # -- acquiring ----------------------------------------------------------
@@ -493,7 +500,7 @@ class BufferPool:
     def _release(self, slot: _LeaseRecord, reason: str) -> None:
         """The owner gave *slot* up (or its scope did it for them)."""
         slot.stale_reason = reason
-        if slot.state is LeaseState.WRITABLE:
+        if slot.state is _WRITABLE:
             # A view still alive, or a write running in another thread
             # (which holds the lock), means the memory is not ours to
             # reuse yet: abandon it until they are gone.
@@ -533,7 +540,7 @@ class BufferPool:
         """Act on the state *slot* reached, once per lease when it ends."""
         if slot.state not in TERMINAL_STATES or self._slots.pop(slot.id, None) is None:
             return
-        if slot.state is LeaseState.FREE:
+        if slot.state is _FREE:
             if slot.adopted is not None:
                 adopted_memory.discard(slot)
                 slot.adopted.release()

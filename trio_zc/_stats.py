@@ -122,7 +122,7 @@ class SendStatistics:
 
     @classmethod
     def of(cls, counters: Counters) -> SendStatistics:
-        """A snapshot of *counters* (``tests/test_stats.py`` keeps the two classes' fields in step)."""
+        """A snapshot of *counters* (``tests/sansio/test_stats.py`` keeps the two classes' fields in step)."""
         return cls(
             bytes_zerocopy=counters.bytes_zerocopy,
             bytes_kernel_copied=counters.bytes_kernel_copied,
@@ -140,7 +140,7 @@ class SendStatistics:
 class StreamStatistics:
     """A snapshot of one stream, from :meth:`ZeroCopyStream.statistics`."""
 
-    #: The pool's kernel: "copy" or "msg_zerocopy".
+    #: The pool's kernel, as in :attr:`PoolStatistics.kernel`.
     kernel: str
     #: Whether large sends currently go zero-copy.
     zerocopy_enabled: bool

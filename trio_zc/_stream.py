@@ -21,6 +21,9 @@ from ._kernels._base import Transport
 from ._kernels._socket import SocketTransport, take_socket
 from ._lease import SealedLease, WritableLease, _LeaseRecord
 from ._lifecycle import LeaseState
+
+# Module globals for the per-image check below (cheaper than LeaseState.X).
+_SEALED, _SENDING = LeaseState.SEALED, LeaseState.SENDING
 from ._policy import SendDecider
 from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
@@ -88,7 +91,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             connection.close()
             raise
         reason = self._channel.copy_only_reason
-        self._decider = SendDecider(pool._policy, unavailable=reason, notify=pool._note_fallback)
+        self._decider = SendDecider(pool._policy, unavailable_reason=reason, notify=pool._note_fallback)
         # A stream whose channel can never send zero-copy (a local peer
         # under "auto", the copy kernel) skips asking the policy per send.
         self._copy_only = reason is not None
@@ -268,7 +271,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             # The common call, checked with less ceremony: it runs once per image.
             slot = lease._slot
             state = slot.state
-            if state is not LeaseState.SEALED and state is not LeaseState.SENDING:
+            if state is not _SEALED and state is not _SENDING:
                 lease._live()  # raises
             if slot.home is not self._pool._home:
                 raise _foreign(lease)

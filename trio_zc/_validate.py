@@ -23,7 +23,7 @@ Hot paths (``acquire``, ``write``, ``send_lease``...) test the common,
 valid case inline with a cheap predicate and call the checks here only
 when it fails: the predicate never accepts what these checks would refuse,
 so the error (its type and message) always comes from here.
-``tests/test_fast_paths.py`` runs every row of the bad-input table through
+``tests/api/test_fast_paths.py`` runs every row of the bad-input table through
 the hot paths both ways and compares the exceptions and the state left.
 
 This module imports nothing from the package: every other module may use it.

@@ -53,6 +53,7 @@ __all__ = [
     "pixels",
 ]
 
-for _obj in (BrokenWorkerError, ImageWorkers, RawImage, WorkerStatistics, open_workers, encode, pixels):
-    _obj.__module__ = __name__
-del _obj
+from ._exports import publish as _publish
+
+_publish(globals())
+del _publish

@@ -1,4 +1,4 @@
-"""Child process for ``tests/test_memlock.py``: zero-copy sends that are not exempt.
+"""Child process for ``tests/kernels/test_memlock.py``: zero-copy sends that are not exempt.
 
 Root with CAP_IPC_LOCK is exempt from RLIMIT_MEMLOCK, so the kernel never
 refuses its MSG_ZEROCOPY sends with ENOBUFS. This script, run as a child

@@ -1,4 +1,4 @@
-"""Child process for ``tests/test_probe_cache.py``: a passing shortage of descriptors.
+"""Child process for ``tests/kernels/test_probe_cache.py``: a passing shortage of descriptors.
 
 Lowers its own RLIMIT_NOFILE so that no new file descriptor can be made
 (every number below the limit is taken), runs the io_uring probe and

@@ -10,5 +10,5 @@ the private pages a zero-copy call's head is copied into;
 parser and tracker), ``_io_uring`` (with ``_ring`` and ``_uring_tracker``),
 ``_sendfile`` (with ``_thp``); ``_choice`` picks one by name, ``_memlock``
 reads the locked-memory limit. Nothing here imports the lease or pool
-modules (``tests/test_boundary.py``).
+modules (``tests/tools/test_boundary.py``).
 """

@@ -20,7 +20,7 @@ Theory of operation
 :class:`CompletionChannel` sends through a transport that also offers the
 operations of :class:`ZeroCopyTransport`: one zero-copy call, and the
 completion records waiting now. The real one is
-:class:`~trio_zc._kernels._msg_zerocopy.ZeroCopySocket`; the mock's is its
+:class:`~trio_zc._kernels._msg_zerocopy.ErrorQueue`; the mock's is its
 wire. The transport is also told when a call was accepted and when calls
 are about to be released (the mock checks there that the memory did not
 change while Linux was reading it).

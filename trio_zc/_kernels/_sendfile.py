@@ -3,7 +3,7 @@
 sendfile from the pool's memfd puts references to the arena's pages into the
 socket, with no copy from user space -- and with no word from the kernel
 about when it is done with them. Writing those pages again too early sends
-the new bytes (``tests/test_sendfile.py`` reproduces this for real).
+the new bytes (``tests/kernels/test_sendfile.py`` reproduces this for real).
 
 So this kernel never waits for the kernel: once a lease that was sent this
 way returns to the pool, its range is punched out of the memfd

@@ -52,9 +52,11 @@ __all__ = [
     "serve",
 ]
 
-for _obj in (Request, Response, HTTPServer, HTTPStatistics, serve):
-    _obj.__module__ = __name__
-del _obj
+# Reprs, tracebacks and the reference show trio_zc.http.X.
+from .._exports import publish as _publish  # noqa: E402
+
+_publish(globals())
+del _publish
 
 from .._ki import protect_package as _protect_package  # noqa: E402
 

@@ -66,6 +66,8 @@ _ALLOW = "GET, HEAD"
 #: Headers a 304 keeps (RFC 9110, 15.4.5): what guides a cache, nothing about a body.
 _NOT_MODIFIED_KEEPS = {"cache-control", "content-location", "expires", "vary"}
 
+#: What the server calls for each request: an async function of a
+#: :class:`Request` that returns the :class:`Response` to send.
 Handler = Callable[[Request], Awaitable[Response]]
 
 

@@ -11,11 +11,12 @@ from ._peer import MockPeer as MockPeer
 from ._sends import MockSend as MockSend
 from ._sends import PrematureReuseError as PrematureReuseError
 
-for _name, _obj in list(globals().items()):
-    if getattr(_obj, "__module__", "").startswith("trio_zc.testing._"):
-        _obj.__module__ = "trio_zc.testing"
-del _name, _obj
+__all__ = ["MockKernel", "MockPeer", "MockSend", "PrematureReuseError"]
 
+from .._exports import publish as _publish
+
+_publish(globals())
+del _publish
 
 from .._ki import protect_package as _protect_package
 

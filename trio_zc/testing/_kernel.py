@@ -194,13 +194,16 @@ class MockKernel(Kernel):
         )
 
     def hold_transmission(self) -> None:
+        """Hold transmission on every connection (see :meth:`MockPeer.hold_transmission`)."""
         for peer in self._live_peers():
             peer.hold_transmission()
 
     def transmit(self) -> int:
+        """Transmit every connection's queued sends, lifting their holds (see :meth:`MockPeer.transmit`); bytes moved."""
         return sum(peer.transmit() for peer in self._live_peers())
 
     def mark_copied(self, copied: bool = True) -> None:
+        """Mark every connection's completions COPIED from now on (see :meth:`MockPeer.mark_copied`)."""
         for peer in self._live_peers():
             peer.mark_copied(copied)
 

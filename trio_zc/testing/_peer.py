@@ -143,6 +143,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
 
     @property
     def name(self) -> str:
+        """The connection's name (as in :attr:`MockSend.connection`)."""
         return self._conn.name
 
     @property
@@ -182,6 +183,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
         self._conn.peer_reading = False
 
     def resume_reading(self) -> None:
+        """Undo :meth:`stop_reading`: :meth:`receive_some` takes what arrives again."""
         self._conn.peer_reading = True
         self._conn.to_peer.wake()
 

@@ -41,7 +41,7 @@ class MockSend:
         "nbytes": "Bytes in the call.",
         "connection": "The connection's name.",
         "transmitted": "Whether the bytes were read from memory and put on the wire yet.",
-        "view": None,
+        "view": "The memory the call reads, as a read-only view, until its completion arrives; then None.",
         "snapshot": "The call's bytes as they were when it was made.",
         "record": "The lease record the call read (what the kernel sees of it).",
         "head": "The head the call sent before the lease's bytes, as it was when made (b'' if none).",

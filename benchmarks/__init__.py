@@ -1,0 +1,16 @@
+"""The project's own measurements, outside the shipped package.
+
+Each module is a script (``python benchmarks/<name>.py --help``), type-checked
+with the package and run with its smallest arguments by
+``tests/tools/test_benchmarks_smoke.py`` (``image_workers.py`` by
+``tests/tools/test_example_render_in_workers.py``, with the example it measures):
+
+- ``acceptance.py``: ``python -m trio_zc bench`` checked against the
+  project's performance targets (docs/benchmarks.rst), with
+- ``stalled.py``: a server's CPU and memory while 1,000 clients do not read,
+- ``chart.py``: the figure in docs/benchmarks.rst (a module, no script);
+- ``kernel_cost.py``: the table in docs/kernels.rst;
+- ``stale_bytes.py``: what clearing a lease's memory costs (docs/lifecycle.rst);
+- ``image_workers.py``: image work in worker processes against Pillow in the
+  event loop or in threads (docs/recipes.rst).
+"""

@@ -1,0 +1,1 @@
+"""The parsers, trackers and state machines with no I/O, on their own."""

@@ -1,0 +1,1 @@
+"""The CLI, demo, docs, examples, packaging, benchmarks and the architecture checks."""
