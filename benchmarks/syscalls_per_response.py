@@ -15,11 +15,13 @@ when responses are batched; ``sendfile``: the head with MSG_MORE, then
 ``sendfile``: two calls).
 
 Needs strace (Debian: ``apt-get install -y strace``); ``--wrk SECONDS``
-needs wrk (``apt-get install -y wrk``). Not part of the test suite, which
-counts the same calls through the channel's transport instead
-(``tests/test_send_head.py``).
+needs wrk (``apt-get install -y wrk``). ``--count transport`` needs
+neither: the server counts the calls its streams make through their
+transports (and the io_uring ring's submissions) itself, as
+``tests/api/test_send_head.py`` does -- what the smoke test runs.
 
-Run: python benchmarks/syscalls_per_response.py [--requests 2000] [--connections 4] [--size 13000] [--wrk 5]
+Run: python benchmarks/syscalls_per_response.py [--requests 2000] [--connections 4] [--size 13000]
+[--wrk 5] [--count strace|transport] [--kernels copy,msg_zerocopy,io_uring,sendfile]
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import trio
 
 import trio_zc
 import trio_zc.http
+from trio_zc._kernels._io_uring import IoUringKernel
+from trio_zc._kernels._msg_zerocopy import ErrorQueue
+from trio_zc._kernels._socket import SocketTransport
 
 KERNELS = ("copy", "msg_zerocopy", "io_uring", "sendfile")
 POLICIES = ("default", "zerocopy")
@@ -56,10 +64,40 @@ def image(size: int) -> bytes:
 # -- the server (the child under strace) ------------------------------------------------------
 
 
-async def serve(kernel: str, policy: str, size: int) -> None:
+#: The system call each transport operation makes (``--count transport``).
+TRANSPORT_CALLS: dict[tuple[type, str], str] = {
+    (SocketTransport, "send"): "sendto",
+    (SocketTransport, "send_with_head"): "sendmsg",
+    (SocketTransport, "send_more"): "sendto",
+    (SocketTransport, "sendfile"): "sendfile",
+    (ErrorQueue, "zerocopy_send"): "sendto",
+    (ErrorQueue, "zerocopy_send_with_head"): "sendmsg",
+}
+
+
+def count_transport_calls(counts: Counter[str]) -> None:
+    """Count, by system call, every send the streams make through their transports."""
+
+    def counted(original: Callable[..., Any], syscall: str) -> Callable[..., Any]:
+        def call(self: object, *args: Any) -> Any:
+            result = original(self, *args)
+            counts[syscall] += 1
+            return result
+
+        return call
+
+    for (cls, name), syscall in TRANSPORT_CALLS.items():
+        setattr(cls, name, counted(getattr(cls, name), syscall))
+
+
+async def serve(kernel: str, policy: str, size: int, count: str) -> None:
     body = image(size)
-    options = {"policy": ALWAYS_ZC} if policy == "zerocopy" else {}
-    async with trio_zc.open_pool(max_bytes=16 << 20, kernel=kernel, **options) as pool:  # type: ignore[arg-type]
+    counts: Counter[str] = Counter()
+    if count == "transport":
+        count_transport_calls(counts)
+    async with trio_zc.open_pool(
+        max_bytes=16 << 20, kernel=kernel, policy=ALWAYS_ZC if policy == "zerocopy" else None
+    ) as pool:
         with trio_zc.LeaseCache[str](pool, max_bytes=4 << 20) as cache:
 
             async def render() -> trio_zc.SealedLease:
@@ -82,8 +120,10 @@ async def serve(kernel: str, policy: str, size: int) -> None:
                         nursery.cancel_scope.cancel()
                         break
         kernel_name = pool.statistics().kernel
+        if isinstance(pool._kernel, IoUringKernel):
+            counts["io_uring_enter"] = pool._kernel.submit_calls
     stats = server.statistics()
-    print(json.dumps({"responses": stats.responses, "kernel": kernel_name}), flush=True)
+    print(json.dumps({"responses": stats.responses, "kernel": kernel_name, "counts": counts}), flush=True)
 
 
 # -- the clients ------------------------------------------------------------------------------
@@ -130,12 +170,11 @@ def strace_counts(path: str) -> dict[str, int]:
 
 
 def run_one(kernel: str, policy: str, args: argparse.Namespace, requests: int) -> tuple[dict[str, int], int, str]:
-    """One traced server: (calls per system call, responses, the pool's kernel)."""
+    """One server: (calls per system call, responses, the pool's kernel)."""
     with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
-        command = [
-            "strace", "-f", "-c", "-o", out.name, "-e", "trace=" + ",".join(SYSCALLS),
-            sys.executable, os.path.abspath(__file__), "serve", kernel, policy, str(args.size),
-        ]
+        command = [sys.executable, os.path.abspath(__file__), "serve", kernel, policy, str(args.size), args.count]
+        if args.count == "strace":
+            command = ["strace", "-f", "-c", "-o", out.name, "-e", "trace=" + ",".join(SYSCALLS), *command]
         server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         pid = None
         try:
@@ -157,11 +196,15 @@ def run_one(kernel: str, policy: str, args: argparse.Namespace, requests: int) -
             server.wait(timeout=60)
         finally:
             if pid is not None:
-                os.kill(pid, signal.SIGKILL)  # the traced server, which strace alone would leave running
+                os.kill(pid, signal.SIGKILL)  # the server, which strace alone would leave running
             if server.poll() is None:
                 server.kill()
                 server.wait()
-        return strace_counts(out.name), done["responses"], done["kernel"]
+        if args.count == "strace":
+            counts = strace_counts(out.name)
+        else:
+            counts = {name: int(done["counts"].get(name, 0)) for name in SYSCALLS}
+        return counts, int(done["responses"]), str(done["kernel"])
 
 
 def main() -> int:
@@ -171,15 +214,20 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=13_000, help="the image's size in bytes")
     parser.add_argument("--wrk", type=int, default=0, metavar="SECONDS", help="drive the server with wrk this long instead")
     parser.add_argument("--kernels", default=",".join(KERNELS))
+    parser.add_argument(
+        "--count", choices=("strace", "transport"), default="strace",
+        help="count system calls with strace, or through the streams' transports (no strace needed)",
+    )
     args = parser.parse_args()
-    if shutil.which("strace") is None:
+    if args.count == "strace" and shutil.which("strace") is None:
         print("strace is not installed (Debian: apt-get install -y strace)", file=sys.stderr)
         return 2
     if args.wrk and shutil.which("wrk") is None:
         print("wrk is not installed (Debian: apt-get install -y wrk)", file=sys.stderr)
         return 2
-    print(f"{args.size}-byte image, keep-alive over {args.connections} connection(s);"
-          " calls per response after subtracting an idle server's")
+    how = "strace -c" if args.count == "strace" else "the transports"
+    print(f"{args.size}-byte image, keep-alive over {args.connections} connection(s); calls per response"
+          f" (counted by {how}) after subtracting an idle server's")
     print(f"{'kernel':14} {'policy':9} {'responses':>9} " + " ".join(f"{name:>15}" for name in SYSCALLS))
     for kernel in args.kernels.split(","):
         for policy in POLICIES:
@@ -194,7 +242,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "serve":
-        trio.run(serve, sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "serve":
+        trio.run(serve, sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
         sys.exit(0)
     sys.exit(main())

@@ -45,7 +45,10 @@ class MockSend:
         "snapshot": "The call's bytes as they were when it was made.",
         "record": "The lease record the call read (what the kernel sees of it).",
         "head": "The head the call sent before the lease's bytes, as it was when made (b'' if none).",
-        "head_view": None,
+        "head_view": (
+            "The head the call sends before the lease's bytes, as a view, until its completion"
+            " arrives; then None (None from the start if it has no head)."
+        ),
         "_as_sent": None,
         "_site": None,
         "_lease": None,

@@ -19,7 +19,7 @@ Real kernels over loopback TCP (and the mock), a receiver comparing bytes:
   area's slots, and a short result inside the head.
 
 Cancellation at every step of a send with a head is in
-``tests/test_adversary_cancel_sweep.py`` (the "head-lease-send" scenario).
+``tests/guarantees/test_adversary_cancel_sweep.py`` (the "head-lease-send" scenario).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from trio_zc._kernels._ring import probe
 from trio_zc._kernels._socket import SocketTransport
 from trio_zc.testing._transport import MockTransport
 
-from .http_client import BODIES, running
-from .streams import ALWAYS_ZC, KERNELS, kernel, pattern, receive_exactly, sealed_with, stop_reading, stream_pair
+from ..http_client import BODIES, running
+from ..streams import ALWAYS_ZC, KERNELS, kernel, pattern, receive_exactly, sealed_with, stop_reading, stream_pair
 
 MiB = 1 << 20
 HEAD_SIZES = [0, 1, 4095, 64 * 1024]
