@@ -447,6 +447,16 @@ async def _receive_huge(c: Ctx) -> None:
     assert await c.stream.receive_some(2**63) == b"hello"
 
 
+async def _head_mutated(c: Ctx) -> str:
+    head = bytearray(b"HTTP/1.1 200 OK\r\n\r\n")
+    sent = bytes(head)
+    await c.stream.send_lease(c.sealed, head=head)
+    head[:] = b"X" * len(head)  # after the call returned, before the peer read
+    got = await receive_exactly(c.peer, len(sent) + SEALED_BYTES)
+    assert got == sent + pattern(SEALED_BYTES, 2), "the head's change reached the wire"
+    return "sent"
+
+
 async def _unix_socket(c: Ctx) -> None:
     a, b = trio.socket.socketpair()
     c.keep(b)
@@ -693,6 +703,19 @@ ROWS: list[Row] = [
       lambda c: c.stream.send_lease(c.sealed, offset="0")),  # type: ignore[arg-type]
     R("send-nbytes-bool", TYPES, "a length given as a bool", "await stream.send_lease(sealed, nbytes=True)",
       TE, "nbytes must be an int, not bool", lambda c: c.stream.send_lease(c.sealed, nbytes=True)),
+    R("send-head-str", TYPES, "a head given as text", "await stream.send_lease(sealed, head='HTTP/1.1 200 OK')",
+      TE, "head must be a bytes-like object (bytes, bytearray, memoryview...), not str: encode the text first",
+      lambda c: c.stream.send_lease(c.sealed, head="HTTP/1.1 200 OK")),  # type: ignore[arg-type]
+    R("send-head-list", TYPES, "a head given as a list of byte values", "await stream.send_lease(sealed, head=[72, 84])",
+      TE, "head must be a bytes-like object (bytes, bytearray, memoryview...), not list",
+      lambda c: c.stream.send_lease(c.sealed, head=[72, 84])),  # type: ignore[arg-type]
+    R("send-head-lease", TYPES, "a lease given as the head", "await stream.send_lease(sealed, head=sealed)",
+      TE, "head must be a bytes-like object (bytes, bytearray, memoryview...), not SealedLease",
+      lambda c: c.stream.send_lease(c.sealed, head=c.sealed)),  # type: ignore[arg-type]
+    R("send-head-mutable", TYPES, "a head in a bytearray, changed as soon as send_lease returns",
+      "await stream.send_lease(sealed, head=buf); buf[:] = ...",
+      None, "accepted: a head that is not bytes is copied first; the change never reaches the wire",
+      _head_mutated),
     R("send-all-lease", TYPES, "a sealed lease given to send_all (which copies bytes)",
       "await stream.send_all(sealed)",
       TE, "send a SealedLease with send_lease()", lambda c: c.stream.send_all(c.sealed)),  # type: ignore[arg-type]

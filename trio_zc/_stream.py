@@ -29,6 +29,7 @@ from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
 from ._validate import (
     check_drain_timeout,
+    check_head,
     check_max_in_flight,
     check_receive_size,
     check_send_timeout,
@@ -233,14 +234,34 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 )
         return slot, start, length
 
-    async def send_lease(self, lease: SealedLease, offset: int = 0, nbytes: int | None = None) -> None:
-        """Send *nbytes* bytes of *lease* from *offset* (default: all of it).
+    async def send_lease(
+        self,
+        lease: SealedLease,
+        offset: int = 0,
+        nbytes: int | None = None,
+        *,
+        head: bytes | bytearray | memoryview | None = None,
+    ) -> None:
+        """Send *head* (if given), then *nbytes* bytes of *lease* from *offset* (default: all of it).
 
         Returns once the kernel has accepted every byte. The lease stays
         referenced (its memory is not reused, even if it is released) until
         the kernel reports every call that carried its bytes complete. Sends
         below the policy's threshold, and sends on streams where zero-copy
         cannot win, are copied; :meth:`statistics` says which.
+
+        *head* is ordinary bytes that go out just before the lease's -- an
+        HTTP response's head, a frame header -- in the same system call
+        where the kernel allows (one ``sendmsg`` of two iovecs for ``copy``
+        and ``msg_zerocopy``, one ``SENDMSG_ZC`` request for ``io_uring``;
+        ``sendfile`` sends it with ``MSG_MORE`` just before, so both leave
+        in one train of packets). Any bytes-like object: a ``bytes`` object
+        is held as it is until the kernel is done with it (it cannot
+        change), anything else is copied first, so writing to it once this
+        returns (or while it waits) never changes what is sent. Its bytes
+        count as copied bytes in :meth:`statistics`. A send cut short
+        (cancelled, timed out, or stopped by the peer) may have sent part
+        of the head, as for the lease's bytes.
 
         If cancelled part-way, some bytes may have been sent, as with a
         cancelled :meth:`send_all`; the lease stays referenced by the calls
@@ -257,6 +278,12 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             start, length = 0, slot.nbytes
         else:
             slot, start, length = self._lease_slot(lease, offset, nbytes)
+        # What the channels send: a view of immutable bytes (rule of _kernels._base).
+        head_view: memoryview | None = None
+        if head is not None:
+            held = head if type(head) is bytes else check_head(head)
+            if held:
+                head_view = memoryview(held)
         with self._send_conflict:
             if self._broken is not None or self._closed or self._eof_sent:
                 self._check_sendable()  # raises the right error
@@ -277,10 +304,19 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.checkpoint_if_cancelled()
                 with slot.readonly_view(start, length) as data:
                     if zerocopy:
-                        taken, refused = self._channel.zerocopy_now(data, slot)
+                        taken, refused = self._channel.zerocopy_now(data, slot, head_view)
                     else:
-                        taken, refused = self._channel.copy_now(data), False
-                if taken == length:
+                        taken, refused = self._channel.copy_now(data, head_view), False
+                if head_view is not None:
+                    head_len = len(head_view)
+                    if taken < head_len:
+                        # Stopped inside the head: the rest of it goes first.
+                        head_view = head_view[taken:]
+                        taken = 0
+                    else:
+                        taken -= head_len
+                        head_view = None
+                if taken == length and head_view is None:
                     if zerocopy:
                         self._decider.on_zerocopy_sent()
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -297,13 +333,15 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             try:
                 if self._send_timeout is not None:
                     with self._time_limit("send_lease()"):
-                        await self._send_slot(slot, start, length, zerocopy)
+                        await self._send_slot(slot, start, length, zerocopy, head_view)
                 else:
-                    await self._send_slot(slot, start, length, zerocopy)
+                    await self._send_slot(slot, start, length, zerocopy, head_view)
             finally:
                 slot.end_send()
 
-    async def _send_slot(self, slot: _LeaseRecord, start: int, length: int, zerocopy: bool) -> None:
+    async def _send_slot(
+        self, slot: _LeaseRecord, start: int, length: int, zerocopy: bool, head: memoryview | None
+    ) -> None:
         if zerocopy:
             counters = self._counters
             while counters.bytes_in_flight and counters.bytes_in_flight + length > self._max_in_flight:
@@ -314,15 +352,21 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             self._room = None
         with slot.readonly_view(start, length) as data:
             if zerocopy:
-                sent = await self._channel.send_zerocopy(data, slot, start)
-                if sent < length:
+                sent = await self._channel.send_zerocopy(data, slot, start, head)
+                head_len = 0 if head is None else len(head)
+                if sent < head_len + length:
                     self._decider.on_enobufs()
-                    with data[sent:] as rest:
-                        await self._channel.send_copy(rest)
+                    # Copy the rest: what is left of the head, then of the lease.
+                    if head is not None and sent < head_len:
+                        with head[sent:] as head_rest:
+                            await self._channel.send_copy(data, head_rest)
+                    else:
+                        with data[sent - head_len :] as rest:
+                            await self._channel.send_copy(rest)
                 else:
                     self._decider.on_zerocopy_sent()
             else:
-                await self._channel.send_copy(data)
+                await self._channel.send_copy(data, head)
 
     @contextlib.contextmanager
     def _time_limit(self, what: str) -> Iterator[None]:

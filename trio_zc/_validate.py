@@ -47,6 +47,29 @@ def exact_int(name: str, value: object, expected: str = "an int") -> int:
     return int.__index__(value)  # type: ignore[arg-type]
 
 
+def check_head(value: object) -> bytes:
+    """A head to send before a lease's bytes, as immutable :class:`bytes`.
+
+    ``bytes`` is taken as it is (nothing can change it); any other
+    bytes-like object is copied, so that writing to it after the call
+    returns never changes what is sent.
+    """
+    if type(value) is bytes:
+        return value
+    if not isinstance(value, str):
+        try:
+            view = memoryview(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        else:
+            with view:
+                return view.tobytes()
+    raise TypeError(
+        f"head must be a bytes-like object (bytes, bytearray, memoryview...), not {type(value).__name__}"
+        + (": encode the text first" if isinstance(value, str) else "")
+    )
+
+
 def check_at_least(name: str, value: object, minimum: int) -> int:
     """An int of at least *minimum*."""
     value = exact_int(name, value)

@@ -46,7 +46,7 @@ HOT_PATHS: list[tuple[type, str, tuple[str, ...]]] = [
     (trio_zc.BufferPool, "lease", ("nbytes",)),
     (trio_zc.WritableLease, "write", ("data", "offset")),
     (trio_zc.WritableLease, "seal", ("nbytes",)),
-    (trio_zc.ZeroCopyStream, "send_lease", ("offset", "nbytes")),
+    (trio_zc.ZeroCopyStream, "send_lease", ("offset", "nbytes", "head")),
     (trio_zc.ZeroCopyStream, "receive_some", ("max_bytes",)),
     (MockPeer, "receive_some", ("max_bytes",)),
 ]

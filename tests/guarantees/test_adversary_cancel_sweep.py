@@ -5,7 +5,7 @@ one in turn. An instrument counts the steps (the runs between two
 checkpoints) of the task that runs a scenario, and cancels the scenario's
 scope when step *k* begins, for k = 1, 2, ... until a run finishes before
 its cancellation: so every ``await`` the scenario reaches -- in
-``lease()``, ``send_lease``, ``send_all``, ``wait_reusable``, ``aclose``
+``lease()``, ``send_lease`` (with a head too), ``send_all``, ``wait_reusable``, ``aclose``
 and ``images.encode``, and the library's own waits inside them -- is the
 one that gets cancelled, once.
 
@@ -78,6 +78,19 @@ def _owned(sealed: trio_zc.SealedLease) -> bool:
         return False
 
 
+#: A head larger than the socket buffers, so that sends stop (and are
+#: cancelled) inside it too; a bytearray, which send_lease copies.
+HEAD = pattern(40_000, 5)
+
+
+async def send_lease_with_head(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStream) -> None:
+    async with pool.lease(SIZE) as lease:
+        lease.write(IMAGE)
+        sealed = lease.seal()
+        await stream.send_lease(sealed, head=bytearray(HEAD))
+        await stream.send_all(TRAILER)
+
+
 async def send_adopted_and_wait(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStream) -> None:
     sealed = pool.adopt(IMAGE)
     try:
@@ -116,6 +129,7 @@ async def encode_and_send(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStre
 
 SCENARIOS: dict[str, tuple[Scenario, bytes]] = {
     "lease-send": (send_pool_lease, IMAGE + TRAILER),
+    "head-lease-send": (send_lease_with_head, HEAD + IMAGE + TRAILER),
     "adopt-wait_reusable": (send_adopted_and_wait, IMAGE + TRAILER),
     "send-aclose": (send_then_close, IMAGE + TRAILER),
     "encode-send": (encode_and_send, ENCODED + TRAILER),

@@ -13,7 +13,8 @@ protection (``trio_zc/_ki.py``), so the interrupt is delivered at the
 application's next checkpoint instead, where the library's code handles it
 as it handles a cancellation.
 
-How the sweep works: an application (:func:`app`) sends framed images over
+How the sweep works: an application (:func:`app`) sends framed images (the
+frame's header as the lease's ``head``, or sent before it) over
 one connection at a time, catching ``KeyboardInterrupt`` around every step
 and going on (a new connection after an interrupted send, since that byte
 stream is no longer framed), while a receiver checks every frame's
@@ -200,8 +201,13 @@ async def steps(pool: trio_zc.BufferPool, nursery: trio.Nursery, outcome: Outcom
                 data = pattern(SIZE, seq)
                 lease.write(data)
                 sealed = lease.seal()
-                await stream.send_all(HEADER.pack(seq, SIZE, hashlib.sha256(data).digest()))
-                await stream.send_lease(sealed)
+                header = HEADER.pack(seq, SIZE, hashlib.sha256(data).digest())
+                if seq % 2:
+                    await stream.send_all(header)
+                    await stream.send_lease(sealed)
+                else:
+                    # The frame's header as the lease's head: one system call.
+                    await stream.send_lease(sealed, head=header)
             seq += 1
         except KeyboardInterrupt:
             outcome.interrupts += 1

@@ -24,6 +24,7 @@ from trio_zc._kernels import _ring as _uring
 from trio_zc._kernels._ring import (
     IORING_FEAT_NODROP,
     IORING_FEAT_SINGLE_MMAP,
+    Message,
     Probe,
     Ring,
     SubmissionQueueFull,
@@ -348,6 +349,91 @@ def test_sparse_buffer_table_filled_later(ring: Ring, pair: tuple[socket.socket,
     assert info.value.errno == errno.ENXIO
 
 
+def _kernel_at_least(major: int, minor: int) -> bool:
+    parts = platform.release().split(".")
+    try:
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+needs_sendmsg_zc = pytest.mark.skipif(not PROBE.sendmsg_zc, reason=PROBE.reason)
+needs_vectored_fixed = pytest.mark.skipif(not PROBE.vectored_fixed, reason=PROBE.reason)
+
+
+@needs_sendmsg_zc
+def test_sendmsg_zc_sends_its_regions_in_order_from_ordinary_memory(
+    ring: Ring, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    sender, receiver = pair
+    head, body = b"HTTP/1.1 200 OK\r\n\r\n", os.urandom(300_000)
+    with mapped(head) as (_, head_addr), mapped(body) as (_, body_addr):
+        message = Message([(head_addr, len(head)), (body_addr, len(body))])
+        assert message.nbytes == len(head) + len(body)
+        ring.prep_sendmsg_zc(sender.fileno(), message, 9, report_usage=True, msg_flags=MSG_WAITALL_NOSIGNAL)
+        ring.submit()
+        cqes, received = pump(ring, lambda c, r: len(c) == 2 and len(r) == len(head) + len(body), receiver)
+    assert flags_of(cqes) == [(9, IORING_CQE_F_MORE), (9, IORING_CQE_F_NOTIF)]
+    assert cqes[0].res == len(head) + len(body)
+    assert received == head + body
+
+
+@needs_vectored_fixed
+def test_sendmsg_zc_from_one_registered_buffer_made_of_two_files(
+    ring: Ring, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """What the io_uring kernel does for a head and a lease: a head area and a chunk
+    of the arena registered side by side, written through other mappings afterwards."""
+    sender, receiver = pair
+    page = mmap.PAGESIZE
+    heads = os.memfd_create("test-heads")
+    arena = os.memfd_create("test-arena")
+    try:
+        os.ftruncate(heads, 2 * page)
+        os.ftruncate(arena, 16 * page)
+        ring.register_sparse_buffers(2)
+        try:
+            base = ring.register_files(1, [(heads, 0, 2 * page), (arena, 4 * page, 8 * page)])
+            head, body = b"head bytes " * 30, os.urandom(5 * page)
+            with mmap.mmap(heads, 2 * page) as h, mmap.mmap(arena, 16 * page) as a:
+                h[1000 : 1000 + len(head)] = head
+                a[4 * page + 123 : 4 * page + 123 + len(body)] = body  # file offset 4 pages = buffer offset 2 pages
+                message = Message([(base + 1000, len(head)), (base + 2 * page + 123, len(body))])
+                ring.prep_sendmsg_zc(sender.fileno(), message, 1, buf_index=1, msg_flags=MSG_WAITALL_NOSIGNAL)
+                # An iovec past the buffer's end: EFAULT, and nothing sent.
+                outside = Message([(base + 1000, 10), (base + 10 * page - 5, 10)])
+                ring.prep_sendmsg_zc(sender.fileno(), outside, 2, buf_index=1, msg_flags=MSG_WAITALL_NOSIGNAL)
+                ring.submit()
+                cqes, received = pump(ring, lambda c, r: len(c) == 4 and len(r) == len(head) + len(body), receiver)
+            results = {c.user_data: c.res for c in cqes if not c.notif}
+            assert results == {1: len(head) + len(body), 2: -errno.EFAULT}
+            assert received == head + body
+        finally:
+            ring.unregister_buffers()
+    finally:
+        os.close(heads)
+        os.close(arena)
+
+
+def test_message_and_register_files_refuse_bad_regions(ring: Ring) -> None:
+    with pytest.raises(ValueError, match="at least one region"):
+        Message([])
+    with pytest.raises(ValueError):
+        Message([(4096, 0)])
+    fd = os.memfd_create("test-misaligned")
+    try:
+        os.ftruncate(fd, 2 * mmap.PAGESIZE)
+        with pytest.raises(ValueError, match="page-aligned"):
+            ring.register_files(0, [(fd, 100, mmap.PAGESIZE)])
+        with pytest.raises(ValueError, match="page-aligned"):
+            ring.register_files(0, [(fd, 0, 100)])
+        with pytest.raises(OSError) as info:
+            ring.register_files(0, [(fd, 0, mmap.PAGESIZE)])  # no table
+        assert info.value.errno == errno.ENXIO
+    finally:
+        os.close(fd)
+
+
 def test_batched_sends(ring: Ring, pair: tuple[socket.socket, socket.socket]) -> None:
     sender, receiver = pair
     chunks = [bytes([65 + i]) * (1000 + i) for i in range(6)]
@@ -441,6 +527,9 @@ def test_probe_here() -> None:
     fresh = probe_uncached()
     assert fresh == PROBE
     assert fresh.available and fresh.send_zc and fresh.report_usage and fresh.fixed_buffers
+    assert fresh.sendmsg_zc
+    # Vectored sends from registered buffers came with Linux 6.15.
+    assert fresh.vectored_fixed == _kernel_at_least(6, 15)
     assert fresh.reason.startswith("io_uring works on Linux ")
     assert fresh.reason.endswith(".") and "\n" not in fresh.reason
 

@@ -15,6 +15,10 @@ async def misuse(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStream) -> No
     await stream.send_lease(writable)  # type: ignore[arg-type]
     # Sending anything else as a lease.
     await stream.send_lease(b"bytes")  # type: ignore[arg-type]
+    # A head is bytes-like: not text, not a lease, and only by keyword.
+    await stream.send_lease(sealed, head="HTTP/1.1 200 OK\r\n\r\n")  # type: ignore[arg-type]
+    await stream.send_lease(sealed, head=sealed)  # type: ignore[arg-type]
+    await stream.send_lease(sealed, 0, None, b"head")  # type: ignore[call-arg]
 
     # Writing through a sealed lease: it has no write API...
     sealed.write(b"new image")  # type: ignore[attr-defined]
@@ -39,5 +43,8 @@ async def misuse(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStream) -> No
     bytes(sealed.view())
     await stream.send_lease(sealed)
     await stream.send_lease(adopted, offset=1, nbytes=4)
+    await stream.send_lease(sealed, head=b"HTTP/1.1 200 OK\r\n\r\n")
+    await stream.send_lease(sealed, 10, 100, head=bytearray(b"frame header"))
+    await stream.send_lease(sealed, head=memoryview(b"head"))
     sealed.release()
     await adopted.wait_reusable()

@@ -2,7 +2,8 @@
 
 ``_base`` is the interface (Kernel, Channel, Transport, SendableLease);
 ``_socket`` the socket operations every real kernel shares; ``_closing``
-the close protocol and refusal retry of the zero-copy channels;
+the close protocol and refusal retry of the zero-copy channels; ``_heads``
+the private pages a zero-copy call's head is copied into;
 ``_completion`` the channel whose calls are completed by records
 (MSG_ZEROCOPY and the mock). One module per kernel: ``_copy``,
 ``_msg_zerocopy`` (with ``_errqueue`` and ``_completions``, its record

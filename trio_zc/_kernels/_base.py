@@ -39,6 +39,16 @@ A channel's contract, which every kernel is tested against:
   Linux says it is done; when Linux refuses to pin the memory (ENOBUFS,
   ENOMEM, after one retry), they return what was taken and the stream
   copies the rest.
+- Every send method also takes an optional *head*: ordinary bytes that go
+  out before the data in the same system call where the kernel can (one
+  ``sendmsg`` with two iovecs, one io_uring request), so a response's head
+  and body leave together. The counts a send returns cover the head and the
+  data. A head given to a zero-copy method is a view of an immutable
+  ``bytes`` object (``head.obj``); a channel that lets Linux read it after
+  returning keeps that object referenced until the completion covers the
+  call, and for ever if the call is quarantined (:func:`~trio_zc._kernels._closing.keep_forever`).
+  Head bytes count as copied bytes in the statistics, as a ``send_all``
+  of them did: they are not the pool's memory.
 - :meth:`Channel.aclose` keeps the memory of in-flight sends safe: it waits
   for their completions up to a deadline, then forces the connection down,
   and quarantines whatever Linux never reported done
@@ -126,6 +136,14 @@ class Transport(abc.ABC):
         """
 
     @abc.abstractmethod
+    def send_with_head(self, head: memoryview, data: memoryview) -> int:
+        """One call copying as much of *head*, then of *data*, as the connection takes now.
+
+        Bytes taken, of both together (one ``sendmsg`` with two iovecs on a
+        socket). Raises as :meth:`send` does.
+        """
+
+    @abc.abstractmethod
     def recv(self, max_bytes: int) -> bytes:
         """Bytes waiting now (``b""`` at end of stream); BlockingIOError when none."""
 
@@ -203,15 +221,18 @@ class Channel:
 
     # -- copying ------------------------------------------------------------------
 
-    def copy_now(self, data: memoryview) -> int:
-        """Copy what the connection takes of *data* at once, without waiting; bytes taken.
+    def copy_now(self, data: memoryview, head: memoryview | None = None) -> int:
+        """Copy what the connection takes of *head* (if any) then *data* at once, without waiting.
 
-        Never blocks and never yields: 0 when nothing can be taken now. A
-        caller that gets every byte taken is done with the memory before
-        any other task can run.
+        Bytes taken, of both together, in one system call. Never blocks and
+        never yields: 0 when nothing can be taken now. A caller that gets
+        every byte taken is done with the memory before any other task can run.
         """
         try:
-            n = self.transport.send(data)
+            if head is None:
+                n = self.transport.send(data)
+            else:
+                n = self.transport.send_with_head(head, data)
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -219,14 +240,23 @@ class Channel:
         self.counters.copied(n)
         return n
 
-    async def send_copy(self, data: memoryview) -> None:
-        """Send every byte of *data* by copying it."""
+    async def send_copy(self, data: memoryview, head: memoryview | None = None) -> None:
+        """Send every byte of *head* (if any), then of *data*, by copying them."""
         await trio.lowlevel.checkpoint_if_cancelled()
         total = len(data)
-        sent = self.copy_now(data)  # most sends: one call, no slice
-        if sent == total:
+        head_left = 0 if head is None else len(head)
+        sent = self.copy_now(data, head)  # most sends: one call, no slice
+        if sent == head_left + total:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
+        if head is not None:
+            # A short call may stop inside the head: go on from there, head
+            # and data together again.
+            while sent < head_left:
+                await self.wait_writable()  # a checkpoint
+                with head[sent:] as rest:
+                    sent += self.copy_now(data, rest)
+            sent -= head_left
         while sent < total:
             await self.wait_writable()  # a checkpoint
             with data[sent:] as rest:
@@ -234,10 +264,12 @@ class Channel:
 
     # -- zero-copy (what zero-copy channels override) -------------------------------
 
-    def zerocopy_now(self, data: memoryview, lease: SendableLease) -> tuple[int, bool]:
-        """Zero-copy calls for *data* (bytes of *lease*) without waiting.
+    def zerocopy_now(
+        self, data: memoryview, lease: SendableLease, head: memoryview | None = None
+    ) -> tuple[int, bool]:
+        """Zero-copy calls for *head* (if any) then *data* (bytes of *lease*) without waiting.
 
-        Returns the bytes Linux took, each call recorded with
+        Returns the bytes Linux took (head and data together), each call recorded with
         ``lease.begin_send()`` (so the lease stays held by them), and
         whether Linux refused zero-copy (after a retry): the caller copies
         the rest then. Never blocks and never yields. Channels whose sends
@@ -245,11 +277,14 @@ class Channel:
         """
         return 0, False
 
-    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
-        """Send *data* (bytes of *lease* from *start*) without copying; bytes accepted.
+    async def send_zerocopy(
+        self, data: memoryview, lease: SendableLease, start: int, head: memoryview | None = None
+    ) -> int:
+        """Send *head* (if any) then *data* (bytes of *lease* from *start*) without copying.
 
-        Fewer bytes than ``len(data)`` means Linux refused zero-copy for
-        the rest; the caller copies them.
+        Returns the bytes accepted, head and data together. Fewer than all
+        of them means Linux refused zero-copy for the rest; the caller
+        copies them (the rest of the head first, if any).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot send zero-copy")
 

@@ -54,6 +54,21 @@ ABORT_GRACE: Final = 1.0
 #: Errors with which Linux refuses to pin memory for a zero-copy send (rule 3).
 ZEROCOPY_REFUSED: Final = frozenset({errno.ENOBUFS, errno.ENOMEM})
 
+#: Heads of quarantined sends (see keep_forever).
+_KEPT: list[object] = []
+
+
+def keep_forever(head: object) -> None:
+    """Keep *head* -- the memory of a quarantined send's head -- referenced for good.
+
+    Linux may still read a quarantined send's memory (rule 1). A pool's
+    memory is quarantined by the pool; a head is the application's bytes,
+    which Python would free and reuse for other objects once unreferenced,
+    so it is kept here instead: a few hundred bytes per send Linux never
+    reported done, which is rare and already warned about.
+    """
+    _KEPT.append(head)
+
 
 class Drainable(Protocol):
     """What the close protocol needs of a channel."""

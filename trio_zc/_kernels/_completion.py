@@ -35,13 +35,14 @@ import trio
 
 from .._stats import Counters
 from ._base import Channel, CompletionListener, SendableLease, Transport, broken
-from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry
+from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, keep_forever
 from ._completions import CompletionRangeError, CompletionTracker
 from ._errqueue import MalformedRecordError, QueuedSocketError, ZeroCopyCompletion, parse_ancdata
 
 Ancdata = list[tuple[int, int, bytes]]
-#: A call as the tracker keeps it: the lease it read and its byte count.
-Call = tuple[SendableLease, int]
+#: A call as the tracker keeps it: the lease it read, its byte count of the
+#: lease, and the head it also read (the immutable bytes object), or None.
+Call = tuple[SendableLease, int, object]
 
 
 class ZeroCopyTransport(Protocol):
@@ -53,6 +54,9 @@ class ZeroCopyTransport(Protocol):
         Raises BlockingIOError when nothing can be accepted now, and OSError
         as Linux would (ENOBUFS, EPIPE, ECONNRESET...).
         """
+
+    def zerocopy_send_with_head(self, head: memoryview, data: memoryview) -> int:
+        """:meth:`zerocopy_send` of *head* then *data* in one call (two iovecs): bytes of both accepted."""
 
     def completion_records(self) -> Iterable[tuple[Ancdata, bool]]:
         """Completion records waiting now, as ``(ancdata, truncated)``. Never blocks."""
@@ -131,15 +135,15 @@ class CompletionChannel(Channel):
             return
         self.zerocopy.releasing(calls)
         nbytes = 0
-        for lease, n in calls:
+        for lease, n, _ in calls:
             nbytes += n
             lease.end_send()
         self.counters.completed(len(calls), nbytes, nbytes, record.copied)
         self.on_completions(len(calls), record.copied)
         self.zerocopy.after_completion()
 
-    def _record_call(self, lease: SendableLease, nbytes: int) -> None:
-        call = (lease, nbytes)
+    def _record_call(self, lease: SendableLease, nbytes: int, head: object = None) -> None:
+        call = (lease, nbytes, head)
         counter = self.tracker.record(call)
         lease.begin_send()
         self.counters.zerocopy_call(nbytes)
@@ -147,7 +151,11 @@ class CompletionChannel(Channel):
 
     # -- sending ----------------------------------------------------------------
 
-    def zerocopy_now(self, data: memoryview, lease: SendableLease) -> tuple[int, bool]:
+    def zerocopy_now(
+        self, data: memoryview, lease: SendableLease, head: memoryview | None = None
+    ) -> tuple[int, bool]:
+        if head is not None:
+            return self._zerocopy_now_with_head(data, lease, head)
         total = len(data)
         sent = 0
         retry: RefusalRetry | None = None  # made only on a refusal: this runs per image
@@ -177,17 +185,72 @@ class CompletionChannel(Channel):
                 retry.went_through()
         return sent, False
 
-    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
+    def _zerocopy_now_with_head(
+        self, data: memoryview, lease: SendableLease, head: memoryview
+    ) -> tuple[int, bool]:
+        """:meth:`zerocopy_now` with a head: calls of head and data together
+        until the head is all taken, then as without one."""
+        head_len = len(head)
+        # The calls may read the head until they complete: they keep its
+        # immutable bytes object, not the view (which the caller releases).
+        owner = head.obj
+        sent = 0
+        retry: RefusalRetry | None = None
+        while sent < head_len:
+            try:
+                if sent:
+                    with head[sent:] as rest:
+                        n = self.zerocopy.zerocopy_send_with_head(rest, data)
+                else:
+                    n = self.zerocopy.zerocopy_send_with_head(head, data)
+            except BlockingIOError:
+                return sent, False
+            except OSError as exc:
+                if exc.errno not in ZEROCOPY_REFUSED:
+                    broken(exc)
+                self.drain()
+                if retry is None:
+                    retry = RefusalRetry()
+                if not retry.refused(self.counters):
+                    return sent, True
+                continue
+            # A short call may end inside the head: then it read none of the
+            # lease, but took a counter value all the same (rule 1).
+            head_taken = min(n, head_len - sent)
+            self.counters.copied(head_taken)
+            self._record_call(lease, n - head_taken, owner)
+            sent += n
+            if retry is not None:
+                retry.went_through()
+        body_sent = sent - head_len
+        if body_sent == len(data):
+            return sent, False
+        if body_sent:
+            with data[body_sent:] as rest:
+                n, refused = self.zerocopy_now(rest, lease)
+        else:
+            n, refused = self.zerocopy_now(data, lease)
+        return sent + n, refused
+
+    async def send_zerocopy(
+        self, data: memoryview, lease: SendableLease, start: int, head: memoryview | None = None
+    ) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
-        total = len(data)
-        sent, refused = self.zerocopy_now(data, lease)
+        total = len(data) + (0 if head is None else len(head))
+        sent, refused = self.zerocopy_now(data, lease, head)
         if sent == total or refused:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return sent
+        head_len = 0 if head is None else len(head)
         while sent < total and not refused:
             await self.wait_writable()  # a checkpoint
-            with data[sent:] as rest:
-                n, refused = self.zerocopy_now(rest, lease)
+            if sent < head_len:
+                assert head is not None
+                with head[sent:] as rest:
+                    n, refused = self.zerocopy_now(data, lease, rest)
+            else:
+                with data[sent - head_len :] as rest:
+                    n, refused = self.zerocopy_now(rest, lease)
             sent += n
         return sent
 
@@ -196,11 +259,16 @@ class CompletionChannel(Channel):
     def poll_completions(self) -> None:
         self.drain()
 
-    def take_outstanding(self) -> list[Call]:
+    def take_outstanding(self) -> list[tuple[SendableLease, int]]:
         calls = self.tracker.items_outstanding()
         # Later records for these counter values are garbage to the new tracker.
         self.tracker = CompletionTracker(self.tracker.next_counter)
-        return calls
+        outstanding = []
+        for lease, nbytes, head in calls:
+            if head is not None:
+                keep_forever(head)  # Linux may still read it
+            outstanding.append((lease, nbytes))
+        return outstanding
 
     def close_transport(self) -> None:
         self.transport.close()

@@ -33,6 +33,25 @@ The kernel may refuse to pin memory for a send from unregistered memory
 that is no broken connection, and the stream copies the send's rest and
 backs off, as for MSG_ZEROCOPY's ENOBUFS (see ``_policy.py``).
 
+A response's head goes with its lease in one ``IORING_OP_SENDMSG_ZC``
+request of two iovecs. Where the kernel sends vectored from registered
+buffers (Linux 6.15+, found by the probe), both iovecs must lie in the one
+registered buffer the request names: so each chunk is registered with a
+small *head area* in front of it -- the pages of a memfd of the kernel's
+own (:class:`~trio_zc._kernels._heads.HeadArea`), mapped just before the
+chunk for the registration (the same pages in front of every chunk) -- and
+a head, with the lease's first bytes up to a page (so that the request's
+first fragment is a whole page: see ``_heads.py``), is copied into free
+pages of that area, which stay taken until the request's notification. Where that cannot be
+(a kernel before 6.15, a chunk registered without the area, a head larger
+than the free room, an adopted lease), the request is a SENDMSG_ZC from
+ordinary memory, the head read from its immutable ``bytes`` object, which
+the request keeps until its notification. A kernel without SENDMSG_ZC
+(6.0) copies the head with a plain send first: two system calls.
+(``IORING_SEND_VECTORIZED`` is not used: with registered buffers it was
+ignored, and since a 2026 fix fails with EINVAL.) :attr:`IoUringKernel.head_path`
+says which way this kernel went.
+
 Closing, cancellation and draining follow the msg_zerocopy kernel's
 protocol (:class:`~trio_zc._kernels._closing.DrainingClose`): a
 cancelled send's entry is already the kernel's, so its lease stays held
@@ -45,9 +64,7 @@ when the pool opens; see ``_choice.py`` (beside this module) for the fallbacks.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import mmap
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -57,9 +74,10 @@ import trio
 from .._address import buffer_address
 from .._stats import Counters
 from ._base import Channel, CompletionListener, Kernel, SendableLease, Transport, broken
-from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, settle_all
+from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, keep_forever, settle_all
+from ._heads import HeadArea
 from ._socket import SocketTransport, local_peer, not_tcp, socket_of
-from ._ring import Probe, Ring, SubmissionQueueFull
+from ._ring import Message, Probe, Ring, SubmissionQueueFull
 from ._uring_tracker import SendReleased, SendResult, SendZcTracker, UnexpectedCqeError
 
 if TYPE_CHECKING:
@@ -80,6 +98,15 @@ _RING_ENTRIES: Final = 256
 _MSG_WAITALL: Final = socket.MSG_WAITALL
 #: How long the submitter waits before trying again after EAGAIN or EBUSY.
 _SUBMIT_RETRY: Final = 0.001
+#: The head area registered in front of each chunk (see the module docs):
+#: a head (with the lease's first bytes up to a page) takes as many of its
+#: pages as it needs, from when its request is prepared until its notification.
+_HEAD_AREA: Final = 256 << 10
+
+#: How heads go with leases (IoUringKernel.head_path).
+HEAD_FIXED: Final = "sendmsg_zc_fixed"
+HEAD_PLAIN: Final = "sendmsg_zc"
+HEAD_COPIED: Final = "copy_then_send_zc"
 
 
 @attrs.define(eq=False)
@@ -88,7 +115,20 @@ class _Call:
 
     channel: IoUringChannel
     lease: SendableLease
+    #: Bytes of the lease the request sends.
     nbytes: int
+    #: Where they are, and the fixed buffer holding them (None: ordinary memory).
+    addr: int = 0
+    index: int | None = None
+    #: For a request that sends a head first: its length, the message
+    #: (SENDMSG_ZC), and what holds the head's bytes until the
+    #: notification: its slot in the head area, or its bytes object.
+    head_len: int = 0
+    message: Message | None = None
+    #: In the head area: where the head (and the lease's first bytes) went, and how many bytes.
+    head_slot: int = -1
+    head_slot_len: int = 0
+    head_owner: object = None
     #: The result CQE's res, once it came.
     res: int | None = None
     done: trio.Event = attrs.Factory(trio.Event)
@@ -124,16 +164,16 @@ class IoUringChannel(Channel):
     def sends_in_flight(self) -> int:
         return len(self.calls)
 
-    def copy_now(self, data: memoryview) -> int:
+    def copy_now(self, data: memoryview, head: memoryview | None = None) -> int:
         if self.send_barrier is not None:
             return 0  # an earlier send's bytes must go first
-        return super().copy_now(data)
+        return super().copy_now(data, head)
 
-    async def send_copy(self, data: memoryview) -> None:
+    async def send_copy(self, data: memoryview, head: memoryview | None = None) -> None:
         if self.send_barrier is not None:
             await trio.lowlevel.checkpoint_if_cancelled()
             await self.pass_barrier()
-        await super().send_copy(data)
+        await super().send_copy(data, head)
 
     async def pass_barrier(self) -> None:
         """Wait for the send behind :attr:`send_barrier`, if any, to end."""
@@ -151,10 +191,58 @@ class IoUringChannel(Channel):
         address, index, room = self.kernel.buffer_for(lease.offset + pos)
         return address, index, min(room, _MAX_FIXED_BUFFER)
 
-    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
+    def _mapped(self, lease: SendableLease, pos: int) -> int:
+        """The address of the lease's byte *pos* in this process (for a request from ordinary memory)."""
+        if lease.adopted is not None:
+            return buffer_address(lease.adopted) + pos
+        return self.kernel.arena_address + lease.offset + pos
+
+    def _head_call(self, head: memoryview, data: memoryview, lease: SendableLease, start: int) -> _Call:
+        """One SENDMSG_ZC of *head* and as much of *data* (the lease's bytes from *start*) as one request takes."""
+        kernel = self.kernel
+        head_len = len(head)
+        if head_len > _MAX_FIXED_BUFFER // 2:
+            # A request's result is a 32-bit count: a head this large goes
+            # alone, in pieces, before the lease's bytes.
+            head_len = _MAX_FIXED_BUFFER // 2
+            call = _Call(self, lease, 0, 0, None, head_len, head_owner=head.obj)
+            call.message = Message([(buffer_address(head), head_len)])
+            kernel.head_calls_plain += 1
+            return call
+        addr, index, room = self._where(lease, start)
+        if index is not None:
+            # A request stays within one registered buffer.
+            length = min(len(data), room)
+            with data[:length] as within:
+                slot = kernel.head_slot(index, head, within)
+            if slot is not None:
+                offset, copied, head_address = slot
+                # The head and the lease's first bytes from the head area,
+                # the rest of the lease from its chunk.
+                fill = copied - head_len
+                regions = [(head_address, copied)]
+                if fill < length:
+                    regions.append((addr + fill, length - fill))
+                call = _Call(self, lease, length, addr, index, head_len, head_slot=offset, head_slot_len=copied)
+                call.message = Message(regions)
+                kernel.head_calls_fixed += 1
+                return call
+            # No room for the head (or no head area in front of this chunk):
+            # the whole request from ordinary memory.
+            addr = self._mapped(lease, start)
+        length = min(len(data), _MAX_FIXED_BUFFER - head_len)
+        call = _Call(self, lease, length, addr, None, head_len, head_owner=head.obj)
+        call.message = Message([(buffer_address(head), head_len), (addr, length)])
+        kernel.head_calls_plain += 1
+        return call
+
+    async def send_zerocopy(
+        self, data: memoryview, lease: SendableLease, start: int, head: memoryview | None = None
+    ) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.pass_barrier()
-        total = len(data)
+        head_len = 0 if head is None else len(head)
+        total = head_len + len(data)
         sent = 0
         retry = RefusalRetry()  # a send here costs a system call anyway
         while sent < total:
@@ -162,14 +250,33 @@ class IoUringChannel(Channel):
             # and the entry names the socket by its number, which may belong
             # to another connection by now.
             self.socket.check_open()
-            addr, index, room = self._where(lease, start + sent)
-            # A request stays within one registered buffer.
-            length = min(total - sent, room)
-            call = _Call(self, lease, length)
-            self.kernel.submit_send(call, addr, index)
+            if sent < head_len:
+                assert head is not None
+                if self.kernel.head_path == HEAD_COPIED:
+                    # No SENDMSG_ZC (Linux 6.0): the head by copying first.
+                    with head[sent:] as rest:
+                        await Channel.send_copy(self, rest)
+                    self.kernel.head_copies += 1
+                    sent = head_len
+                    continue
+                # The rest of the head and the lease's first bytes: one request.
+                with head[sent:] as rest:
+                    call = self._head_call(rest, data, lease, start)
+            else:
+                pos = sent - head_len
+                addr, index, room = self._where(lease, start + pos)
+                # A request stays within one registered buffer.
+                call = _Call(self, lease, min(total - sent, room), addr, index)
+            length = call.nbytes + call.head_len
+            try:
+                self.kernel.submit_send(call)
+            except BaseException:
+                if call.head_slot >= 0:
+                    self.kernel.release_head(call.head_slot, call.head_slot_len)  # it never went
+                raise
             self.calls.add(call)
             lease.begin_send()
-            self.counters.zerocopy_call(length)
+            self.counters.zerocopy_call(call.nbytes)
             # The entry is the kernel's now: if this wait is cancelled, the
             # send goes on, and its notification still releases the lease.
             try:
@@ -183,6 +290,11 @@ class IoUringChannel(Channel):
             res = call.res
             assert res is not None
             if res > 0:
+                if call.head_len:
+                    # Head bytes count as copied bytes (they are not the pool's).
+                    self.counters.copied(min(res, call.head_len))
+                # A short result may end inside the head: the next request
+                # sends the rest of it with the lease's bytes again.
                 sent += res
                 retry.went_through()
                 continue
@@ -206,9 +318,12 @@ class IoUringChannel(Channel):
         """The kernel is done with *call*'s memory."""
         self.calls.discard(call)
         call.lease.end_send()
-        # The bytes the kernel took (the result came first), not the bytes
-        # asked for: a short or failed send (a reset) moved fewer, or none.
-        taken = max(call.res or 0, 0)
+        if call.head_slot >= 0:
+            self.kernel.release_head(call.head_slot, call.head_slot_len)
+        call.head_owner = None
+        # The lease's bytes the kernel took (the result came first), not the
+        # bytes asked for: a short or failed send (a reset) moved fewer, or none.
+        taken = min(max((call.res or 0) - call.head_len, 0), call.nbytes)
         self.counters.completed(1, call.nbytes, taken, copied)
         self.on_completions(1, copied)
         self.closing.notify()
@@ -221,6 +336,10 @@ class IoUringChannel(Channel):
         for call in calls:
             # Its notification, if it ever comes, changes nothing (see _reaper).
             call.quarantined = True
+            # Its head stays where it is for good: in the head area its
+            # pages are never given back; a bytes object is kept referenced.
+            if call.head_owner is not None:
+                keep_forever(call.head_owner)
             if call.res is None:
                 # Its result never came either: a task still waiting for it
                 # (a send, or a copy behind its barrier) would wait for ever.
@@ -269,6 +388,19 @@ class IoUringKernel(Kernel):
         #: io_uring_enter calls made, and entries they handed over (batching).
         self.submit_calls = 0
         self.submitted = 0
+        #: How a head goes with a lease here (see the module docs):
+        #: HEAD_FIXED once attach() made the head area, else what the probe allows.
+        self.head_path = HEAD_PLAIN if probe.sendmsg_zc else HEAD_COPIED
+        self._heads: HeadArea | None = None
+        # Per registered chunk, the address its head area was registered at
+        # (0: registered without one).
+        self._head_bases: list[int] = []
+        #: Requests that sent a head from the head area, from ordinary
+        #: memory, and heads copied first; times the head area had no room.
+        self.head_calls_fixed = 0
+        self.head_calls_plain = 0
+        self.head_copies = 0
+        self.head_area_full = 0
 
     def _add_note(self, sentence: str) -> None:
         self.note = sentence if self.note is None else f"{self.note} {sentence}"
@@ -294,9 +426,25 @@ class IoUringKernel(Kernel):
             )
             return
         self._bases = [0] * count
+        self._head_bases = [0] * count
         self.chunk = chunk
         self._chunks = [None] * count
         self.fixed = True
+        if not self.probe.vectored_fixed:
+            self._add_note(
+                "Heads go with leases in SENDMSG_ZC requests from ordinary memory: this kernel"
+                " cannot send several iovecs from registered buffers (Linux 6.15+)."
+                if self.probe.sendmsg_zc
+                else "Heads are copied before their leases (two system calls): this kernel has"
+                " no SENDMSG_ZC (Linux 6.1+)."
+            )
+            return
+        try:
+            self._heads = HeadArea(_HEAD_AREA)
+        except OSError as exc:
+            self._add_note(f"Heads go with leases from ordinary memory: making the head area failed ({exc}).")
+            return
+        self.head_path = HEAD_FIXED
 
     def buffer_for(self, offset: int) -> tuple[int, int | None, int]:
         """Where a send names arena *offset*, the fixed buffer holding it
@@ -313,29 +461,30 @@ class IoUringKernel(Kernel):
         return self._bases[index] + offset - start, index, start + self.chunk - offset
 
     def _register_chunk(self, index: int) -> bool:
-        """Register chunk *index*, through a mapping of its own; whether that worked.
+        """Register chunk *index*, with the head area in front where it fits; whether that worked.
 
         Registering pins for writing, which read-only pages refuse (EFAULT),
         and in a ``protect_sealed`` pool the lease about to be sent is
         read-only in the arena's mapping. So the chunk is mapped once more,
-        read-write, for the registration only: the kernel keeps the pages
-        pinned after the mapping is gone, and a send names its bytes by
-        their address as registered (the kernel only computes an offset from
-        it). No writable mapping of sealed memory outlives this call.
+        read-write, for the registration only (:meth:`Ring.register_files`):
+        the kernel keeps the pages pinned after the mapping is gone, and a
+        send names its bytes by their address as registered (the kernel only
+        computes an offset from it). No writable mapping of sealed memory
+        outlives this call.
         """
         start = index * self.chunk
         length = min(self.chunk, self.arena_size - start)
-        try:
-            region = mmap.mmap(self._arena_fd, length, flags=mmap.MAP_SHARED, offset=start)
+        chunk = (self._arena_fd, start, length)
+        heads = self._heads
+        if heads is not None and heads.size + length <= _MAX_FIXED_BUFFER:
             try:
-                # As the arena's own mapping: pages fault in as base pages.
-                region.madvise(mmap.MADV_NOHUGEPAGE)
-                anchor = ctypes.c_char.from_buffer(region)
-                base = ctypes.addressof(anchor)
-                del anchor
-                self.ring.update_buffers(index, [(base, length)])
-            finally:
-                region.close()
+                base = self.ring.register_files(index, [(heads.fd, 0, heads.size), chunk])
+            except (OSError, ValueError):
+                pass  # try the chunk alone: its sends' heads then go from ordinary memory
+            else:
+                return self._registered(index, base + heads.size, base, length)
+        try:
+            base = self.ring.register_files(index, [chunk])
         except (OSError, ValueError) as exc:
             # Not retried: under the locked-memory limit it would fail on
             # every send, at the price of a system call each.
@@ -348,8 +497,12 @@ class IoUringKernel(Kernel):
                 )
             self.refused_chunks += 1
             return False
+        return self._registered(index, base, 0, length)
+
+    def _registered(self, index: int, base: int, head_base: int, length: int) -> bool:
         self._chunks[index] = True
         self._bases[index] = base
+        self._head_bases[index] = head_base
         self.registered_bytes += length
         return True
 
@@ -358,32 +511,65 @@ class IoUringKernel(Kernel):
     ) -> IoUringChannel:
         return IoUringChannel(self, socket_of(transport, self.name), counters, on_completions)
 
-    def submit_send(self, call: _Call, addr: int, index: int | None) -> None:
-        """Prepare a SEND_ZC for *call* and have the submitter hand it over."""
-        user_data = self.tracker.start(call, call.nbytes)
+    def submit_send(self, call: _Call) -> None:
+        """Prepare *call*'s request (SEND_ZC, or SENDMSG_ZC with a head) and have the submitter hand it over."""
+        user_data = self.tracker.start(call, call.nbytes + call.head_len)
         try:
-            self._prep(call, addr, index, user_data)
+            self._prep(call, user_data)
         except SubmissionQueueFull:
             # Hand over what is queued to make room, then queue ours.
             self.submitted += self.ring.submit()
             self.submit_calls += 1
-            self._prep(call, addr, index, user_data)
+            self._prep(call, user_data)
         except BaseException:
             self.tracker.withdraw(user_data)
             raise
         self._submit_wanted.set()
 
-    def _prep(self, call: _Call, addr: int, index: int | None, user_data: int) -> None:
+    def _prep(self, call: _Call, user_data: int) -> None:
+        # Let the kernel wait for room itself rather than return a short count.
+        if call.message is not None:
+            self.ring.prep_sendmsg_zc(
+                call.channel.socket.fd,
+                call.message,
+                user_data,
+                buf_index=call.index,
+                report_usage=self.report_usage,
+                msg_flags=_MSG_WAITALL,
+            )
+            return
         self.ring.prep_send_zc(
             call.channel.socket.fd,
-            addr,
+            call.addr,
             call.nbytes,
             user_data,
-            buf_index=index,
+            buf_index=call.index,
             report_usage=self.report_usage,
-            # Let the kernel wait for room itself rather than return a short count.
             msg_flags=_MSG_WAITALL,
         )
+
+    def head_slot(self, index: int, head: memoryview, data: memoryview) -> tuple[int, int, int] | None:
+        """Copy *head* and the first bytes of *data* into the head area, for a request from fixed buffer *index*.
+
+        Returns their offset in the area, the bytes copied, and their address
+        as that buffer has it; or None when the buffer has no head area in
+        front or the area has no room (the request then goes from ordinary memory).
+        """
+        heads = self._heads
+        base = self._head_bases[index]
+        if heads is None or not base:
+            return None
+        taken = heads.take(head, data)
+        if taken is None:
+            self.head_area_full += 1
+            return None
+        offset, copied = taken
+        return offset, copied, base + offset
+
+    def release_head(self, offset: int, nbytes: int) -> None:
+        """A request's notification came: its head's slots are free again."""
+        if self._heads is not None and not self._heads.closed:
+            self._heads.give_back(offset, nbytes)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -438,5 +624,8 @@ class IoUringKernel(Kernel):
 
     def close(self) -> None:
         # Closing the ring cancels what is still in flight; the pool has
-        # drained or quarantined it by now. Registered pages are unpinned.
+        # drained or quarantined it by now. Registered pages are unpinned
+        # (a request still in flight keeps its own references).
         self.ring.close()
+        if self._heads is not None:
+            self._heads.close()

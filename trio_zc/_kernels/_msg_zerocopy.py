@@ -16,6 +16,14 @@ with completions still queued would be woken at once, forever (a busy
 loop), so the channel drains the error queue itself before each wait
 (:meth:`CompletionChannel.before_wait`).
 
+A response's head goes with its body in one ``sendmsg`` of two iovecs
+with ``MSG_ZEROCOPY``. Linux reads the head's bytes lazily too: the head and
+the lease's first bytes up to a page are copied into a page of the kernel's
+:class:`~trio_zc._kernels._heads.HeadArea`, held until the call's
+completion (a first fragment of a whole page: see ``_heads.py`` for why), or
+when the area is full the call reads the head's immutable ``bytes`` object,
+which the channel keeps until then (:mod:`._completion`).
+
 Closing follows :mod:`._closing`: Linux drops the completions of a closed
 socket, so the socket stays open until they arrive or a deadline passes,
 then the connection is reset with ``connect(AF_UNSPEC)``, which makes Linux
@@ -33,7 +41,7 @@ import errno
 import select
 import socket
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -42,6 +50,7 @@ from ._base import CompletionListener, Kernel, Transport
 from ._closing import settle_all
 from ._completion import Ancdata, Call, CompletionChannel
 from ._errqueue import MSG_ZEROCOPY, SO_ZEROCOPY
+from ._heads import HeadArea
 from ._memlock import memlock_problem
 from ._socket import SocketTransport, local_peer, not_tcp, socket_of
 
@@ -50,18 +59,54 @@ from ._socket import SocketTransport, local_peer, not_tcp, socket_of
 _ANCBUF: Final = socket.CMSG_SPACE(64)
 #: Errors of setsockopt(SO_ZEROCOPY) that mean "not here", not "bug".
 _UNSUPPORTED: Final = frozenset({errno.EPERM, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL})
+#: The pool's head area for MSG_ZEROCOPY calls (64 pages): made on first use.
+_HEAD_AREA: Final = 256 << 10
+
+
+class Heads(Protocol):
+    """Where an :class:`ErrorQueue` gets the kernel's head area."""
+
+    def head_area(self) -> HeadArea | None:
+        """The kernel's head area (made on first use), or None if it cannot have one."""
 
 
 class ErrorQueue:
     """The MSG_ZEROCOPY side of a socket: zero-copy sends, and completions from its error queue."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "_heads", "_pending", "_held")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, heads: Heads) -> None:
         self.sock = sock
+        self._heads = heads
+        # The head-area pages of the last call, until accepted() ties them
+        # to the call; then per call, until its completion.
+        self._pending: tuple[int, int] | None = None
+        self._held: dict[int, tuple[int, int]] = {}
 
     def zerocopy_send(self, data: memoryview) -> int:
         return self.sock.send(data, MSG_ZEROCOPY)
+
+    def zerocopy_send_with_head(self, head: memoryview, data: memoryview) -> int:
+        # One call, one counter value: the completion that covers it covers
+        # the head's bytes too, which stay put until then.
+        area = self._heads.head_area()
+        taken = None if area is None else area.take(head, data)
+        if area is None or taken is None:
+            return self.sock.sendmsg((head, data), (), MSG_ZEROCOPY)
+        offset, nbytes = taken
+        copied = nbytes - len(head)  # of the lease's bytes, now in the area too
+        try:
+            with area.view(offset, nbytes) as first:
+                if copied < len(data):
+                    with data[copied:] as rest:
+                        sent = self.sock.sendmsg((first, rest), (), MSG_ZEROCOPY)
+                else:
+                    sent = self.sock.sendmsg((first,), (), MSG_ZEROCOPY)
+        except BaseException:
+            area.give_back(offset, nbytes)  # no call was made
+            raise
+        self._pending = taken
+        return sent
 
     def completion_records(self) -> Iterator[tuple[Ancdata, bool]]:
         while True:
@@ -76,10 +121,17 @@ class ErrorQueue:
             yield ancdata, bool(flags & socket.MSG_CTRUNC)
 
     def accepted(self, call: Call, counter: int) -> None:
-        pass
+        if self._pending is not None:
+            self._held[id(call)] = self._pending
+            self._pending = None
 
     def releasing(self, calls: list[Call]) -> None:
-        pass
+        if self._held:
+            area = self._heads.head_area()
+            for call in calls:
+                taken = self._held.pop(id(call), None)
+                if taken is not None and area is not None:
+                    area.give_back(*taken)
 
     def after_completion(self) -> None:
         pass
@@ -121,7 +173,7 @@ class MsgZeroCopyChannel(CompletionChannel):
         counters: Counters,
         on_completions: CompletionListener,
     ) -> None:
-        super().__init__(transport, ErrorQueue(transport.sock), counters, on_completions)
+        super().__init__(transport, ErrorQueue(transport.sock, kernel), counters, on_completions)
         self.kernel = kernel
         self.socket = transport
 
@@ -141,6 +193,18 @@ class MsgZeroCopyKernel(Kernel):
         self.copy_only_reason = memlock_problem()
         self._epoll = select.epoll()
         self._channels: dict[int, MsgZeroCopyChannel] = {}
+        self._heads: HeadArea | None = None
+        # Whether making the head area failed (then heads go from their bytes).
+        self._no_heads = False
+
+    def head_area(self) -> HeadArea | None:
+        """The pool's head area for calls with a head (made on first use; None if that failed)."""
+        if self._heads is None and not self._no_heads:
+            try:
+                self._heads = HeadArea(_HEAD_AREA)
+            except OSError:
+                self._no_heads = True
+        return self._heads
 
     def open_channel(
         self, transport: Transport, counters: Counters, on_completions: CompletionListener
@@ -181,6 +245,9 @@ class MsgZeroCopyKernel(Kernel):
 
     def close(self) -> None:
         self._epoll.close()  # idempotent; run() closes it too when it ends
+        if self._heads is not None:
+            # Calls still in flight (quarantined) keep their own references to the pages.
+            self._heads.close()
 
     async def abort_in_flight(self) -> None:
         await settle_all([channel.closing for channel in self._channels.values()])

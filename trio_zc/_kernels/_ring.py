@@ -18,7 +18,12 @@ Rules
 5. Once a ``prep_*`` call returned, its entry belongs to the ring: the next
    :meth:`Ring.submit` hands it to the kernel, and there is no taking it
    back. Only an entry whose ``prep_*`` raised never reaches the kernel.
-6. :func:`probe` never raises. It tries the real thing (a ring, a SEND_ZC
+6. A fixed buffer may be made of several files' pages side by side
+   (:meth:`Ring.register_files`): the kernel pins the pages, so a mapping
+   made only for the registration can go at once, and a vectored send from
+   that buffer may join bytes of both files (a head and a lease) in one
+   request.
+7. :func:`probe` never raises. It tries the real thing (a ring, a SEND_ZC
    on loopback TCP, a registered buffer) and reports what worked, with a
    sentence saying why when something did not.
 
@@ -123,8 +128,10 @@ __all__ = [
     "IORING_OP_NOP",
     "IORING_OP_SEND",
     "IORING_OP_SEND_ZC",
+    "IORING_OP_SENDMSG_ZC",
     "IORING_RECVSEND_FIXED_BUF",
     "IORING_SEND_ZC_REPORT_USAGE",
+    "Message",
     "Probe",
     "Ring",
     "SubmissionQueueFull",
@@ -156,6 +163,9 @@ _IORING_SQ_CQ_OVERFLOW: Final = 1 << 1
 IORING_OP_NOP: Final = 0
 IORING_OP_SEND: Final = 26
 IORING_OP_SEND_ZC: Final = 47
+#: A zero-copy ``sendmsg`` (Linux 6.1+); from registered buffers with
+#: several iovecs (all inside the one buffer ``buf_index`` names) on 6.15+.
+IORING_OP_SENDMSG_ZC: Final = 48
 
 #: In a send SQE's ioprio: ``addr`` lies in registered buffer ``buf_index``.
 IORING_RECVSEND_FIXED_BUF: Final = 1 << 2
@@ -320,6 +330,14 @@ def _describe_setup_errno(err: int) -> str:
 #: passed as c_long or c_void_p, never as bare ints, which ctypes would pass
 #: as 32-bit ints with undefined upper halves.
 _syscall = function("syscall", ctypes.c_long, None)
+_mmap = function(
+    "mmap", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+)
+_munmap = function("munmap", ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t])
+_madvise = function("madvise", ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
+_MAP_FIXED: Final = 0x10
+_PROT_NONE: Final = 0
+_MAP_FAILED: Final = 2**64 - 1
 
 
 def _call(nr: int, *args: int | None) -> tuple[int, int]:
@@ -346,6 +364,76 @@ def _iovec_array(iovecs: Sequence[tuple[int, int]]) -> ctypes.Array[_Iovec]:
         array[i].iov_base = base
         array[i].iov_len = length
     return array
+
+
+class _Msghdr(ctypes.Structure):
+    # struct msghdr on x86_64 (64-bit): name, namelen, iov, iovlen, control, controllen, flags.
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class Message:
+    """A ``struct msghdr`` naming ``(address, length)`` regions, for :meth:`Ring.prep_sendmsg_zc`.
+
+    Keep it referenced until the send's result CQE came: the kernel reads
+    the header and the iovec array when it takes the entry.
+
+    Raises:
+      ValueError: no regions, or a region out of range.
+    """
+
+    __slots__ = ("_iovecs", "_header", "address", "nbytes")
+
+    def __init__(self, regions: Sequence[tuple[int, int]]) -> None:
+        if not regions:
+            raise ValueError("a Message needs at least one region")
+        self._iovecs = _iovec_array(regions)
+        self._header = _Msghdr(None, 0, ctypes.addressof(self._iovecs), len(regions), None, 0, 0)
+        #: Where the header is, for the SQE.
+        self.address: int = ctypes.addressof(self._header)
+        #: The bytes the regions hold together.
+        self.nbytes: int = sum(length for _, length in regions)
+
+
+def _map_files(pieces: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
+    """Map ``(fd, offset, length)`` ranges one after another, shared and read-write: (address, total length).
+
+    Faulted in as base pages (``MADV_NOHUGEPAGE``), as the arena's own
+    mapping is. Unmap it with ``_munmap``.
+    """
+    total = 0
+    for fd, offset, length in pieces:
+        if fd < 0 or offset < 0 or length <= 0 or offset % mmap.PAGESIZE or length % mmap.PAGESIZE:
+            raise ValueError(f"not a page-aligned file range: fd {fd}, offset {offset}, length {length}")
+        total += length
+    # Reserve the whole range first, so the pieces land side by side and
+    # nothing else of the process's is ever mapped over.
+    base = _mmap(None, total, _PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if base is None or base == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"reserving {total} bytes of address space failed: {os.strerror(err)}")
+    try:
+        at = base
+        for fd, offset, length in pieces:
+            got = _mmap(
+                at, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | _MAP_FIXED, fd, offset
+            )
+            if got != at:
+                err = ctypes.get_errno()
+                raise OSError(err, f"mapping {length} bytes of fd {fd} failed: {os.strerror(err)}")
+            at += length
+        _madvise(base, total, mmap.MADV_NOHUGEPAGE)  # advice only: a failure changes nothing
+    except BaseException:
+        _munmap(base, total)
+        raise
+    return base, total
 
 
 # --- the ring -----------------------------------------------------------------
@@ -610,6 +698,48 @@ class Ring:
             buf_index=buf_index or 0,
         )
 
+    def prep_sendmsg_zc(
+        self,
+        sockfd: int,
+        message: Message,
+        user_data: int,
+        *,
+        buf_index: int | None = None,
+        report_usage: bool = False,
+        msg_flags: int = 0,
+    ) -> None:
+        """Queue a zero-copy ``sendmsg`` of *message*'s regions, in order (Linux 6.1+).
+
+        Completes as :meth:`prep_send_zc` does: a result CQE (bytes sent of
+        all the regions together, or ``-errno``) and, if that carries
+        ``F_MORE``, a notification once the memory may be reused. With
+        *buf_index* (Linux 6.15+), every region must lie inside that one
+        registered buffer. *message* must stay referenced until the result
+        came; the regions' memory, until the notification.
+
+        Raises:
+          SubmissionQueueFull: no free slot (:meth:`sq_space_left` is 0).
+          ValueError: an argument does not fit its field.
+        """
+        ioprio = 0
+        if buf_index is not None:
+            if not 0 <= buf_index <= _U16_MAX:
+                raise ValueError(f"buf_index must be in 0..{_U16_MAX}, not {buf_index}")
+            ioprio |= IORING_RECVSEND_FIXED_BUF
+        if report_usage:
+            ioprio |= IORING_SEND_ZC_REPORT_USAGE
+        # len is 1, as liburing's io_uring_prep_sendmsg_zc() sets it.
+        self._push(
+            IORING_OP_SENDMSG_ZC,
+            sockfd,
+            message.address,
+            1,
+            user_data,
+            ioprio=ioprio,
+            msg_flags=msg_flags,
+            buf_index=buf_index or 0,
+        )
+
     def _push(
         self,
         opcode: int,
@@ -856,6 +986,29 @@ class Ring:
         if done != len(iovecs):  # pragma: no cover - the kernel updates all or fails
             raise OSError(errno.EIO, f"io_uring_register updated {done} of {len(iovecs)} buffer slots")
 
+    def register_files(self, slot: int, pieces: Sequence[tuple[int, int, int]]) -> int:
+        """Register ``(fd, offset, length)`` file ranges, side by side, as the fixed buffer in *slot*.
+
+        The ranges are mapped one after another for the registration only
+        and unmapped right after it (rule 6): the kernel keeps their pages
+        pinned, and a send names their bytes by the address returned (the
+        buffer's start, as registered) plus their offset in the buffer.
+        Writes through any other shared mapping of the files reach the
+        pinned pages. Each range must be page-aligned; together at most 1
+        GiB. The slot table must exist (:meth:`register_sparse_buffers`).
+
+        Raises:
+          ValueError: a range is not page-aligned, or the whole is too large.
+          OSError: mapping failed, or the kernel refused (as :meth:`update_buffers`).
+        """
+        self._live()
+        base, total = _map_files(pieces)
+        try:
+            self.update_buffers(slot, [(base, total)])
+        finally:
+            _munmap(base, total)
+        return base
+
     def unregister_buffers(self) -> None:
         """Drop the registered buffers.
 
@@ -925,6 +1078,11 @@ class Probe:
     report_usage: bool
     #: Whether buffers can be registered and a SEND_ZC from one works.
     fixed_buffers: bool
+    #: Whether ``IORING_OP_SENDMSG_ZC`` sends two iovecs from ordinary memory (Linux 6.1+).
+    sendmsg_zc: bool = False
+    #: Whether a SENDMSG_ZC sends two iovecs from one registered buffer made
+    #: of two files' pages (:meth:`Ring.register_files`; Linux 6.15+).
+    vectored_fixed: bool = False
 
 
 #: Errors of ``io_uring_setup`` that cannot go away while the process runs:
@@ -1046,7 +1204,39 @@ def _probe() -> tuple[Probe, bool]:
                 # Most often the locked-memory limit (ENOMEM), which may change.
                 failures.append(f"registered buffers do not: {err}")
                 for_good = False
-            probed = Probe(True, _summary(release, failures), send_zc, report_usage, fixed_buffers)
+            err = _sendmsg_trial(ring, sender, receiver)
+            sendmsg_zc = err is None
+            if err is not None:
+                if err == _errno_name(errno.EINVAL):
+                    failures.append(
+                        "SENDMSG_ZC does not: the kernel answered EINVAL, so it predates"
+                        " IORING_OP_SENDMSG_ZC (Linux 6.1)"
+                    )
+                else:
+                    failures.append(f"SENDMSG_ZC does not: {err}")
+                    for_good = False
+            vectored_fixed = False
+            if sendmsg_zc and fixed_buffers:
+                err = _vectored_fixed_trial(ring, sender, receiver)
+                vectored_fixed = err is None
+                if err is not None:
+                    if err == _errno_name(errno.EINVAL):
+                        failures.append(
+                            "SENDMSG_ZC from registered buffers does not: the kernel answered"
+                            " EINVAL, so it predates vectored registered buffers (Linux 6.15)"
+                        )
+                    else:
+                        failures.append(f"SENDMSG_ZC from registered buffers does not: {err}")
+                        for_good = False
+            probed = Probe(
+                True,
+                _summary(release, failures),
+                send_zc,
+                report_usage,
+                fixed_buffers,
+                sendmsg_zc,
+                vectored_fixed,
+            )
             return probed, for_good
 
 
@@ -1059,7 +1249,9 @@ def _summary(release: str, failures: list[str]) -> str:
     if not failures:
         return (
             f"io_uring works on Linux {release}: a SEND_ZC on loopback TCP delivered its"
-            " bytes and then its notification, and REPORT_USAGE and registered buffers work too."
+            " bytes and then its notification, and REPORT_USAGE, registered buffers and"
+            " SENDMSG_ZC of two iovecs (from ordinary memory and from one registered buffer)"
+            " work too."
         )
     return f"io_uring works on Linux {release}, but " + "; ".join(failures) + "."
 
@@ -1091,8 +1283,10 @@ def _trial(
     report_usage: bool,
     buf_index: int | None = None,
     addr: int | None = None,
+    message: Message | None = None,
 ) -> str | None:
-    """One SEND_ZC of *payload*; None if it worked, else what went wrong.
+    """One SEND_ZC of *payload* (or a SENDMSG_ZC of *message*, which holds
+    *payload*); None if it worked, else what went wrong.
 
     An errno the kernel answered with comes back as its bare name (``EINVAL``).
     """
@@ -1102,19 +1296,30 @@ def _trial(
     # buffer is pinned, so even a send that never completes cannot read
     # freed memory. (Only the bytes on the wire could change.)
     buffer = None
-    if addr is None:
+    if addr is None and message is None:
         buffer = ctypes.create_string_buffer(payload, len(payload))
         addr = ctypes.addressof(buffer)
     try:
-        ring.prep_send_zc(
-            sender.fileno(),
-            addr,
-            len(payload),
-            user_data,
-            buf_index=buf_index,
-            report_usage=report_usage,
-            msg_flags=socket.MSG_NOSIGNAL,
-        )
+        if message is not None:
+            ring.prep_sendmsg_zc(
+                sender.fileno(),
+                message,
+                user_data,
+                buf_index=buf_index,
+                report_usage=report_usage,
+                msg_flags=socket.MSG_NOSIGNAL,
+            )
+        else:
+            assert addr is not None
+            ring.prep_send_zc(
+                sender.fileno(),
+                addr,
+                len(payload),
+                user_data,
+                buf_index=buf_index,
+                report_usage=report_usage,
+                msg_flags=socket.MSG_NOSIGNAL,
+            )
         ring.submit()
     except OSError as exc:
         return f"submitting it failed with {_errno_name(exc.errno or 0)} ({exc.strerror})"
@@ -1174,3 +1379,51 @@ def _fixed_trial(ring: Ring, sender: socket.socket, receiver: socket.socket) -> 
             return _trial(ring, sender, receiver, payload, report_usage=False, buf_index=0, addr=address)
         finally:
             ring.unregister_buffers()
+
+
+def _sendmsg_trial(ring: Ring, sender: socket.socket, receiver: socket.socket) -> str | None:
+    """A SENDMSG_ZC of two iovecs from ordinary memory; None if it worked."""
+    head = ctypes.create_string_buffer(b"head:", 5)
+    body = ctypes.create_string_buffer(b"body", 4)
+    message = Message([(ctypes.addressof(head), 5), (ctypes.addressof(body), 4)])
+    err = _trial(ring, sender, receiver, b"head:body", report_usage=False, message=message)
+    del head, body, message
+    return err
+
+
+def _vectored_fixed_trial(ring: Ring, sender: socket.socket, receiver: socket.socket) -> str | None:
+    """What the io_uring kernel does to send a head with a lease, tried on one page of each.
+
+    Two memfds, a page each, registered side by side as one buffer
+    (:meth:`Ring.register_files`); then bytes written through other
+    mappings of them after the registration, and one SENDMSG_ZC of two
+    iovecs inside that buffer. None if the receiver got both, in order.
+    """
+    page = mmap.PAGESIZE
+    head, body = b"vectored head:", b"registered body"
+    fds = [os.memfd_create("trio_zc-probe-head", os.MFD_CLOEXEC), os.memfd_create("trio_zc-probe-body", os.MFD_CLOEXEC)]
+    try:
+        for fd in fds:
+            os.ftruncate(fd, page)
+        try:
+            ring.register_sparse_buffers(1)
+        except OSError as exc:
+            return f"registering a buffer table failed with {_errno_name(exc.errno or 0)} ({exc.strerror})"
+        try:
+            try:
+                base = ring.register_files(0, [(fds[0], 0, page), (fds[1], 0, page)])
+            except OSError as exc:
+                return f"registering two files' pages failed with {_errno_name(exc.errno or 0)} ({exc.strerror})"
+            # Written after the registration, as a head is: the head ends
+            # where the body's file begins, so the send crosses the join.
+            with mmap.mmap(fds[0], page) as region:
+                region[page - len(head) :] = head
+            with mmap.mmap(fds[1], page) as region:
+                region[: len(body)] = body
+            message = Message([(base + page - len(head), len(head)), (base + page, len(body))])
+            return _trial(ring, sender, receiver, head + body, report_usage=False, buf_index=0, message=message)
+        finally:
+            ring.unregister_buffers()
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -19,11 +19,14 @@ units of the largest shared-memory folio the THP settings allow (one page
 with the default settings).
 
 Adopted buffers are not in the memfd; they are sent by copying.
+
+A head sent with a lease (a response's head) goes first with ``MSG_MORE``,
+which holds it back in the socket as ``TCP_CORK`` would until the sendfile
+that follows fills and pushes the packets: two system calls, one packet
+train. (sendfile takes no iovec, so one call cannot carry both.)
 """
 
 from __future__ import annotations
-
-import os
 
 import trio
 
@@ -47,13 +50,19 @@ class SendfileChannel(Channel):
     def accepts(self, lease: SendableLease) -> bool:
         return lease.adopted is None
 
-    async def send_zerocopy(self, data: memoryview, lease: SendableLease, start: int) -> int:
+    async def send_zerocopy(
+        self, data: memoryview, lease: SendableLease, start: int, head: memoryview | None = None
+    ) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        head_len = 0
+        if head is not None:
+            head_len = len(head)
+            waited = await self._send_head(head)
         arena = self.arena
         offset = lease.offset + start
         total = len(data)
         sent = 0
-        waited = False
         # From the first byte on, the socket may hold the pages: they must be
         # punched, not reused, when the lease comes back. Nothing else to
         # wait for: the send holds the lease only while it runs.
@@ -73,7 +82,7 @@ class SendfileChannel(Channel):
                         " was not sent"
                     )
                 try:
-                    n = os.sendfile(self.socket.fd, arena.fd, offset + sent, total - sent)
+                    n = self.socket.sendfile(arena.fd, offset + sent, total - sent)
                 except BlockingIOError:
                     await self.wait_writable()
                     waited = True
@@ -87,7 +96,27 @@ class SendfileChannel(Channel):
             self.counters.sent_by_reference(sent)
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
-        return sent
+        return head_len + sent
+
+    async def _send_head(self, head: memoryview) -> bool:
+        """Copy *head* into the socket with MSG_MORE (the lease's bytes follow); whether it waited."""
+        sock = self.socket
+        sent = 0
+        waited = False
+        while sent < len(head):
+            sock.check_open()  # after a wait, as for the lease's bytes below
+            try:
+                with head[sent:] as rest:
+                    n = sock.send_more(rest)
+            except BlockingIOError:
+                await self.wait_writable()
+                waited = True
+                continue
+            except OSError as exc:
+                broken(exc)
+            self.counters.copied(n)
+            sent += n
+        return waited
 
 
 class SendfileKernel(Kernel):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import ipaddress
+import os
 import socket
 import struct
 from typing import Final
@@ -25,6 +26,8 @@ from ._base import Transport
 _connect = function("connect", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32])
 _AF_UNSPEC_ADDR: Final = struct.pack("=H14x", socket.AF_UNSPEC)
 
+#: ``MSG_MORE``: more data follows at once; hold back a partial packet.
+_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0x8000)
 #: ``TCP_NOTSENT_LOWAT`` where Python knows it.
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 #: The most bytes a copying stream made from a trio.SocketStream lets the
@@ -114,6 +117,17 @@ class SocketTransport(Transport):
 
     def send(self, data: memoryview) -> int:
         return self.sock.send(data)
+
+    def send_with_head(self, head: memoryview, data: memoryview) -> int:
+        return self.sock.sendmsg((head, data))
+
+    def send_more(self, data: memoryview) -> int:
+        """:meth:`send` with ``MSG_MORE``: what follows at once fills the same packets."""
+        return self.sock.send(data, _MSG_MORE)
+
+    def sendfile(self, in_fd: int, offset: int, count: int) -> int:
+        """One non-blocking ``sendfile`` of *count* bytes of *in_fd* from *offset*: bytes sent."""
+        return os.sendfile(self.fd, in_fd, offset, count)
 
     def recv(self, max_bytes: int) -> bytes:
         return self.sock.recv(max_bytes)

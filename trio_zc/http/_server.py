@@ -168,20 +168,20 @@ def _release(body: object) -> None:
 async def _send_message(stream: ZeroCopyStream, head: bytes, body: _Body, offset: int, nbytes: int) -> None:
     """Put one response on the wire: its head, then *nbytes* of *body* from *offset*.
 
-    The only place responses are written, so that sending the head and a
-    lease's bytes together (one system call) can change here alone. A
-    lease goes out with :meth:`ZeroCopyStream.send_lease`, so every kernel's
-    promise holds: only its sealed bytes go on the wire, and its memory is
-    not reused before the kernel is done with it.
+    The only place responses are written. A lease goes out with
+    :meth:`ZeroCopyStream.send_lease` and the head with it (``head=``): one
+    system call for both where the kernel allows, and every kernel's promise
+    holds: only its sealed bytes go on the wire, and its memory is not
+    reused before the kernel is done with it. A lease that cannot be sent
+    (released, another pool's) raises before any byte of the head went.
     """
     if not nbytes:
         await stream.send_all(head)
     elif isinstance(body, SealedLease):
-        await stream.send_all(head)
         if offset == 0 and nbytes == body.nbytes:
-            await stream.send_lease(body)
+            await stream.send_lease(body, head=head)
         else:
-            await stream.send_lease(body, offset, nbytes)
+            await stream.send_lease(body, offset, nbytes, head=head)
     else:
         await stream.send_all(head + body[offset : offset + nbytes])
 
@@ -452,8 +452,9 @@ class HTTPServer:
             try:
                 await _send_message(stream, head, body, response.offset + start, length)
             except LeaseError as exc:
-                # Released or foreign: the application's bug, and the head is
-                # out already; the client sees a short body and a close.
+                # Released or foreign: the application's bug. Nothing of the
+                # response went out (the lease is checked before its head
+                # is sent); the client sees the connection close.
                 self._handler_errors += 1
                 LOGGER.error("an HTTP response's body could not be sent: %r", exc)
                 return False

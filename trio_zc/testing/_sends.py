@@ -44,6 +44,11 @@ class MockSend:
         "view": "The memory the call reads, as a read-only view, until its completion arrives; then None.",
         "snapshot": "The call's bytes as they were when it was made.",
         "record": "The lease record the call read (what the kernel sees of it).",
+        "head": "The head the call sent before the lease's bytes, as it was when made (b'' if none).",
+        "head_view": (
+            "The head the call sends before the lease's bytes, as a view, until its completion"
+            " arrives; then None (None from the start if it has no head)."
+        ),
         "_as_sent": None,
         "_site": None,
         "_lease": None,
@@ -59,6 +64,7 @@ class MockSend:
         "view",
         "snapshot",
         "record",
+        "head",
     )
 
     counter: int
@@ -68,6 +74,8 @@ class MockSend:
     view: memoryview | None
     snapshot: bytes
     record: SendableLease | None
+    head: bytes
+    head_view: memoryview | None
 
     def __init__(
         self,
@@ -78,6 +86,7 @@ class MockSend:
         snapshot: bytes,
         record: SendableLease,
         site: tuple[str, int, str] | None,
+        head_view: memoryview | None = None,
     ) -> None:
         self.counter = counter
         self.nbytes = nbytes
@@ -86,6 +95,9 @@ class MockSend:
         self.view = view
         self.snapshot = snapshot
         self.record = record
+        # The head is read lazily too (a real kernel reads it at transmission).
+        self.head_view = head_view
+        self.head = b"" if head_view is None else head_view.tobytes()
         # What the description is made of, taken now: it names the lease as
         # it was when sent (its state then), not as it is when read.
         self._as_sent = record.state
@@ -115,10 +127,23 @@ class MockSend:
                 self._where = f"{site[0]}:{site[1]} in {site[2]}"
         return self._where
 
+    def read(self, done: int, n: int) -> bytes:
+        """*n* of the bytes this call puts on the wire (its head, then the lease's), from *done*."""
+        view = self.view
+        assert view is not None
+        head_view = self.head_view
+        if head_view is None:
+            return bytes(view[done : done + n])
+        head_len = len(head_view)
+        return bytes(head_view[done : done + n]) + bytes(
+            view[max(done - head_len, 0) : max(done + n - head_len, 0)]
+        )
+
     def __repr__(self) -> str:
         return (
             f"MockSend(counter={self.counter!r}, lease={self.lease!r}, nbytes={self.nbytes!r},"
-            f" where={self.where!r}, connection={self.connection!r}, transmitted={self.transmitted!r})"
+            f" where={self.where!r}, connection={self.connection!r}, transmitted={self.transmitted!r},"
+            f" head={self.head!r})"
         )
 
 

@@ -31,11 +31,14 @@ class MockTransport(Transport):
 
     def __init__(self, conn: _Connection) -> None:
         self.conn = conn
-        # The view of the memory the last zero-copy call accepted, until the
-        # channel records the call (accepted() takes it).
+        # The view of the memory the last zero-copy call accepted, and of
+        # the head it took with it (None: no head), until the channel
+        # records the call (accepted() takes them).
         self._accepted: memoryview | None = None
-        # Sends found changed at their release, reported after it.
-        self._stale: list[MockSend] = []
+        self._accepted_head: memoryview | None = None
+        # Sends found changed at their release (and whether it was the head
+        # that changed), reported after it.
+        self._stale: list[tuple[MockSend, bool]] = []
 
     def _check_open(self) -> None:
         if self.closed:
@@ -58,6 +61,18 @@ class MockTransport(Transport):
         if not n:
             raise BlockingIOError(errno_module.EAGAIN, "mock socket buffer full")
         conn.queued.append(_Segment(bytes(data[:n]), None, n))
+        conn.queued_bytes += n
+        conn.kernel.wake(conn)
+        return n
+
+    def send_with_head(self, head: memoryview, data: memoryview) -> int:
+        conn = self.conn
+        self._check_open()
+        n = min(len(head) + len(data), conn.room)
+        if not n:
+            raise BlockingIOError(errno_module.EAGAIN, "mock socket buffer full")
+        h = min(n, len(head))
+        conn.queued.append(_Segment(bytes(head[:h]) + bytes(data[: n - h]), None, n))
         conn.queued_bytes += n
         conn.kernel.wake(conn)
         return n
@@ -99,6 +114,22 @@ class MockTransport(Transport):
     # -- zero-copy: what a socket with SO_ZEROCOPY offers --------------------------
 
     def zerocopy_send(self, data: memoryview) -> int:
+        n = self._zerocopy_accepts(len(data))
+        # Keep a view of what was accepted; the bytes are read at transmission.
+        self._accepted = data[:n]
+        return n
+
+    def zerocopy_send_with_head(self, head: memoryview, data: memoryview) -> int:
+        n = self._zerocopy_accepts(len(head) + len(data))
+        h = min(n, len(head))
+        # The head is read at transmission too, as Linux reads it: a head
+        # that changed meanwhile is caught at the release, as the body is.
+        self._accepted_head = head[:h]
+        self._accepted = data[: n - h]
+        return n
+
+    def _zerocopy_accepts(self, nbytes: int) -> int:
+        """How many of *nbytes* one zero-copy call takes now (the test's controls apply)."""
         conn = self.conn
         self._check_open()
         if conn.failures and conn.fail_after == 0:
@@ -110,13 +141,11 @@ class MockTransport(Transport):
             raise OSError(err, os.strerror(err))
         if conn.fail_after:
             conn.fail_after -= 1
-        n = min(len(data), conn.room)
+        n = min(nbytes, conn.room)
         if conn.accept_limit is not None:
             n = min(n, conn.accept_limit)
         if n <= 0:
             raise BlockingIOError(errno_module.EAGAIN, "mock socket buffer full")
-        # Keep a view of what was accepted; the bytes are read at transmission.
-        self._accepted = data[:n]
         return n
 
     def completion_records(self) -> Iterator[tuple[Ancdata, bool]]:
@@ -131,8 +160,9 @@ class MockTransport(Transport):
             yield [pack_zerocopy_record(lo, hi, bool(copied))], False
 
     def accepted(self, call: Call, counter: int) -> None:
-        lease, nbytes = call
+        lease, nbytes, _ = call
         view, self._accepted = self._accepted, None
+        head, self._accepted_head = self._accepted_head, None
         assert view is not None and len(view) == nbytes
         conn = self.conn
         send = MockSend(
@@ -146,10 +176,12 @@ class MockTransport(Transport):
             view.tobytes(),
             lease,
             _call_site() if conn.kernel.call_sites else _NOT_RECORDED,
+            head,
         )
         conn.sends[id(call)] = send
-        conn.queued.append(_Segment(None, send, nbytes))
-        conn.queued_bytes += nbytes
+        wire = nbytes if head is None else len(head) + nbytes
+        conn.queued.append(_Segment(None, send, wire))
+        conn.queued_bytes += wire
         if conn.hold_transmission:
             conn.kernel.wake(conn)
         else:
@@ -164,16 +196,21 @@ class MockTransport(Transport):
                 continue
             view = send.view
             assert view is not None
-            if view.tobytes() != send.snapshot:
-                stale.append(send)
+            head_view = send.head_view
+            head_changed = head_view is not None and head_view.tobytes() != send.head
+            if head_changed or view.tobytes() != send.snapshot:
+                stale.append((send, head_changed))
             if not send.transmitted:
                 # Completed before it went out (a test delivered the record
                 # early): keep what it held, since the memory is about to go.
                 for seg in self.conn.queued:
                     if seg.send is send:
-                        seg.data = bytes(view)
+                        seg.data = send.read(0, seg.nbytes)
             view.release()
             send.view = None
+            if head_view is not None:
+                head_view.release()
+                send.head_view = None
         if stale:
             # Reported after the release: the test fails, but the pool stays sound.
             self._stale.extend(stale)
@@ -208,10 +245,17 @@ class MockTransport(Transport):
         conn.kernel.wake(conn)
 
 
-def _premature(stale: list[MockSend]) -> PrematureReuseError:
-    first = stale[0]
+def _premature(stale: list[tuple[MockSend, bool]]) -> PrematureReuseError:
+    first, head_changed = stale[0]
     more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
     record = first.record
+    if head_changed:
+        # The library's own promise: a head is copied or held immutable.
+        return PrematureReuseError(
+            f"the head sent with {first.lease} changed while the kernel was still reading it:"
+            f" zero-copy send #{first.counter} on {first.connection}, made at {first.where}{more}."
+            " A head must be copied or held as immutable bytes until the send completes."
+        )
     if record is not None and record.adopted is None:
         advice = (
             "Pool memory changed under a send: something wrote through a view, array or"

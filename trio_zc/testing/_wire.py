@@ -187,6 +187,8 @@ class _Connection:
             assert source is not None
             if self.discarding:
                 self.discarded += n  # read by nobody: no need to read the memory
+            elif seg.data is None and send is not None and send.head_view is not None:
+                buffer += send.read(done, n)  # a head, then the lease's bytes
             elif done == 0 and n == len(source):
                 buffer += source
             else:
