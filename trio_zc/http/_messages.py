@@ -129,6 +129,8 @@ def _convert_last_modified(when: datetime.datetime | float | None) -> datetime.d
 
 
 def _body_size(body: object) -> int:
+    if type(body) is CachedLease:  # the common body of an image server: checked first
+        return body.nbytes
     if isinstance(body, bytes):
         return len(body)
     if isinstance(body, SealedLease):

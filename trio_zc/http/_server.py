@@ -488,7 +488,7 @@ class HTTPServer:
             target=target,
             path=path,
             query=query,
-            headers=tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers),
+            headers=tuple([(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]),
             http_version=event.http_version.decode("ascii"),
             peer=peer,
         )
