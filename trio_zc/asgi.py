@@ -196,10 +196,10 @@ class LeaseResponse:
         """Send the response to one ASGI HTTP request, then release the lease."""
         if self._used:
             raise RuntimeError("a LeaseResponse answers one request, and this one was already sent")
-        if scope.get("type") != "http":
-            raise ValueError(f"a LeaseResponse answers HTTP requests, not {scope.get('type')!r} ones")
         self._used = True
         try:
+            if scope.get("type") != "http":
+                raise ValueError(f"a LeaseResponse answers HTTP requests, not {scope.get('type')!r} ones")
             # Before anything goes out: a lease released since the response
             # was made raises here, and the framework can still answer 500.
             lending = lend(_lease_of(self._body))

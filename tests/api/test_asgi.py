@@ -413,3 +413,146 @@ async def test_a_cancelled_response_holds_the_memory_until_it_ends_then_releases
             assert stats.free_bytes < stats.max_bytes
             nursery.cancel_scope.cancel()
         assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- when the pages cannot be replaced: ordinary bodies ----------------------------------
+
+
+async def test_leases_that_may_split_a_huge_folio_go_as_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
+    # shmem THP allowing 2 MiB folios, in a pool of 4 KiB blocks: punching one
+    # block would zero the rest of its folio in place, under the socket's feet.
+    import trio_zc._pool
+    from trio_zc._kernels._thp import ShmemFolios
+
+    monkeypatch.setattr(trio_zc._pool, "shmem_folios", lambda: ShmemFolios(2 * MiB, "faked for a test"))
+    types: list[str] = []
+    data = pattern(300_000, 4)
+    async with trio_zc.open_pool(max_bytes=4 * MiB, kernel="copy") as pool:
+        assert not pool._pages_replaceable()
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            sealed = await sealed_with(pool, data)
+            await trio_zc.asgi.LeaseResponse(sealed)(scope, receive, recording(send, types))
+
+        with trio.fail_after(30):
+            async with serving("anycorn", asgi(handler)) as port:
+                assert (await get(port)).content == data
+    assert types == ["http.response.start", "http.response.body"]
+
+
+async def test_zerocopy_false_sends_bodies() -> None:
+    types: list[str] = []
+    data = pattern(300_000, 4)
+    async with trio_zc.open_pool(max_bytes=4 * MiB, kernel="copy") as pool:
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            sealed = await sealed_with(pool, data)
+            response = trio_zc.asgi.LeaseResponse(sealed, zerocopy=False)
+            await response(scope, receive, recording(send, types))
+
+        with trio.fail_after(30):
+            async with serving("anycorn", asgi(handler)) as port:
+                assert (await get(port)).content == data
+    assert types == ["http.response.start", "http.response.body"]
+
+
+# -- Starlette ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_starlette_endpoint_returns_a_lease_response(server: str) -> None:
+    starlette_applications = pytest.importorskip("starlette.applications")
+    starlette_routing = pytest.importorskip("starlette.routing")
+    data = pattern(2 * MiB + 1, 8)
+    async with trio_zc.open_pool(max_bytes=8 * MiB, kernel="copy") as pool:
+
+        async def image(request: Any) -> trio_zc.asgi.LeaseResponse:
+            sealed = await sealed_with(pool, data)
+            return trio_zc.asgi.LeaseResponse(sealed, content_type="image/jpeg")
+
+        app = starlette_applications.Starlette(routes=[starlette_routing.Route("/image", image)])
+        with trio.fail_after(30):
+            async with serving(server, app) as port:
+                reply = await get(port, "/image")
+                missing = await get(port, "/nothing")
+        assert reply.status_code == 200
+        assert reply.headers["content-type"] == "image/jpeg"
+        assert reply.content == data
+        assert missing.status_code == 404
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+async def test_bad_bodies_are_refused_with_a_clear_error() -> None:
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        writable = await pool.acquire(100)
+        with pytest.raises(TypeError, match=r"SealedLease or a CachedLease, not WritableLease \(seal\(\) it first\)"):
+            trio_zc.asgi.LeaseResponse(writable)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="SealedLease or a CachedLease, not bytes"):
+            trio_zc.asgi.LeaseResponse(b"abc")  # type: ignore[arg-type]
+        sealed = writable.seal()
+        sealed.release()
+        with pytest.raises(trio_zc.StaleLeaseError, match="stale: it was released"):
+            trio_zc.asgi.LeaseResponse(sealed)
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"status": "200"}, TypeError, "status must be an int"),
+        ({"status": 100}, ValueError, "between 200 and 599"),
+        ({"offset": -1}, ValueError, "offset -1 is outside the lease's 100 bytes"),
+        ({"offset": 101}, ValueError, "offset 101 is outside"),
+        ({"offset": 10, "nbytes": 91}, ValueError, "nbytes 91 at offset 10 does not fit"),
+        ({"nbytes": 1.0}, TypeError, "offset and nbytes must be ints"),
+        ({"status": 304}, ValueError, "a 304 response has no body"),
+        ({"headers": {"Content-Length": "5"}}, ValueError, "cannot set the Content-Length header"),
+        ({"headers": {"Content-Type": "x/y"}}, ValueError, r"use LeaseResponse\(content_type=...\)"),
+        ({"headers": {"bad name": "x"}}, ValueError, "not a valid header name"),
+        ({"headers": {"X-A": "a\r\nb"}}, ValueError, "not a valid header value"),
+        ({"headers": [("X-A", 1)]}, TypeError, "must be a str, not int"),
+        ({"headers": "X-A: 1"}, TypeError, "mapping or pairs"),
+        ({"content_type": "a\nb"}, ValueError, "content_type 'a\\\\nb' is not a valid header value"),
+        ({"zerocopy": 1}, TypeError, "zerocopy must be True or False"),
+    ],
+)
+async def test_bad_arguments_are_refused_and_the_lease_stays_the_owners(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, pattern(100, 1))
+        with pytest.raises(error, match=match):
+            trio_zc.asgi.LeaseResponse(sealed, **kwargs)
+        assert sealed.nbytes == 100  # not released: still the owner's
+        sealed.release()
+
+
+async def test_a_lease_released_before_the_call_raises_before_anything_is_sent() -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        raise AssertionError("not called")
+
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, pattern(100, 1))
+        response = trio_zc.asgi.LeaseResponse(sealed)
+        sealed.release()
+        with pytest.raises(trio_zc.StaleLeaseError):
+            await response({"type": "http", "method": "GET"}, receive, send)
+        assert sent == []
+        # Used once, even when it failed.
+        with pytest.raises(RuntimeError, match="answers one request"):
+            await response({"type": "http", "method": "GET"}, receive, send)
+        # Not an HTTP scope.
+        other = trio_zc.asgi.LeaseResponse(await sealed_with(pool, b"x"))
+        with pytest.raises(ValueError, match="answers HTTP requests, not 'websocket' ones"):
+            await other({"type": "websocket"}, receive, send)
+        assert sent == []
+        # Each released all the same: the response owned it.
+        assert in_use(pool) == (0, 0, 0, 0, 0)
