@@ -3,8 +3,8 @@
 Run it with ``python examples/asgi_app.py --port 8080`` (anycorn on
 127.0.0.1 until Ctrl-C; ``--server hypercorn`` for hypercorn's Trio worker;
 needs Starlette, anycorn or hypercorn, and Pillow), then open
-http://127.0.0.1:8080/image/1.png (a Starlette route) or /raw/1.png (answered
-in front of the framework, the way to serve leases next to a Quart app).
+``/image/1.png`` on it (a Starlette route) or ``/raw/1.png`` (answered in
+front of the framework, the way to serve leases next to a Quart app).
 ``python examples/asgi_app.py --self-test``
 serves on a free loopback port with each server in turn, fetches every image
 with the standard library's HTTP client, checks each byte and exits.

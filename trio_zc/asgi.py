@@ -44,6 +44,7 @@ from typing import Any, Union
 from ._cache import CachedLease
 from ._errors import StaleLeaseError
 from ._lease import Lending, SealedLease, WritableLease, lend
+from ._validate import check_bool
 
 #: The most bytes one ``http.response.body`` message copies out of the lease
 #: (where the server has no zero-copy send): bounds the copy held at once.
@@ -170,8 +171,7 @@ class LeaseResponse:
             raise ValueError(f"nbytes {nbytes} at offset {offset} does not fit the lease's {size} bytes")
         if status in (204, 304) and nbytes:
             raise ValueError(f"a {status} response has no body")
-        if type(zerocopy) is not bool:
-            raise TypeError(f"zerocopy must be True or False, not {zerocopy!r}")
+        check_bool("zerocopy", zerocopy)
         self._body: _Body = body
         self._used = False
         #: The status code.
@@ -221,11 +221,14 @@ class LeaseResponse:
             lent = lending.sendfile_range(self.offset, self.nbytes)
             if lent is not None:
                 file, offset = lent
-                # anycorn (0.20, protocol/http_stream.py and tcp_server.py)
-                # returns from this send only once its os.sendfile loop has
-                # issued all `count` bytes (or the connection broke): the loop
-                # runs inside the send, under the connection's send lock and a
-                # shielded cancel scope. So the lease is held (`lending`) until
+                # anycorn 0.20 returns from this send only once its
+                # os.sendfile loop has issued all `count` bytes, or the
+                # connection broke (HTTPStream.app_send -> H11Protocol's
+                # SendFile event -> TCPServer.protocol_send -> its sendfile()
+                # loop, which retries EAGAIN until done): the loop runs inside
+                # the send, under the connection's send lock and a shielded
+                # cancel scope; more_body is only read afterwards, to end the
+                # response. So the lease is held (`lending`) until
                 # every byte was issued; the pages a socket still holds after
                 # that are replaced when the lease goes back (sendfile_range
                 # marked them held). more_body=False ends the response.

@@ -516,7 +516,7 @@ async def test_bad_bodies_are_refused_with_a_clear_error() -> None:
         ({"headers": [("X-A", 1)]}, TypeError, "must be a str, not int"),
         ({"headers": "X-A: 1"}, TypeError, "mapping or pairs"),
         ({"content_type": "a\nb"}, ValueError, "content_type 'a\\\\nb' is not a valid header value"),
-        ({"zerocopy": 1}, TypeError, "zerocopy must be True or False"),
+        ({"zerocopy": 1}, TypeError, "zerocopy must be True or False, not int"),
     ],
 )
 async def test_bad_arguments_are_refused_and_the_lease_stays_the_owners(
