@@ -24,12 +24,13 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 import trio_zc
 import trio_zc.asgi
 from trio_zc._lease import _LeaseRecord
 
-from ..streams import KERNELS, kernel, pattern, sealed_with
+from ..streams import ALWAYS_ZC, KERNELS, kernel, pattern, receive_exactly, sealed_with, stream_pair
 
 anycorn = pytest.importorskip("anycorn", reason="anycorn (the dev extra) does not install on this Python")
 hypercorn_trio = pytest.importorskip("hypercorn.trio", reason="hypercorn does not install on this Python")
@@ -556,3 +557,59 @@ async def test_a_lease_released_before_the_call_raises_before_anything_is_sent()
         assert sent == []
         # Each released all the same: the response owned it.
         assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- io_uring's registered buffers: their pages are never lent ----------------------------
+
+
+async def punched_then_resent(pool: trio_zc.BufferPool, first: bytes, second: bytes) -> bytes:
+    """Send *first* through the pool's kernel, lend it as trio_zc.asgi would and let it go back
+    (punched, if it was lent), then send *second* from the same memory: what the peer got."""
+    from trio_zc._lease import lend
+
+    a, b = await stream_pair(pool)
+    async with a, b:
+        sealed = await sealed_with(pool, first)
+        offset = sealed._slot.offset
+        await a.send_lease(sealed)
+        assert await receive_exactly(b, len(first)) == first
+        lending = lend(sealed)
+        lending.sendfile_range(0, len(first))
+        lending.end()
+        sealed.release()
+        await trio.testing.wait_all_tasks_blocked()
+        again = await sealed_with(pool, second)
+        assert again._slot.offset == offset  # the same memory
+        await a.send_lease(again)
+        got = await receive_exactly(b, len(second))
+        again.release()
+    return got
+
+
+def _registered_io_uring_pool() -> Any:
+    return trio_zc.open_pool(max_bytes=4 * MiB, kernel="io_uring", policy=ALWAYS_ZC)
+
+
+async def test_io_uring_with_registered_buffers_lends_no_pages() -> None:
+    async with _registered_io_uring_pool() as pool:
+        if pool.statistics().kernel != "io_uring" or not pool._kernel.fixed:
+            pytest.skip("io_uring with registered buffers is not available here")
+        assert not pool._pages_replaceable()
+        first, second = pattern(256 * 1024, 1), pattern(256 * 1024, 2)
+        assert await punched_then_resent(pool, first, second) == second
+
+
+async def test_punching_io_uring_registered_pages_would_send_stale_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Why the io_uring kernel says its pages are not replaceable: the ring
+    # keeps the registered (pinned) pages, so after a punch it goes on sending
+    # the old bytes while the next lease is written into new pages.
+    from trio_zc._kernels._io_uring import IoUringKernel
+
+    monkeypatch.setattr(IoUringKernel, "pages_replaceable", lambda self: True)
+    async with _registered_io_uring_pool() as pool:
+        if pool.statistics().kernel != "io_uring" or not pool._kernel.fixed:
+            pytest.skip("io_uring with registered buffers is not available here")
+        first, second = pattern(256 * 1024, 1), pattern(256 * 1024, 2)
+        got = await punched_then_resent(pool, first, second)
+        assert got != second
+        assert got == first
