@@ -54,7 +54,7 @@ _Scope = MutableMapping[str, Any]
 _Message = MutableMapping[str, Any]
 _Receive = Callable[[], Awaitable[_Message]]
 _Send = Callable[[_Message], Awaitable[None]]
-_Body = Union[SealedLease, "CachedLease[Any]"]
+_Body = Union[SealedLease, CachedLease[Any]]
 
 _ZEROCOPY = "http.response.zerocopysend"
 
@@ -211,7 +211,11 @@ class LeaseResponse:
             _release(self._body)
 
     async def _send(self, scope: _Scope, send: _Send, lending: Lending) -> None:
-        headers = [(b"content-length", b"%d" % self.nbytes), *self.headers]
+        headers = self.headers
+        if self.status not in (204, 304):
+            # A 204 has no Content-Length (RFC 9110, 8.6), and a 304's would
+            # describe the 200 response, not this empty one.
+            headers = [(b"content-length", b"%d" % self.nbytes), *headers]
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         if not self.nbytes or scope.get("method") == "HEAD":
             await send({"type": "http.response.body", "body": b"", "more_body": False})

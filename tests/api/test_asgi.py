@@ -221,6 +221,25 @@ async def test_head_gets_the_length_and_no_body(server: str) -> None:
 
 
 @pytest.mark.parametrize("server", SERVERS)
+async def test_204_and_304_have_no_body_and_no_length(server: str) -> None:
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            sealed = await sealed_with(pool, pattern(5000, 1))
+            status = int(scope["path"][1:])
+            await trio_zc.asgi.LeaseResponse(sealed, status=status, nbytes=0)(scope, receive, send)
+
+        with trio.fail_after(30):
+            async with serving(server, asgi(handler)) as port:
+                replies = [await get(port, "/204"), await get(port, "/304")]
+        for reply, status in zip(replies, (204, 304)):
+            assert reply.status_code == status
+            assert "content-length" not in reply.headers
+            assert reply.content == b""
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("server", SERVERS)
 async def test_a_cached_lease_is_sent_and_its_hold_released(server: str) -> None:
     data = pattern(700_000, 5)
     async with trio_zc.open_pool(max_bytes=4 * MiB, kernel="copy") as pool:
