@@ -176,7 +176,7 @@ class LeaseResponse:
         self._used = False
         #: The status code.
         self.status = status
-        #: The headers the response sends besides Content-Length and Content-Type, as ASGI bytes.
+        #: The headers the response sends besides Content-Length (Content-Type among them), as ASGI byte pairs.
         self.headers = _headers(headers)
         #: The Content-Type, if any.
         self.content_type = content_type
