@@ -632,3 +632,39 @@ async def test_punching_io_uring_registered_pages_would_send_stale_bytes(monkeyp
         got = await punched_then_resent(pool, first, second)
         assert got != second
         assert got == first
+
+
+async def test_the_server_gets_a_read_only_descriptor_of_its_own() -> None:
+    import fcntl
+    import os
+
+    seen: dict[str, Any] = {}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.zerocopysend":
+            fd = message["file"].fileno()
+            seen["fd"] = fd
+            seen["flags"] = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            seen["inode"] = os.fstat(fd).st_ino
+            with pytest.raises(OSError):
+                os.write(fd, b"x")
+            # What the server would send: the sealed bytes, at the offset given.
+            seen["bytes"] = os.pread(fd, message["count"], message["offset"])
+
+    async def receive() -> Message:
+        raise AssertionError("not called")
+
+    data = pattern(100_000, 6)
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, data)
+        response = trio_zc.asgi.LeaseResponse(sealed, offset=10, nbytes=50_000)
+        scope = {"type": "http", "method": "GET", "extensions": {"http.response.zerocopysend": {}}}
+        await response(scope, receive, send)
+        assert seen["flags"] == os.O_RDONLY
+        assert seen["inode"] == os.fstat(pool._arena.fd).st_ino
+        assert seen["fd"] != pool._arena.fd
+        assert seen["bytes"] == data[10:50_010]
+        # Closed once the response is over.
+        with pytest.raises(OSError):
+            os.fstat(seen["fd"])
+        assert in_use(pool) == (0, 0, 0, 0, 0)
