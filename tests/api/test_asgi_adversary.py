@@ -1,0 +1,317 @@
+"""trio_zc.asgi.LeaseResponse under attack: what a hostile server, client or application can do.
+
+Each test is one attack, with the promise it checks: no byte other than the
+sealed ones reaches the client, nothing leaks (leases, sends, descriptors),
+errors are clear, and an exception of the application's or the server's
+comes out as it is.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import warnings
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import pytest
+import trio
+
+import trio_zc
+import trio_zc.asgi
+
+from ..streams import KERNELS, kernel, pattern, sealed_with
+from .test_asgi import asgi, serving
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+MiB = 1 << 20
+ZC = {"http.response.zerocopysend": {}}
+
+
+def in_use(pool: trio_zc.BufferPool) -> tuple[int, ...]:
+    s = pool.statistics()
+    return (s.writable_leases, s.sealed_leases, s.draining_leases, s.abandoned_leases, s.sends_in_flight)
+
+
+async def no_receive() -> Message:
+    raise AssertionError("the response never reads the request")
+
+
+def open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+class Boom(Exception):
+    pass
+
+
+# -- the pool closes while a response is in flight -----------------------------------------
+
+
+@pytest.mark.parametrize("extensions", [{}, ZC])
+async def test_pool_closing_under_a_stuck_response_quarantines_and_the_response_ends_cleanly(
+    extensions: dict[str, Any],
+) -> None:
+    """The pool's block ends while the server still sits in the body's send() (a stalled client):
+    the close waits its drain timeout, quarantines the memory, and the response, when its send
+    finally returns, ends without an error of the library's."""
+    stuck = trio.Event()
+    go_on = trio.Event()
+    sent: list[str] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message["type"])
+        if message["type"] != "http.response.start":
+            stuck.set()
+            await go_on.wait()
+
+    outcome: list[BaseException | None] = []
+
+    async def respond(response: trio_zc.asgi.LeaseResponse) -> None:
+        try:
+            await response({"type": "http", "method": "GET", "extensions": extensions}, no_receive, send)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with trio.open_nursery() as nursery:
+            async with trio_zc.open_pool(max_bytes=MiB, kernel="copy", drain_timeout=0.2) as pool:
+                sealed = await sealed_with(pool, pattern(100_000, 3))
+                nursery.start_soon(respond, trio_zc.asgi.LeaseResponse(sealed))
+                await stuck.wait()
+            # The pool is closed: its close waited, then quarantined the lease.
+            stats = pool.statistics()
+            assert stats.quarantined_leases == 1
+            go_on.set()
+    assert outcome == [None], outcome
+    assert any(issubclass(w.category, trio_zc.QuarantineWarning) for w in caught)
+
+
+# -- misuse of the response object ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("extensions", [{}, ZC])
+async def test_called_twice_refuses_the_second_call_and_releases_once(extensions: dict[str, Any]) -> None:
+    got: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            got.append(bytes(message["body"]))
+        elif message["type"] == "http.response.zerocopysend":
+            got.append(os.pread(message["file"].fileno(), message["count"], message["offset"]))
+
+    data = pattern(50_000, 7)
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, data)
+        response = trio_zc.asgi.LeaseResponse(sealed)
+        scope = {"type": "http", "method": "GET", "extensions": extensions}
+        await response(scope, no_receive, send)
+        # The memory went back; someone else takes it meanwhile.
+        other = await sealed_with(pool, pattern(50_000, 8))
+        with pytest.raises(RuntimeError, match="answers one request"):
+            await response(scope, no_receive, send)
+        assert got == [data]
+        assert other.view().tobytes() == pattern(50_000, 8)
+        other.release()
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        {"type": "websocket", "extensions": ZC},
+        {"type": "lifespan"},
+        {},
+    ],
+)
+async def test_a_scope_that_is_not_http_is_refused_and_the_lease_released(scope: Scope) -> None:
+    async def send(message: Message) -> None:
+        raise AssertionError("nothing may be sent")
+
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, pattern(10_000, 1))
+        before = open_fds()
+        with pytest.raises(ValueError, match="answers HTTP requests"):
+            await trio_zc.asgi.LeaseResponse(sealed)(scope, no_receive, send)
+        assert open_fds() == before
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        {"type": "http", "method": "GET"},
+        {"type": "http", "method": "GET", "extensions": None},
+        {"type": "http", "method": "GET", "extensions": {"http.response.zerocopysend": None}},
+        {"type": "http", "method": "GET", "http_version": "2", "extensions": {}},
+        {"type": "http", "method": "GET", "http_version": "2", "extensions": ZC},
+    ],
+)
+async def test_every_scope_shape_gets_exactly_the_sealed_bytes(scope: Scope) -> None:
+    got: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            assert isinstance(message["body"], bytes)
+            got.append(message["body"])
+        elif message["type"] == "http.response.zerocopysend":
+            got.append(os.pread(message["file"].fileno(), message["count"], message["offset"]))
+
+    data = pattern(3 * trio_zc.asgi.BODY_CHUNK + 17, 2)
+    async with trio_zc.open_pool(max_bytes=8 * MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, data)
+        await trio_zc.asgi.LeaseResponse(sealed, offset=5, nbytes=len(data) - 9)(scope, no_receive, send)
+        assert b"".join(got) == data[5:-4]
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+async def test_a_release_from_another_thread_mid_send_is_refused_and_changes_nothing() -> None:
+    in_send = trio.Event()
+    go_on = trio.Event()
+    got: list[bytes] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.zerocopysend":
+            in_send.set()
+            await go_on.wait()
+            got.append(os.pread(message["file"].fileno(), message["count"], message["offset"]))
+
+    data = pattern(200_000, 5)
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, data)
+        scope = {"type": "http", "method": "GET", "extensions": ZC}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio_zc.asgi.LeaseResponse(sealed), scope, no_receive, send)
+            await in_send.wait()
+            with pytest.raises(RuntimeError, match="Trio thread"):
+                await trio.to_thread.run_sync(sealed.release)
+            go_on.set()
+        assert got == [data]
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- descriptors ---------------------------------------------------------------------------
+
+
+async def test_no_descriptor_leaks_over_many_responses_failing_or_not() -> None:
+    """200 responses through a zero-copy server: a fifth fail in the body's send, a fifth are
+    cancelled there, a fifth are HEAD, a fifth are stale when called: no descriptor is left."""
+
+    async def respond(pool: trio_zc.BufferPool, i: int) -> None:
+        sealed = await sealed_with(pool, pattern(9000 + i, i % 251))
+        response = trio_zc.asgi.LeaseResponse(sealed, offset=i % 7)
+        kind = i % 5
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.zerocopysend":
+                assert os.pread(message["file"].fileno(), message["count"], message["offset"]) == (
+                    pattern(9000 + i, i % 251)[i % 7 :]
+                )
+                if kind == 1:
+                    raise Boom(i)
+                if kind == 2:
+                    await trio.sleep_forever()
+
+        scope = {"type": "http", "method": "HEAD" if kind == 3 else "GET", "extensions": ZC}
+        if kind == 4:
+            sealed.release()
+            with pytest.raises(trio_zc.StaleLeaseError):
+                await response(scope, no_receive, send)
+        elif kind == 1:
+            with pytest.raises(Boom) as info:
+                await response(scope, no_receive, send)
+            assert info.value.args == (i,)
+        elif kind == 2:
+            with trio.move_on_after(0.01):
+                await response(scope, no_receive, send)
+        else:
+            await response(scope, no_receive, send)
+
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        await respond(pool, 0)  # anything opened once, lazily, is opened now
+        gc.collect()
+        before = open_fds()
+        for i in range(200):
+            await respond(pool, i)
+        gc.collect()
+        assert open_fds() == before
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+        assert pool.statistics().free_bytes == pool.statistics().max_bytes
+
+
+# -- real servers: neighbours, odd slices, pipelining, a slow client -----------------------
+
+
+def split_responses(raw: bytes, count: int) -> list[tuple[bytes, bytes]]:
+    """*count* HTTP/1.1 responses framed by Content-Length, as (head, body) pairs."""
+    out = []
+    for _ in range(count):
+        head, sep, raw = raw.partition(b"\r\n\r\n")
+        assert sep, f"a response head is missing: {head[:200]!r}"
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        assert len(raw) >= length, f"{len(raw)} of {length} body bytes"
+        out.append((head, raw[:length]))
+        raw = raw[length:]
+    assert raw == b"", f"{len(raw)} bytes past the last response"
+    return out
+
+
+@pytest.mark.parametrize("name", KERNELS)
+async def test_odd_slices_of_neighbour_leases_pipelined_to_a_slow_client(name: str) -> None:
+    """Two leases side by side in the pool, each answered as a slice at odd offsets, to two
+    requests pipelined on one connection whose client reads slowly through a 4 KiB buffer. The
+    moment the first response ends, every free byte of the pool is rewritten: the first body,
+    still in the socket, must stay the sealed bytes; the neighbour, answered next, must not have
+    lost a byte to the first one's pages being replaced."""
+    first, second = pattern(3 * MiB + 1, 11), pattern(2 * MiB + 3, 12)
+    slices = {b"/a": (4097, len(first) - 4097 - 3), b"/b": (1, len(second) - 2)}
+    rewritten = trio.Event()
+    early: list[bool] = []
+    taken: list[trio_zc.WritableLease] = []
+    raw = bytearray()
+    async with trio_zc.open_pool(max_bytes=16 * MiB, kernel=kernel(name)) as pool:
+        a = await sealed_with(pool, first)
+        b = await sealed_with(pool, second)
+
+        async def handler(scope: Scope, receive: Any, send: Any) -> None:
+            path = scope["path"].encode()
+            offset, nbytes = slices[path]
+            await trio_zc.asgi.LeaseResponse(a if path == b"/a" else b, offset=offset, nbytes=nbytes)(
+                scope, receive, send
+            )
+            if path == b"/a":
+                while (free := pool.statistics().largest_free_block) > 0:
+                    lease = pool.acquire_nowait(free)
+                    lease.write(b"\xee" * free)
+                    taken.append(lease)
+                early.append(len(raw) < nbytes)
+                rewritten.set()
+
+        with trio.fail_after(120):
+            async with serving("anycorn", asgi(handler)) as port:
+                sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                with sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    await sock.connect(("127.0.0.1", port))
+                    await sock.send(
+                        b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                    )
+                    while chunk := await sock.recv(65536):
+                        raw += chunk
+                        if not rewritten.is_set():
+                            await trio.sleep(0.002)
+        for lease in taken:
+            lease.release()
+        assert early == [True], "the client had the first body before the rewrite: the test proved nothing"
+        (head_a, body_a), (head_b, body_b) = split_responses(bytes(raw), 2)
+        assert b" 200 " in head_a.split(b"\r\n")[0] and b" 200 " in head_b.split(b"\r\n")[0]
+        assert body_a == first[4097:-3]
+        assert body_b == second[1:-1]
+        assert in_use(pool) == (0, 0, 0, 0, 0)
