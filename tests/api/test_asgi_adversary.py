@@ -22,7 +22,7 @@ import trio_zc
 import trio_zc.asgi
 
 from ..streams import KERNELS, kernel, pattern, sealed_with
-from .test_asgi import asgi, serving
+from .test_asgi import asgi, serving, slow_get
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -314,4 +314,87 @@ async def test_odd_slices_of_neighbour_leases_pipelined_to_a_slow_client(name: s
         assert b" 200 " in head_a.split(b"\r\n")[0] and b" 200 " in head_b.split(b"\r\n")[0]
         assert body_a == first[4097:-3]
         assert body_b == second[1:-1]
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+def rewrite_everything_free(pool: trio_zc.BufferPool, fill: int) -> list[trio_zc.WritableLease]:
+    taken = []
+    while (free := pool.statistics().largest_free_block) > 0:
+        lease = pool.acquire_nowait(free)
+        lease.write(bytes([fill]) * free)
+        taken.append(lease)
+    return taken
+
+
+ATTACKS = ["release_and_rewrite_mid_send", "cancel_mid_sendfile", "evict_cached_mid_send"]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+async def test_a_slow_client_gets_only_sealed_bytes_whatever_happens_mid_sendfile(attack: str) -> None:
+    """anycorn sendfiles 3 MiB to a client reading slowly through a 4 KiB buffer; mid-send:
+
+    - another task releases the lease (a bug of the application's) and rewrites every free
+      byte of the pool;
+    - the application's own deadline cancels the response;
+    - the response's body is a CachedLease whose entry another task evicts;
+
+    and every free byte is rewritten again the moment the response ends. The client gets
+    the sealed bytes (a cancelled response may end early: then a prefix of them)."""
+    data = pattern(3 * MiB, 21)
+    mid_send = trio.Event()
+    rewritten = trio.Event()
+    taken: list[trio_zc.WritableLease] = []
+    types: list[str] = []
+    async with trio_zc.open_pool(max_bytes=8 * MiB, kernel="copy") as pool:
+        cache: trio_zc.LeaseCache[str] = trio_zc.LeaseCache(pool, max_bytes=8 * MiB)
+
+        async def render() -> trio_zc.SealedLease:
+            return await sealed_with(pool, data)
+
+        async def handler(scope: Scope, receive: Any, send: Any) -> None:
+            async def spy(message: Message) -> None:
+                types.append(message["type"])
+                if message["type"] == "http.response.zerocopysend":
+                    mid_send.set()
+                await send(message)
+
+            body: Any
+            if attack == "evict_cached_mid_send":
+                body = await cache.get("k", render)
+            else:
+                body = await sealed_with(pool, data)
+            response = trio_zc.asgi.LeaseResponse(body)
+
+            async def meddle() -> None:
+                await mid_send.wait()
+                if attack == "release_and_rewrite_mid_send":
+                    body.release()
+                    taken.extend(rewrite_everything_free(pool, 0xEE))
+                elif attack == "evict_cached_mid_send":
+                    assert cache.discard("k")
+                    taken.extend(rewrite_everything_free(pool, 0xEE))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(meddle)
+                if attack == "cancel_mid_sendfile":
+                    with trio.move_on_after(0.05):
+                        await response(scope, receive, spy)
+                else:
+                    await response(scope, receive, spy)
+            taken.extend(rewrite_everything_free(pool, 0xDD))
+            rewritten.set()
+
+        with trio.fail_after(120):
+            async with serving("anycorn", asgi(handler)) as port:
+                head, body = await slow_get(port, rewritten)
+        for lease in taken:
+            lease.release()
+        cache.close()
+        assert types == ["http.response.start", "http.response.zerocopysend"]
+        assert b" 200 " in head.split(b"\r\n")[0]
+        if attack == "cancel_mid_sendfile":
+            assert body == data[: len(body)]
+        else:
+            assert len(body) == len(data)
+            assert body == data
         assert in_use(pool) == (0, 0, 0, 0, 0)
