@@ -11,6 +11,9 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -50,20 +53,28 @@ class Boom(Exception):
 # -- the pool closes while a response is in flight -----------------------------------------
 
 
+@pytest.mark.parametrize("stuck_in", ["http.response.start", "body"])
 @pytest.mark.parametrize("extensions", [{}, ZC])
 async def test_pool_closing_under_a_stuck_response_quarantines_and_the_response_ends_cleanly(
-    extensions: dict[str, Any],
+    extensions: dict[str, Any], stuck_in: str
 ) -> None:
-    """The pool's block ends while the server still sits in the body's send() (a stalled client):
-    the close waits its drain timeout, quarantines the memory, and the response, when its send
-    finally returns, ends without an error of the library's."""
+    """The pool's block ends while the server still sits in a send() (a stalled client): the
+    close waits its drain timeout, quarantines the memory, and the response, when its send
+    finally returns, sends the sealed bytes (if it had not yet) and ends without an error of
+    the library's."""
     stuck = trio.Event()
     go_on = trio.Event()
     sent: list[str] = []
+    got: list[bytes] = []
+    data = pattern(100_000, 3)
 
     async def send(message: Message) -> None:
         sent.append(message["type"])
-        if message["type"] != "http.response.start":
+        if message["type"] == "http.response.body":
+            got.append(message["body"])
+        elif message["type"] == "http.response.zerocopysend":
+            got.append(os.pread(message["file"].fileno(), message["count"], message["offset"]))
+        if (message["type"] == "http.response.start") == (stuck_in == "http.response.start"):
             stuck.set()
             await go_on.wait()
 
@@ -81,7 +92,7 @@ async def test_pool_closing_under_a_stuck_response_quarantines_and_the_response_
         warnings.simplefilter("always")
         async with trio.open_nursery() as nursery:
             async with trio_zc.open_pool(max_bytes=MiB, kernel="copy", drain_timeout=0.2) as pool:
-                sealed = await sealed_with(pool, pattern(100_000, 3))
+                sealed = await sealed_with(pool, data)
                 nursery.start_soon(respond, trio_zc.asgi.LeaseResponse(sealed))
                 await stuck.wait()
             # The pool is closed: its close waited, then quarantined the lease.
@@ -89,6 +100,7 @@ async def test_pool_closing_under_a_stuck_response_quarantines_and_the_response_
             assert stats.quarantined_leases == 1
             go_on.set()
     assert outcome == [None], outcome
+    assert b"".join(got) == data
     assert any(issubclass(w.category, trio_zc.QuarantineWarning) for w in caught)
 
 
@@ -398,3 +410,144 @@ async def test_a_slow_client_gets_only_sealed_bytes_whatever_happens_mid_sendfil
             assert len(body) == len(data)
             assert body == data
         assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- a server whose send() returns before it issues the bytes ------------------------------
+
+
+@pytest.mark.parametrize("extensions", [{}, ZC])
+async def test_a_server_that_sends_later_gets_the_sealed_bytes_with_zerocopy_false(
+    extensions: dict[str, Any],
+) -> None:
+    """A server that keeps each body message and writes it after the response ended (after the
+    lease went back and all of the pool was rewritten): with zerocopy=False it has bytes of its
+    own, the sealed ones."""
+    queued: list[Message] = []
+
+    async def send(message: Message) -> None:
+        queued.append(message)
+
+    data = pattern(2 * trio_zc.asgi.BODY_CHUNK + 3, 9)
+    async with trio_zc.open_pool(max_bytes=4 * MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, data)
+        scope = {"type": "http", "method": "GET", "extensions": extensions}
+        await trio_zc.asgi.LeaseResponse(sealed, zerocopy=False)(scope, no_receive, send)
+        taken = rewrite_everything_free(pool, 0xEE)
+        assert [m["type"] for m in queued] == ["http.response.start"] + ["http.response.body"] * 3
+        assert b"".join(m["body"] for m in queued[1:]) == data
+        for lease in taken:
+            lease.release()
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+async def test_a_server_that_keeps_the_file_to_send_later_finds_it_closed() -> None:
+    """With zero-copy (the default) a server that queues the file object and sendfiles after the
+    response ended gets a closed file (an error), not whatever the memfd holds by then. (One that
+    kept the bare descriptor number could read a reused number: docs/asgi.rst says to use
+    zerocopy=False with such a server.)"""
+    queued: list[Message] = []
+
+    async def send(message: Message) -> None:
+        queued.append(message)
+
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, pattern(100_000, 4))
+        scope = {"type": "http", "method": "GET", "extensions": ZC}
+        await trio_zc.asgi.LeaseResponse(sealed)(scope, no_receive, send)
+        file = queued[1]["file"]
+        assert file.closed
+        with pytest.raises(ValueError, match="closed file"):
+            file.fileno()
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- fork ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extensions", [{}, ZC])
+async def test_a_forked_child_cannot_send_the_parents_lease(extensions: dict[str, Any]) -> None:
+    """In a forked child the response refuses before anything is sent (it drives the response's
+    coroutine by hand: the child cannot start a Trio run of its own inside the parent's)."""
+    sent: list[str] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message["type"])
+
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, pattern(100_000, 4))
+        response = trio_zc.asgi.LeaseResponse(sealed)
+        scope = {"type": "http", "method": "GET", "extensions": extensions}
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                coro = response(scope, no_receive, send)
+                try:
+                    coro.send(None)
+                except StopIteration:
+                    os.write(write, b"sent " + ",".join(sent).encode())
+                except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                    os.write(write, f"{type(exc).__name__}: {exc} / sent {sent}".encode())
+                    code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            report = await trio.to_thread.run_sync(pipe.read)
+        _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, report
+        assert b"/ sent []" in report, report
+        # The parent's lease is untouched: the parent answers.
+        got: list[bytes] = []
+
+        async def parent_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                got.append(message["body"])
+            elif message["type"] == "http.response.zerocopysend":
+                got.append(os.pread(message["file"].fileno(), message["count"], message["offset"]))
+
+        await response(scope, no_receive, parent_send)
+        assert b"".join(got) == pattern(100_000, 4)
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- KeyboardInterrupt ---------------------------------------------------------------------
+
+
+def test_importing_only_trio_zc_asgi_protects_every_function_of_it() -> None:
+    """An application that imports trio_zc.asgi (and nothing else of the package after it) gets
+    its bookkeeping protected from Ctrl-C. The package-wide test imports every module in one
+    process, where a later module's import protects whatever an earlier one left out; this one
+    imports trio_zc.asgi alone, in a fresh interpreter, and compiles asgi.py to find its code."""
+    script = textwrap.dedent(
+        """
+        import types
+        import trio_zc.asgi
+        from trio._core._ki import _CODE_KI_PROTECTION_STATUS_WMAP as table
+        path = trio_zc.asgi.__file__
+        def is_protected(code):
+            try:
+                return table[code]
+            except KeyError:
+                return False
+        protected = {
+            (code.co_firstlineno, code.co_name)
+            for code in trio_zc._ki.code_objects(trio_zc.asgi)
+            if is_protected(code)
+        }
+        stack = [compile(open(path).read(), path, "exec")]
+        missing = []
+        while stack:
+            code = stack.pop()
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+            if code.co_flags & 0x0002 and (code.co_firstlineno, code.co_name) not in protected:
+                missing.append(f"{code.co_name} (line {code.co_firstlineno})")
+        assert protected, "nothing of trio_zc.asgi is protected"
+        assert not missing, missing
+        print("ok", len(protected))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok ")
