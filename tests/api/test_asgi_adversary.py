@@ -15,9 +15,10 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -221,8 +222,9 @@ async def test_no_descriptor_leaks_over_many_responses_failing_or_not() -> None:
 
         async def send(message: Message) -> None:
             if message["type"] == "http.response.zerocopysend":
-                assert os.pread(message["file"].fileno(), message["count"], message["offset"]) == (
-                    pattern(9000 + i, i % 251)[i % 7 :]
+                assert (
+                    os.pread(message["file"].fileno(), message["count"], message["offset"])
+                    == (pattern(9000 + i, i % 251)[i % 7 :])
                 )
                 if kind == 1:
                     raise Boom(i)
@@ -266,7 +268,9 @@ def split_responses(raw: bytes, count: int) -> list[tuple[bytes, bytes]]:
         head, sep, raw = raw.partition(b"\r\n\r\n")
         assert sep, f"a response head is missing: {head[:200]!r}"
         length = next(
-            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
         )
         assert len(raw) >= length, f"{len(raw)} of {length} body bytes"
         out.append((head, raw[:length]))
@@ -551,3 +555,43 @@ def test_importing_only_trio_zc_asgi_protects_every_function_of_it() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok ")
+
+
+# -- middleware between the response and the server ----------------------------------------
+
+
+@pytest.mark.parametrize("zerocopy", [True, False])
+@pytest.mark.parametrize("accept_encoding", ["gzip", "identity"])
+async def test_behind_starlettes_gzip_middleware_on_anycorn(accept_encoding: str, zerocopy: bool) -> None:
+    """Starlette's GZipMiddleware (1.10) passes on body and pathsend messages and silently drops
+    any other, http.response.zerocopysend among them, whether it compresses or not: anycorn then
+    answers 500 with no body and no error reaches the application (docs/asgi.rst says so, and to
+    use zerocopy=False behind such a middleware). The lease comes back either way; with
+    zerocopy=False the client gets the sealed bytes, compressed or not."""
+    starlette_applications = pytest.importorskip("starlette.applications")
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.routing import Route
+
+    data = pattern(300_000, 30)
+    async with trio_zc.open_pool(max_bytes=4 * MiB, kernel="copy") as pool:
+
+        async def endpoint(request: Any) -> trio_zc.asgi.LeaseResponse:
+            sealed = await sealed_with(pool, data)
+            return trio_zc.asgi.LeaseResponse(sealed, content_type="text/plain", zerocopy=zerocopy)
+
+        app = starlette_applications.Starlette(
+            routes=[Route("/", endpoint)], middleware=[Middleware(GZipMiddleware, minimum_size=100)]
+        )
+        with trio.fail_after(30):
+            async with serving("anycorn", app) as port:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+                    response = await client.get("/", headers={"Accept-Encoding": accept_encoding})
+        if zerocopy:
+            assert response.status_code == 500
+            assert response.content == b""
+        else:
+            assert response.status_code == 200
+            assert (response.headers.get("content-encoding") == "gzip") == (accept_encoding == "gzip")
+            assert response.content == data
+        assert in_use(pool) == (0, 0, 0, 0, 0)
