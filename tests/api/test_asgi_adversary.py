@@ -595,3 +595,46 @@ async def test_behind_starlettes_gzip_middleware_on_anycorn(accept_encoding: str
             assert (response.headers.get("content-encoding") == "gzip") == (accept_encoding == "gzip")
             assert response.content == data
         assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- what the server can do with the descriptor --------------------------------------------
+
+
+async def test_the_servers_descriptor_refuses_writes_punches_and_writable_maps() -> None:
+    """Through the descriptor the response lends, a server cannot write the pool's memory by
+    mistake: write, punch (fallocate) and a shared writable mapping all fail, and the sealed
+    bytes stay. (Reopening it read-write through /proc/self/fd works: docs/asgi.rst says the
+    descriptor guards against mistakes, not against code in the process.)"""
+    import ctypes
+    import mmap
+
+    from trio_zc._arena import _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE, _fallocate
+
+    tried: list[str] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] != "http.response.zerocopysend":
+            return
+        fd = message["file"].fileno()
+        with pytest.raises(OSError):
+            os.pwrite(fd, b"x" * 10, message["offset"])
+        tried.append("write")
+        assert _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, os.fstat(fd).st_size) != 0
+        assert ctypes.get_errno() == 9  # EBADF: not open for writing
+        tried.append("punch")
+        with pytest.raises(PermissionError):
+            mmap.mmap(fd, 4096, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        tried.append("map")
+        with pytest.raises(OSError):
+            os.ftruncate(fd, 0)
+        tried.append("truncate")
+
+    data = pattern(100_000, 14)
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, data)
+        kept = await sealed_with(pool, data)
+        scope = {"type": "http", "method": "GET", "extensions": ZC}
+        await trio_zc.asgi.LeaseResponse(sealed)(scope, no_receive, send)
+        assert tried == ["write", "punch", "map", "truncate"]
+        assert kept.view().tobytes() == data
+        kept.release()
