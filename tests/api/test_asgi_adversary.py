@@ -638,3 +638,84 @@ async def test_the_servers_descriptor_refuses_writes_punches_and_writable_maps()
         assert tried == ["write", "punch", "map", "truncate"]
         assert kept.view().tobytes() == data
         kept.release()
+
+
+# -- HTTP/2 on anycorn; descriptors over many real connections ------------------------------
+
+
+async def test_http2_on_anycorn_gets_bodies_byte_for_byte() -> None:
+    """anycorn over cleartext HTTP/2 (prior knowledge) offers no zero-copy send: ordinary bodies,
+    several streams at once on one connection, each its own slice, byte for byte."""
+    pytest.importorskip("h2")
+    data = pattern(3 * trio_zc.asgi.BODY_CHUNK + 5, 40)
+    seen: list[tuple[str, bool]] = []
+    async with trio_zc.open_pool(max_bytes=32 * MiB, kernel="copy") as pool:
+
+        async def handler(scope: Scope, receive: Any, send: Any) -> None:
+            n = int(scope["path"].strip("/"))
+            seen.append(
+                (scope["http_version"], "http.response.zerocopysend" in (scope.get("extensions") or {}))
+            )
+            sealed = await sealed_with(pool, data)
+            await trio_zc.asgi.LeaseResponse(sealed, offset=n, nbytes=len(data) - 2 * n)(scope, receive, send)
+
+        with trio.fail_after(60):
+            async with serving("anycorn", asgi(handler)) as port:
+                async with httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}", http1=False, http2=True, timeout=30
+                ) as client:
+                    results: dict[int, httpx.Response] = {}
+
+                    async def fetch(n: int) -> None:
+                        results[n] = await client.get(f"/{n}")
+
+                    async with trio.open_nursery() as nursery:
+                        for n in (0, 1, 4095, 4097):
+                            nursery.start_soon(fetch, n)
+        assert seen and all(version == "2" and not zc for version, zc in seen), seen
+        for n, response in results.items():
+            assert response.http_version == "HTTP/2"
+            assert response.content == data[n : len(data) - n]
+        assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+async def test_no_descriptor_leaks_over_many_real_connections_some_reset() -> None:
+    """60 requests to anycorn, zero-copy, on fresh connections; every third client resets the
+    connection mid-body. Once the server is gone, the process has the descriptors it had."""
+    import struct
+
+    data = pattern(1 * MiB, 41)
+    done = 0
+    async with trio_zc.open_pool(max_bytes=16 * MiB, kernel="copy") as pool:
+
+        async def handler(scope: Scope, receive: Any, send: Any) -> None:
+            nonlocal done
+            try:
+                sealed = await sealed_with(pool, data)
+                await trio_zc.asgi.LeaseResponse(sealed)(scope, receive, send)
+            finally:
+                done += 1
+
+        gc.collect()
+        before = open_fds()
+        with trio.fail_after(120):
+            async with serving("anycorn", asgi(handler)) as port:
+                for i in range(60):
+                    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    with sock:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                        await sock.connect(("127.0.0.1", port))
+                        await sock.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                        got = b""
+                        while chunk := await sock.recv(65536):
+                            got += chunk
+                            if i % 3 == 0 and len(got) > 100_000:
+                                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                                break
+                        if i % 3:
+                            assert got.partition(b"\r\n\r\n")[2] == data
+                while done < 60:
+                    await trio.sleep(0.01)
+        gc.collect()
+        assert open_fds() == before
+        assert in_use(pool) == (0, 0, 0, 0, 0)
