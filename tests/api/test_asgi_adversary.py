@@ -279,7 +279,7 @@ def split_responses(raw: bytes, count: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", [*KERNELS, "copy+protect_sealed"])
 async def test_odd_slices_of_neighbour_leases_pipelined_to_a_slow_client(name: str) -> None:
     """Two leases side by side in the pool, each answered as a slice at odd offsets, to two
     requests pipelined on one connection whose client reads slowly through a 4 KiB buffer. The
@@ -292,7 +292,10 @@ async def test_odd_slices_of_neighbour_leases_pipelined_to_a_slow_client(name: s
     early: list[bool] = []
     taken: list[trio_zc.WritableLease] = []
     raw = bytearray()
-    async with trio_zc.open_pool(max_bytes=16 * MiB, kernel=kernel(name)) as pool:
+    name, _, protect = name.partition("+")
+    async with trio_zc.open_pool(
+        max_bytes=16 * MiB, kernel=kernel(name), protect_sealed=protect == "protect_sealed"
+    ) as pool:
         a = await sealed_with(pool, first)
         b = await sealed_with(pool, second)
 
