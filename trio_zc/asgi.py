@@ -90,7 +90,9 @@ def _headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tup
         if not isinstance(pair, tuple) or len(pair) != 2:
             raise TypeError(f"headers must be (name, value) pairs of strings, not {pair!r}")
         name, value = pair
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str):
+            raise TypeError(f"the name of a header must be a str, not {type(name).__name__}")
+        if not _NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid header name")
         reason = _OWN_HEADERS.get(name.lower())
         if reason is not None:

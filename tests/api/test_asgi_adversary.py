@@ -722,3 +722,24 @@ async def test_no_descriptor_leaks_over_many_real_connections_some_reset() -> No
         gc.collect()
         assert open_fds() == before
         assert in_use(pool) == (0, 0, 0, 0, 0)
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ([(b"x-id", "1")], "the name of a header must be a str, not bytes"),
+        ([(7, "1")], "the name of a header must be a str, not int"),
+        ([("x-id", b"1")], "the value of header x-id must be a str, not bytes"),
+    ],
+)
+async def test_a_header_of_the_wrong_type_is_a_type_error(headers: Any, message: str) -> None:
+    """ASGI's own headers are byte pairs, so bytes are the likely mistake: for the name as for
+    the value, a TypeError that says so (a bytes name was a ValueError calling it invalid)."""
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, b"abc")
+        with pytest.raises(TypeError, match=message):
+            trio_zc.asgi.LeaseResponse(sealed, headers=headers)
+        sealed.release()
