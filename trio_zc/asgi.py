@@ -16,8 +16,8 @@ How the bytes go:
   from the pool's memfd, through a read-only descriptor of it that the
   response opens and closes: no copy, and the server cannot write the pool's
   memory through it by mistake (code in the process could reopen it
-  read-write through ``/proc/self/fd``). A socket may keep the pages after every ``sendfile`` call has
-  returned, so the lease's pages are then *replaced* when it goes back to
+  read-write through ``/proc/self/fd``). A socket may keep the pages after
+  every ``sendfile`` call has returned, so the lease's pages are then *replaced* when it goes back to
   the pool (punched out of the memfd, as the sendfile kernel does), never
   rewritten in place; this whatever the pool's kernel. A pool whose kernel
   keeps its own references to the arena's pages (io_uring with registered
