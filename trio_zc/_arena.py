@@ -79,8 +79,10 @@ def open_read_only(fd: int) -> int:
 
     Whoever holds it can read the file and ``sendfile`` from it, but can
     neither write the pages, nor map them writable, nor punch them out
-    (``fallocate`` needs a descriptor open for writing). Raises OSError
-    without procfs.
+    (``fallocate`` needs a descriptor open for writing) through it. It
+    guards against mistakes only: reopening it through ``/proc/self/fd``
+    checks the memfd's mode (0777), not this descriptor's, so code in the
+    process can get a writable one back. Raises OSError without procfs.
     """
     return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 

@@ -15,8 +15,9 @@ How the bytes go:
   (anycorn does, on plaintext HTTP/1.1), the server ``sendfile``\\ s them
   from the pool's memfd, through a read-only descriptor of it that the
   response opens and closes: no copy, and the server cannot write the pool's
-  memory. A socket may keep the pages after every ``sendfile`` call has
-  returned, so the lease's pages are then *replaced* when it goes back to
+  memory through it by mistake (code in the process could reopen it
+  read-write through ``/proc/self/fd``). A socket may keep the pages after
+  every ``sendfile`` call has returned, so the lease's pages are then *replaced* when it goes back to
   the pool (punched out of the memfd, as the sendfile kernel does), never
   rewritten in place; this whatever the pool's kernel. A pool whose kernel
   keeps its own references to the arena's pages (io_uring with registered
@@ -89,7 +90,9 @@ def _headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tup
         if not isinstance(pair, tuple) or len(pair) != 2:
             raise TypeError(f"headers must be (name, value) pairs of strings, not {pair!r}")
         name, value = pair
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str):
+            raise TypeError(f"the name of a header must be a str, not {type(name).__name__}")
+        if not _NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid header name")
         reason = _OWN_HEADERS.get(name.lower())
         if reason is not None:
