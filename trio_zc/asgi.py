@@ -146,7 +146,7 @@ class LeaseResponse:
     before anything is sent.
     """
 
-    __slots__ = ("_body", "_used", "status", "headers", "content_type", "offset", "nbytes", "zerocopy")
+    __slots__ = ("_body", "_used", "_status", "_headers", "_content_type", "_offset", "_nbytes", "_zerocopy")
 
     def __init__(
         self,
@@ -177,20 +177,47 @@ class LeaseResponse:
         check_bool("zerocopy", zerocopy)
         self._body: _Body = body
         self._used = False
-        #: The status code.
-        self.status = status
-        #: The headers the response sends besides Content-Length (Content-Type among them), as ASGI byte pairs.
-        self.headers = _headers(headers)
-        #: The Content-Type, if any.
-        self.content_type = content_type
+        # Read-only from here on: what the response sends was checked above,
+        # and a change made after the headers went out could not be honoured.
+        self._status = status
+        pairs = _headers(headers)
         if content_type is not None:
-            self.headers.append((b"content-type", _header_value("content_type", content_type)))
-        #: Where the body starts in the lease.
-        self.offset = offset
-        #: How many bytes of the lease the body sends.
-        self.nbytes = nbytes
-        #: Whether to use the server's ``http.response.zerocopysend`` where it offers it.
-        self.zerocopy = zerocopy
+            pairs.append((b"content-type", _header_value("content_type", content_type)))
+        self._headers = tuple(pairs)
+        self._content_type = content_type
+        self._offset = offset
+        self._nbytes = nbytes
+        self._zerocopy = zerocopy
+
+    @property
+    def status(self) -> int:
+        """The status code."""
+        return self._status
+
+    @property
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers the response sends besides Content-Length (Content-Type among them), as ASGI byte pairs."""
+        return self._headers
+
+    @property
+    def content_type(self) -> str | None:
+        """The Content-Type, if any."""
+        return self._content_type
+
+    @property
+    def offset(self) -> int:
+        """Where the body starts in the lease."""
+        return self._offset
+
+    @property
+    def nbytes(self) -> int:
+        """How many bytes of the lease the body sends."""
+        return self._nbytes
+
+    @property
+    def zerocopy(self) -> bool:
+        """Whether to use the server's ``http.response.zerocopysend`` where it offers it."""
+        return self._zerocopy
 
     def __repr__(self) -> str:
         return f"<trio_zc.asgi.LeaseResponse {self.status}, {self.nbytes} bytes>"
@@ -214,7 +241,7 @@ class LeaseResponse:
             _release(self._body)
 
     async def _send(self, scope: _Scope, send: _Send, lending: Lending) -> None:
-        headers = self.headers
+        headers = list(self._headers)
         if self.status not in (204, 304):
             # A 204 has no Content-Length (RFC 9110, 8.6), and a 304's would
             # describe the 200 response, not this empty one.

@@ -134,6 +134,22 @@ async def test_called_twice_refuses_the_second_call_and_releases_once(extensions
         assert in_use(pool) == (0, 0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("attribute", ["status", "headers", "content_type", "offset", "nbytes", "zerocopy"])
+async def test_what_a_response_sends_cannot_be_changed_after_it_was_checked(attribute: str) -> None:
+    # A slice moved after construction would be checked only once the
+    # headers (with the old Content-Length) were out.
+    async with trio_zc.open_pool(max_bytes=MiB, kernel="copy") as pool:
+        sealed = await sealed_with(pool, pattern(50_000, 7))
+        response = trio_zc.asgi.LeaseResponse(sealed, offset=10, content_type="image/jpeg")
+        before = getattr(response, attribute)
+        with pytest.raises(AttributeError):
+            setattr(response, attribute, 7)
+        assert getattr(response, attribute) == before
+        if attribute == "headers":
+            assert isinstance(response.headers, tuple)  # no append behind the response's back
+        sealed.release()
+
+
 @pytest.mark.parametrize(
     "scope",
     [
