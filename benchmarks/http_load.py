@@ -296,9 +296,13 @@ async def serve_trio_zc(kernel: str, body: bytes | None) -> None:
                     raw.lease.release()
         else:
             raise ValueError(f"unknown render mode {kernel!r}")
+        sent = pool.statistics().sent
     s = server.statistics()
-    print(json.dumps({"responses": s.responses, "connections": s.connections, "handler_errors": s.handler_errors}),
-          flush=True)
+    print(json.dumps({
+        "responses": s.responses, "connections": s.connections, "handler_errors": s.handler_errors,
+        "zerocopy_calls": sent.zerocopy_calls, "bytes_zerocopy": sent.bytes_zerocopy,
+        "bytes_kernel_copied": sent.bytes_kernel_copied, "bytes_copied": sent.bytes_copied,
+    }), flush=True)
 
 
 async def serve_plain(body: bytes | None, join: bool = False) -> None:
@@ -426,6 +430,8 @@ class Server:
     pid: int
     kernel: str
     log: str
+    #: What the server printed when it stopped (its counts), once stopped.
+    final: dict[str, Any] = attrs.Factory(dict)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -445,6 +451,11 @@ class Server:
                 return -signal.SIGKILL
             finally:
                 if self.process.stdout is not None:
+                    for line in self.process.stdout.read().splitlines():
+                        try:
+                            self.final = json.loads(line)
+                        except ValueError:
+                            pass
                     self.process.stdout.close()
         return self.process.returncode
 
@@ -809,12 +820,12 @@ def other_ratios(summaries: Sequence[Summary]) -> list[str]:
 
 
 def format_table(summaries: Sequence[Summary]) -> str:
-    header = (f"{'case':24} {'kernel':13} {'runs':>4} {'req/s':>9} {'range':>17} {'MB/s':>8} {'CPU ms/req':>10}"
+    header = (f"{'case':25} {'kernel':13} {'runs':>4} {'req/s':>9} {'range':>17} {'MB/s':>8} {'CPU ms/req':>10}"
               f" {'p99 ms':>8} {'sock err':>8} {'bad':>4}")
     lines = [header, "-" * len(header)]
     for s in summaries:
         lines.append(
-            f"{s.case:24} {s.kernel:13} {s.runs:>4} {s.median_rps:>9,.0f} {f'{s.min_rps:,.0f}-{s.max_rps:,.0f}':>17}"
+            f"{s.case:25} {s.kernel:13} {s.runs:>4} {s.median_rps:>9,.0f} {f'{s.min_rps:,.0f}-{s.max_rps:,.0f}':>17}"
             f" {s.mb_per_s:>8,.0f} {s.cpu_ms_per_request:>10.3f} {s.p99_ms:>8.1f} {s.socket_errors:>8} {s.bad:>4}"
         )
     return "\n".join(lines)
@@ -909,6 +920,7 @@ def run_benchmark(
     notes: list[str] = []
     bad_checks = 0
     failures = 0
+    final_stats: dict[str, dict[str, Any]] = {}
     try:
         www = os.path.join(workdir, "www")
         os.mkdir(www)
@@ -976,6 +988,7 @@ def run_benchmark(
                 for case, server in servers.items():
                     was_alive = server.alive()
                     status = server.stop()
+                    final_stats[case] = server.final
                     if was_alive and status != 0:
                         failures += 1
                         notes.append(f"{case}: stopped with status {status}:\n{server.log_tail()}")
@@ -983,7 +996,7 @@ def run_benchmark(
         shutil.rmtree(workdir, ignore_errors=True)
     return {
         "runs": runs, "kernels": kernels, "body_sizes": body_sizes, "bad_checks": bad_checks,
-        "failures": failures, "notes": notes, "tmpfs": tmp_root is not None,
+        "failures": failures, "notes": notes, "tmpfs": tmp_root is not None, "server_stats": final_stats,
     }
 
 
@@ -1000,6 +1013,17 @@ def report(result: Mapping[str, Any], cases: Sequence[str], args: argparse.Names
         "",
         format_table(summaries),
     ]
+    sent = []
+    for case, final in result.get("server_stats", {}).items():
+        total = sum(final.get(k, 0) for k in ("bytes_zerocopy", "bytes_kernel_copied", "bytes_copied"))
+        if total and final.get("responses"):
+            sent.append(
+                f"  {case:25} {final['zerocopy_calls'] / final['responses']:>6.2f} zero-copy calls per response;"
+                f" bytes: {final['bytes_zerocopy'] / total:.0%} zero-copy, {final['bytes_kernel_copied'] / total:.0%}"
+                f" copied by the kernel after a zero-copy call, {final['bytes_copied'] / total:.0%} copied"
+            )
+    if sent:
+        lines += ["", "how the trio_zc servers sent (their pool's statistics, warm-up and checks included):", *sent]
     for note in result["notes"]:
         lines.append(f"note: {note}")
     lines += ["", "targets (ratios of medians from this run):"]
@@ -1017,7 +1041,7 @@ def report(result: Mapping[str, Any], cases: Sequence[str], args: argparse.Names
                 "runs": [attrs.asdict(r) | {"rps": r.rps} for r in runs],
                 "summaries": [attrs.asdict(s) for s in summaries],
                 "targets": [attrs.asdict(t) | {"met": t.met} for t in found],
-                "notes": result["notes"],
+                "notes": result["notes"], "server_stats": result.get("server_stats", {}),
             }, f, indent=1)
         lines.append(f"\nfigures: {args.json}")
     if args.chart and summaries:
