@@ -12,5 +12,9 @@ with the package and run with its smallest arguments by
 - ``kernel_cost.py``: the table in docs/kernels.rst;
 - ``stale_bytes.py``: what clearing a lease's memory costs (docs/lifecycle.rst);
 - ``image_workers.py``: image work in worker processes against Pillow in the
-  event loop or in threads (docs/recipes.rst).
+  event loop or in threads (docs/recipes.rst);
+- ``syscalls_per_response.py``: send calls per HTTP response on each kernel;
+- ``http_load.py``: trio_zc.http under wrk against a plain Trio + h11 server
+  and nginx (docs/http_benchmark.rst; smoke-tested by
+  ``tests/tools/test_benchmarks_http_load.py``).
 """

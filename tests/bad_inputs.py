@@ -37,6 +37,7 @@ import PIL
 from PIL import Image
 
 import trio_zc
+import trio_zc.asgi
 import trio_zc.http
 from trio_zc import images
 from trio_zc.testing import MockKernel, MockPeer
@@ -73,7 +74,8 @@ OPTIONS = "policy & options"
 MOCK = "mock controls"
 IMAGES = "images"
 HTTP = "http and the lease cache"
-CATEGORIES = (SIZES, TYPES, STATES, OWNERSHIP, CLOSED, CONCURRENCY, SOCKETS, BUFFERS, OPTIONS, MOCK, IMAGES, HTTP)
+ASGI = "asgi"
+CATEGORIES = (SIZES, TYPES, STATES, OWNERSHIP, CLOSED, CONCURRENCY, SOCKETS, BUFFERS, OPTIONS, MOCK, IMAGES, HTTP, ASGI)
 
 #: Contexts: ``mock`` (a pool on the mock kernel, a mock connection),
 #: ``tcp`` (a pool on the msg_zerocopy kernel, a loopback TCP connection),
@@ -1067,6 +1069,22 @@ ROWS: list[Row] = [
     R("workers-nice-negative", IMAGES, "image workers above the server's priority",
       "images.open_workers(pool, nice=-5)",
       VE, "nice must be from 0 to 19, not -5", lambda c: _open_workers(c, nice=-5)),
+    # -- trio_zc.asgi -------------------------------------------------------------------
+    R("asgi-writable-body", ASGI, "a writable lease as an ASGI response body", "asgi.LeaseResponse(lease)",
+      TE, "(seal() it first)", sync(lambda c: trio_zc.asgi.LeaseResponse(c.lease))),  # type: ignore[arg-type]
+    R("asgi-bytes-body", ASGI, "bytes as an ASGI response body", "asgi.LeaseResponse(b'abc')",
+      TE, "a LeaseResponse body is a SealedLease or a CachedLease, not bytes",
+      sync(lambda c: trio_zc.asgi.LeaseResponse(b"abc"))),  # type: ignore[arg-type]
+    R("asgi-released-body", ASGI, "a released lease as an ASGI response body", "asgi.LeaseResponse(released)",
+      Stale, "this SealedLease is stale", sync(lambda c: trio_zc.asgi.LeaseResponse(c.released))),
+    R("asgi-framing-header", ASGI, "a header the response writes itself",
+      "asgi.LeaseResponse(sealed, headers={'Content-Length': '5'})",
+      VE, "cannot set the Content-Length header: the response sets it from the body",
+      sync(lambda c: trio_zc.asgi.LeaseResponse(c.sealed, headers={"Content-Length": "5"}))),
+    R("asgi-slice-past-end", ASGI, "a slice past the end of the lease",
+      "asgi.LeaseResponse(sealed, offset=19000, nbytes=2000)",
+      VE, "nbytes 2000 at offset 19000 does not fit the lease's 20000 bytes",
+      sync(lambda c: trio_zc.asgi.LeaseResponse(c.sealed, offset=19000, nbytes=2000))),
     # -- trio_zc.http and LeaseCache ----------------------------------------------------
     R("response-header-injection", HTTP, "a header value with a line break (header injection)",
       "Response(sealed, headers=[('X-Id', 'a\\r\\nSet-Cookie: x')])",

@@ -74,6 +74,19 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 Exporter = ctypes.Array[ctypes.c_char]
 
 
+def open_read_only(fd: int) -> int:
+    """A new descriptor of the memfd *fd*, opened read-only (through ``/proc/self/fd``).
+
+    Whoever holds it can read the file and ``sendfile`` from it, but can
+    neither write the pages, nor map them writable, nor punch them out
+    (``fallocate`` needs a descriptor open for writing) through it. It
+    guards against mistakes only: reopening it through ``/proc/self/fd``
+    checks the memfd's mode (0777), not this descriptor's, so code in the
+    process can get a writable one back. Raises OSError without procfs.
+    """
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+
 def _map_read_only(fd: int, size: int) -> mmap.mmap:
     """A shared, read-only mapping of the memfd *fd* that can never become writable.
 
@@ -85,7 +98,7 @@ def _map_read_only(fd: int, size: int) -> mmap.mmap:
     Without procfs it falls back to the read-write descriptor.
     """
     try:
-        ro_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        ro_fd = open_read_only(fd)
     except OSError:  # pragma: no cover - no procfs
         return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     try:
@@ -150,6 +163,17 @@ class Arena:
         if _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length):
             err = ctypes.get_errno()
             raise OSError(err, f"fallocate(PUNCH_HOLE) failed: {os.strerror(err)}")
+
+    def open_read_only(self) -> int:
+        """A new read-only descriptor of the arena's memfd, the caller's to close.
+
+        For another program's ``sendfile`` (``trio_zc.asgi`` hands one to an
+        ASGI server): never the read-write descriptor. Raises OSError without
+        procfs, and :class:`ValueError` once the arena is closed.
+        """
+        if self.closed:
+            raise ValueError("the arena is closed")
+        return open_read_only(self.fd)
 
     def zero(self, offset: int, length: int) -> None:
         """Overwrite a (writable) range with zeros."""

@@ -37,8 +37,10 @@ once the write is over (rule 5 of the life cycle).
 
 from __future__ import annotations
 
+import io
 import itertools
 import operator
+import os
 import threading
 from collections.abc import Sequence
 from collections.abc import Callable
@@ -138,6 +140,9 @@ class LeaseHome:
     release: Callable[[_LeaseRecord, str], None]
     #: Raise for a call made outside the pool's Trio thread.
     wrong_thread: Callable[[str], NoReturn]
+    #: Whether a lease's pages may be punched out of the arena when it comes
+    #: back, so that another program may sendfile them (:func:`lend_pages`).
+    pages_replaceable: Callable[[], bool]
 
 
 class _LeaseRecord(Lifecycle):
@@ -724,3 +729,101 @@ class SealedLease:
                     " may read for ever (a send of it was lost); never reuse it"
                 )
             await other.wait_idle()
+
+
+
+class Lending:
+    """One response's hold on a sealed lease, for code that sends it outside a stream (``trio_zc.asgi``).
+
+    Made by :func:`lend`. Until :meth:`end`, the lease counts one send in
+    flight, so its memory cannot go back to the pool, whoever releases the
+    lease meanwhile (its owner by mistake, the pool's close): the bytes stay
+    the sealed ones for as long as they may be read.
+
+    :meth:`sendfile_range` lends the memory to another program's
+    ``sendfile`` (an ASGI server's): a read-only file of the pool's memfd,
+    of its own, and the range's place in it. From then on the lease's pages
+    are marked held, so that when the lease goes back to the pool they are
+    punched out of the memfd, never rewritten in place: a socket may still
+    hold them after every ``sendfile`` call returned (sendfile puts
+    references to the file's pages into the socket, and Linux never says
+    when it is done with them), exactly as the sendfile kernel's sends.
+    """
+
+    __slots__ = ("_slot", "_file")
+
+    def __init__(self, slot: _LeaseRecord) -> None:
+        self._slot: _LeaseRecord | None = slot
+        self._file: io.FileIO | None = None
+
+    def _open(self) -> _LeaseRecord:
+        slot = self._slot
+        if slot is None:
+            raise RuntimeError("this lending has ended")
+        return slot
+
+    def view(self, start: int, nbytes: int) -> memoryview:
+        """``nbytes`` sealed bytes from *start*, read-only (valid until :meth:`end`)."""
+        slot = self._open()
+        if not 0 <= start <= start + nbytes <= slot.nbytes:
+            raise ValueError(f"bytes {start} to {start + nbytes} are not within {slot.describe()}")
+        return slot.readonly_view(start, nbytes)
+
+    def sendfile_range(self, start: int, nbytes: int) -> tuple[io.FileIO, int] | None:
+        """A read-only file of the memfd and where byte *start* of the lease is in it; None if it cannot be.
+
+        None for an adopted lease (its memory is in no memfd), a pool
+        whose kernel keeps references of its own to the arena's pages or
+        whose blocks may split a folio (``Kernel.pages_replaceable``), or a
+        system without procfs (no read-only descriptor to lend): send those
+        bytes some other way. The file is closed by :meth:`end`.
+        """
+        slot = self._open()
+        if not 0 <= start <= start + nbytes <= slot.nbytes:
+            raise ValueError(f"bytes {start} to {start + nbytes} are not within {slot.describe()}")
+        if slot.adopted is not None:
+            return None
+        home = slot.home
+        if home.arena.closed or not home.pages_replaceable():
+            return None
+        if self._file is None:
+            try:
+                fd = home.arena.open_read_only()
+            except OSError:  # pragma: no cover - no procfs
+                return None
+            try:
+                self._file = io.FileIO(fd, "rb", closefd=True)
+            except BaseException:  # pragma: no cover - FileIO takes any open descriptor
+                os.close(fd)
+                raise
+        # Held from before the first byte can be issued: from then on a
+        # socket may keep these pages after every sendfile call returned.
+        slot.hold_pages()
+        return self._file, slot.offset + start
+
+    def end(self) -> None:
+        """Everything lent has been issued: close the file and end the send (again: nothing)."""
+        slot = self._slot
+        if slot is None:
+            return
+        self._slot = None
+        try:
+            if self._file is not None:
+                self._file.close()
+        finally:
+            slot.end_send()
+
+
+def lend(lease: SealedLease) -> Lending:
+    """Hold *lease*'s memory for one response sent outside a stream (see :class:`Lending`).
+
+    Raises :class:`StaleLeaseError` for a stale lease and
+    :class:`RuntimeError` outside the pool's Trio thread. The caller must
+    call :meth:`Lending.end` once every byte it lent was issued, whatever
+    happens.
+    """
+    slot = lease._live()
+    if threading.get_ident() != slot.home.thread:
+        slot.home.wrong_thread("sending a lease")
+    slot.begin_send()
+    return Lending(slot)

@@ -34,6 +34,7 @@ from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._kernels._base import Kernel
 from ._kernels._choice import make_kernel
+from ._kernels._thp import shmem_folios
 from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
 
@@ -265,7 +266,11 @@ class BufferPool:
             give_back=self._give_back,
             release=self._release,
             wrong_thread=self._wrong_thread,
+            pages_replaceable=self._pages_replaceable,
         )
+        # Whether whole blocks of this pool cover whole folios of the memfd
+        # (see _kernels/_thp.py); read from sysfs when first needed.
+        self._folios_fit: bool | None = None
         #: Set in a forked child: why nothing of this pool may be used there.
         self._forked: str | None = None
         #: Leases whose memory could not be made writable again (protect_sealed).
@@ -296,6 +301,17 @@ class BufferPool:
             if self._forked is not None:
                 raise trio.ClosedResourceError(self._forked)
             raise trio.ClosedResourceError("this pool's block has ended; open a new pool")
+
+    def _pages_replaceable(self) -> bool:
+        """Whether a lease's pages may be punched out when it comes back (for ``trio_zc.asgi``).
+
+        The kernel must keep no reference to them (:meth:`Kernel.pages_replaceable`),
+        and a lease's blocks must cover whole folios, or the punch zeroes
+        the rest of a folio in place, under the socket's feet.
+        """
+        if self._folios_fit is None:
+            self._folios_fit = self._granule >= shmem_folios().largest
+        return self._folios_fit and self._kernel.pages_replaceable()
 
     def _wrong_thread(self, what: str) -> NoReturn:
         raise RuntimeError(

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from ._usage import assert_one_line_usage_error as usage_error
+
 from benchmarks.acceptance import Target, targets
 from trio_zc._bench import Summary
 
@@ -92,14 +94,12 @@ def run_script(cwd: pathlib.Path, *args: str, block_pillow: bool = False) -> sub
 
 
 def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("python benchmarks/acceptance.py: error: ")
-    assert lines[0].endswith("(see python benchmarks/acceptance.py --help)")
-    for fragment in fragments:
-        assert fragment in lines[0]
+    usage_error(
+        result,
+        *fragments,
+        starts="python benchmarks/acceptance.py: error: ",
+        ends="(see python benchmarks/acceptance.py --help)",
+    )
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 MODULES = {"__init__.py", "chart.py"}
 
 #: Scripts smoke-tested by another test file (beside the example they measure).
-ELSEWHERE = {"image_workers.py": "test_example_render_in_workers.py"}
+ELSEWHERE = {"image_workers.py": "test_example_render_in_workers.py", "http_load.py": "test_benchmarks_http_load.py"}
 
 #: Each script's smallest arguments, and what its report must say.
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {

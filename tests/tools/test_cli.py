@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from ._usage import assert_one_line_usage_error as usage_error
+
 import trio_zc._bench as bench
 import trio_zc._lifecycle as lifecycle
 from trio_zc._bench_cases import ALL_CASES, KERNEL_CASES
@@ -73,13 +75,8 @@ def run_in(cwd: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("python -m trio_zc") and "error:" in lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0]
+    line = usage_error(result, *fragments, starts="python -m trio_zc")
+    assert "error:" in line
 
 
 @pytest.mark.parametrize(

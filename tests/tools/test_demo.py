@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from ._usage import assert_one_line_usage_error as usage_error
+
 from trio_zc._demo import DEMO_KERNELS, Progress
 
 FAST = ("--images", "8", "--clients", "2", "--repeat", "1", "--send-mb", "20")
@@ -144,11 +146,7 @@ def test_progress_is_one_updating_line_on_a_terminal() -> None:
 )
 def test_bad_options_get_one_line_and_exit_status_2_before_any_work(args: tuple[str, ...], says: str) -> None:
     result = run("demo", *args)
-    assert result.returncode == 2, result
-    assert result.stdout == ""  # nothing ran: the report's first line is not there
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("python -m trio_zc demo: error: ") and says in lines[0], lines[0]
+    usage_error(result, says, starts="python -m trio_zc demo: error: ")
 
 
 # Runs the demo's command line in a Python whose import of *module* fails, as
@@ -177,9 +175,5 @@ def test_without_numpy_or_pillow_the_demo_says_what_to_install(
         timeout=120,
         cwd=tmp_path,
     )
-    assert result.returncode == 2, result
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert names in lines[0] and "pip install 'trio_zc[images]'" in lines[0], lines[0]
+    usage_error(result, names, "pip install 'trio_zc[images]'")
     assert not (tmp_path / "chart.png").exists()

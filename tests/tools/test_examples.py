@@ -120,3 +120,20 @@ def test_tight_loop_example_verifies_every_image_and_shares_the_thread() -> None
     ticks = int(re.search(r"ticker task ran (\d+) times", result.stdout).group(1))  # type: ignore[union-attr]
     assert ticks >= 100
     assert result.stderr == ""
+
+
+def test_asgi_app_self_test_serves_leases_through_anycorn_and_hypercorn() -> None:
+    result = run_example("asgi_app.py", "--self-test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for server in ("anycorn", "hypercorn"):
+        for n in range(4):
+            assert f"{server}: GET /image/{n}.png -> 200" in result.stdout
+        assert f"{server}: GET /raw/0.png -> 200" in result.stdout
+        assert f"{server}: GET /image/4.png -> 404" in result.stdout
+        assert f"{server}: cache: 4 encoded, 1 from the cache" in result.stdout
+        assert f"{server}: pool: 16777216 of 16777216 bytes free, 0 sends in flight" in result.stdout
+    # anycorn offers the zero-copy send extension; hypercorn does not.
+    assert "anycorn: 5 images sent, /image/0.png (sendfile offered)" in result.stdout
+    assert "hypercorn: 5 images sent, /image/0.png (ordinary body)" in result.stdout
+    assert "self-test passed" in result.stdout
+    assert result.stderr == ""

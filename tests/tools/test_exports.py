@@ -144,7 +144,7 @@ def documented_names() -> set[tuple[str, str]]:
 
 
 def test_the_public_modules_are_the_ones_the_reference_covers() -> None:
-    assert PUBLIC_MODULES == ["trio_zc", "trio_zc.http", "trio_zc.images", "trio_zc.testing"]
+    assert PUBLIC_MODULES == ["trio_zc", "trio_zc.asgi", "trio_zc.http", "trio_zc.images", "trio_zc.testing"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

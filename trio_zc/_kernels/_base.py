@@ -422,6 +422,18 @@ class Kernel(abc.ABC):
         """The unit, in bytes, in which the pool must hand out memory for this kernel."""
         return PAGE_SIZE
 
+    def pages_replaceable(self) -> bool:
+        """Whether the arena's pages may be punched out of its memfd when a lease comes back.
+
+        Another program's ``sendfile`` from the memfd (an ASGI server's, see
+        ``trio_zc.asgi``) leaves references to the pages in a socket, so
+        those pages must be replaced, never rewritten, before reuse. That is
+        safe only if this kernel keeps no reference of its own to the
+        arena's pages beyond a send's completion (io_uring's registered
+        buffers do: they would go on sending the old pages).
+        """
+        return True
+
     async def abort_in_flight(self) -> None:
         """The pool is closing past its deadline: make in-flight sends end.
 

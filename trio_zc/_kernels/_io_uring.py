@@ -405,6 +405,14 @@ class IoUringKernel(Kernel):
     def _add_note(self, sentence: str) -> None:
         self.note = sentence if self.note is None else f"{self.note} {sentence}"
 
+    def pages_replaceable(self) -> bool:
+        # A registered chunk's pages stay pinned by the ring: punched out of
+        # the memfd, the ring would go on sending them while the next lease
+        # is written into new pages (registration is lazy, so any chunk may
+        # be registered by then). Without registered buffers each send pins
+        # its own pages only until its notification.
+        return not self.fixed
+
     def attach(self, arena: Arena) -> None:
         self.arena_address = arena.address
         self.arena_size = arena.size
