@@ -69,7 +69,14 @@ _graveyard: list[object] = []
 _open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
 
 
+#: This process's id, kept current by the fork handler below: streams ask it
+#: on every send and receive, and os.getpid() is a system call.
+current_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
+    global current_pid
+    current_pid = os.getpid()
     for pool in list(_open_pools):
         pool._after_fork_in_child()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import trio
@@ -25,6 +25,7 @@ from ._lifecycle import LeaseState
 # Module globals for the per-image check below (cheaper than LeaseState.X).
 _SEALED, _SENDING = LeaseState.SEALED, LeaseState.SENDING
 from ._policy import SendDecider
+from . import _pool as _pool_module
 from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
 from ._validate import (
@@ -179,7 +180,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         or break its images.
         """
         pid = self._pool._pid
-        if os.getpid() != pid:
+        if _pool_module.current_pid != pid:
             raise trio.ClosedResourceError(
                 f"this stream belongs to process {pid}, which forked this one; a forked child"
                 " cannot use its parent's streams (aclose() only closes the child's descriptor)"
@@ -418,6 +419,24 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         with self._receive_conflict:
             self._check_open()
             return await self._channel.receive_some(max_bytes)
+
+    async def _receive(
+        self, max_bytes: int, *, schedule: bool = True, on_wait: Callable[[], object] | None = None
+    ) -> bytes:
+        """:meth:`receive_some` with two options for trio_zc.http's loop, which reads a request at a time.
+
+        Without *schedule* (for a caller that has just let other tasks run),
+        bytes already there return at once, without a second schedule point
+        in a row (it costs about as much as the receive); it is still a
+        cancellation point, and a wait still lets other tasks run.
+        *on_wait* is called before each wait for bytes: a timeout that
+        matters only if the call waits can be armed there, and cost nothing
+        when the bytes are already there.
+        """
+        self._check_not_forked()
+        with self._receive_conflict:
+            self._check_open()
+            return await self._channel.receive_some(max_bytes, schedule, on_wait)
 
     # -- closing ----------------------------------------------------------------
 

@@ -307,19 +307,29 @@ class Channel:
         self.before_wait()
         await self.transport.wait_writable()
 
-    async def receive_some(self, max_bytes: int) -> bytes:
-        """Receive up to *max_bytes*; ``b""`` at end of stream."""
+    async def receive_some(
+        self, max_bytes: int, schedule: bool = True, on_wait: Callable[[], object] | None = None
+    ) -> bytes:
+        """Receive up to *max_bytes*; ``b""`` at end of stream.
+
+        Without *schedule*, bytes already there return without letting other
+        tasks run first (a caller that has just done so); a wait still does.
+        *on_wait* is called before each wait for bytes.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             try:
                 data = self.transport.recv(max_bytes)
             except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
                 self.before_wait()
                 await self.transport.wait_readable()
                 continue
             except OSError as exc:
                 broken(exc)
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if schedule:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
     def send_eof(self) -> None:

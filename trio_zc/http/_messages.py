@@ -51,7 +51,34 @@ def _check_header_value(what: str, value: object) -> str:
     return value
 
 
+#: Header lists already validated, by their pairs: a handler passes the
+#: same few headers with every response, and checking them is most of the
+#: cost of making a Response. Only exact str pairs are kept (a subclass of
+#: str could compare equal to a valid name and print as another).
+_checked_headers: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+_CHECKED_MAX = 1024
+
+
 def _convert_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    if type(headers) is dict or type(headers) is tuple:
+        if not headers:
+            return ()
+        try:
+            key = tuple(headers.items()) if type(headers) is dict else headers
+            checked = _checked_headers.get(key)  # type: ignore[arg-type]
+        except TypeError:  # unhashable pairs: checked (and refused) below
+            checked = None
+        if checked is not None:
+            return checked
+    result = _check_headers(headers)
+    if all(type(name) is str and type(value) is str for name, value in result):
+        if len(_checked_headers) >= _CHECKED_MAX:
+            _checked_headers.clear()
+        _checked_headers[result] = result
+    return result
+
+
+def _check_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     if isinstance(pairs, (str, bytes)):
         raise TypeError("headers must be a mapping or pairs of (name, value) strings")
@@ -69,8 +96,21 @@ def _convert_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> 
     return tuple(out)
 
 
+_normalized_etags: dict[str, str] = {}
+
+
 def _convert_etag(etag: str | None) -> str | None:
-    return None if etag is None else normalize_etag(etag)
+    if etag is None:
+        return None
+    if type(etag) is str:
+        normal = _normalized_etags.get(etag)
+        if normal is None:
+            normal = normalize_etag(etag)
+            if len(_normalized_etags) >= _CHECKED_MAX:
+                _normalized_etags.clear()
+            _normalized_etags[etag] = normal
+        return normal
+    return normalize_etag(etag)
 
 
 def _convert_last_modified(when: datetime.datetime | float | None) -> datetime.datetime | None:
@@ -89,6 +129,8 @@ def _convert_last_modified(when: datetime.datetime | float | None) -> datetime.d
 
 
 def _body_size(body: object) -> int:
+    if type(body) is CachedLease:  # the common body of an image server: checked first
+        return body.nbytes
     if isinstance(body, bytes):
         return len(body)
     if isinstance(body, SealedLease):

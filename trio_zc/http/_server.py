@@ -1,4 +1,4 @@
-"""The HTTP/1.1 server: h11 parses and frames, ZeroCopyStream sends the bodies.
+"""The HTTP/1.1 server: h11 parses and keeps the state, ZeroCopyStream sends the bodies.
 
 One task per connection (:func:`trio_zc.serve_tcp` runs them), requests
 answered one after another in the order they came (pipelining), for as long
@@ -6,6 +6,15 @@ as both sides keep the connection alive. h11 does no I/O: this module reads
 into it in bounded chunks, and only when it needs more data, so a
 connection holds at most ``max_header_bytes`` plus one chunk of a client's
 bytes whatever the client sends.
+
+Responses are written here, not by h11: h11 is shown each response's
+framing headers (status, Content-Length, Connection) and its body's length,
+which moves its state machine exactly as the whole response would, and
+decides whether the connection stays open; the head itself is formatted
+from headers :class:`Response` validated, in h11's format (the tests
+compare the bytes), and the lines that do not change from one answer to
+the next are kept per distinct response. Small responses are mostly this
+per-request work, so it is kept to what each request needs.
 """
 
 from __future__ import annotations
@@ -14,14 +23,29 @@ import datetime as _dt
 import email.utils
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from http import HTTPStatus
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import attrs
-import h11
 import trio
+
+if TYPE_CHECKING:
+    import h11
+elif os.environ.get("TRIO_ZC_PURE_H11"):
+    import h11
+else:
+    try:
+        # h11 compiled with mypyc (the h11-mypyc distribution, which the
+        # http extra installs where it has wheels): the same parser and state
+        # machine, about twice as fast, which is a good part of the cost of
+        # a small response. h11 itself where it is not installed (or where
+        # TRIO_ZC_PURE_H11 is set).
+        import h11_mypyc as h11
+    except ImportError:
+        import h11
 
 from .. import (
     BufferPool,
@@ -116,16 +140,16 @@ class _Placeholder:
         return self.length
 
 
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _date() -> str:
-    """The Date header's value, made once a second."""
-    global _date_cache
+def _date_line() -> bytes:
+    """The Date header's line, made once a second."""
+    global _date_line_cache
     now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
-    return _date_cache[1]
+    if _date_line_cache[0] != now:
+        _date_line_cache = (now, b"Date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode("ascii"))
+    return _date_line_cache[1]
+
+
+_date_line_cache: tuple[int, bytes] = (0, b"")
 
 
 def _reason(status: int) -> bytes:
@@ -133,6 +157,44 @@ def _reason(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+_status_lines: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    """``HTTP/1.1 200 OK\\r\\n``: h11's status line, with the standard reason phrase."""
+    line = _status_lines.get(status)
+    if line is None:
+        line = _status_lines[status] = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+    return line
+
+
+#: The end of a head that closes its connection, and of one that does not.
+_CLOSE_END = b"Connection: close\r\n\r\n"
+_END = h11.EndOfMessage()
+
+#: Head lines of responses by everything they are made of (see _plan):
+#: a server answers the same cached image over and over.
+_LINES_CACHE: dict[object, bytes] = {}
+_LINES_CACHE_SIZE = 1024
+
+_framing_events: dict[tuple[int, int | None, bool], h11.Response] = {}
+
+
+def _framing_event(status: int, content_length: int | None, close: bool) -> h11.Response:
+    """The h11 event that moves h11's state as a response with these framing headers does."""
+    key = (status, content_length, close)
+    event = _framing_events.get(key)
+    if event is None:
+        headers = [] if content_length is None else [(b"Content-Length", b"%d" % content_length)]
+        if close:
+            headers.append((b"Connection", b"close"))
+        event = h11.Response(status_code=status, headers=headers)
+        if len(_framing_events) >= _LINES_CACHE_SIZE:
+            _framing_events.clear()
+        _framing_events[key] = event
+    return event
 
 
 def _text(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
@@ -295,49 +357,77 @@ class HTTPServer:
             except (OSError, trio.ClosedResourceError):
                 peer = None
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
-            while True:
-                try:
-                    event = await self._receive_request(conn, stream)
-                except h11.RemoteProtocolError as exc:
-                    await self._reject(conn, stream, exc)
-                    return
-                if event is None:
-                    return
-                if not await self._answer(conn, stream, event, peer):
-                    return
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                else:
-                    # The client asked to close (or spoke HTTP/1.0), or sent a body.
-                    await self._linger(stream)
-                    return
+            # One cancel scope bounds every wait for a request on this
+            # connection, and only the waits: its deadline is set when a read
+            # finds no bytes and must wait (a client's idleness starts
+            # counting then), and made infinite again once the request is
+            # in -- a slow handler or send is not the client's idleness
+            # (send_timeout bounds sends). Under load the next request is
+            # usually there already and the deadline is never touched; a
+            # scope per request would cost its setup and teardown each time.
+            timer = trio.CancelScope()
+            started = False
+            armed = False
+
+            def arm() -> None:
+                nonlocal armed
+                if not armed:
+                    armed = True
+                    timer.deadline = trio.current_time() + (self.header_timeout if started else self.idle_timeout)
+
+            with timer:
+                while True:
+                    pending, closed = conn.trailing_data
+                    started = bool(pending)  # a pipelined request is under way already
+                    received = False
+                    try:
+                        # With nothing buffered h11 can only ask for more: skip asking.
+                        event = conn.next_event() if pending or closed else h11.NEED_DATA
+                        while event is h11.NEED_DATA:
+                            if received and not started:
+                                # Part of a head came, not all of it: from
+                                # now on the head has header_timeout to finish.
+                                started = True
+                                if armed:
+                                    timer.deadline = trio.current_time() + self.header_timeout
+                            # The first read of a request comes just after a
+                            # schedule point (the previous answer's send, or
+                            # the task's start): bytes already there need
+                            # not wait for another one.
+                            data = await stream._receive(RECEIVE_SIZE, schedule=received, on_wait=arm)
+                            received = received or bool(data)
+                            conn.receive_data(data)  # b"" (the client closed) ends in ConnectionClosed or an error
+                            event = conn.next_event()
+                    except h11.RemoteProtocolError as exc:
+                        timer.deadline = math.inf
+                        armed = False
+                        await self._reject(conn, stream, exc)
+                        return
+                    if armed:
+                        timer.deadline = math.inf
+                        armed = False
+                        if timer.cancel_called:
+                            # The deadline passed as the head completed: the
+                            # client took as long as the timeout allows.
+                            break
+                    if not isinstance(event, h11.Request):
+                        return  # ConnectionClosed: the client closed between requests
+                    if not await self._answer(conn, stream, event, peer):
+                        return
+                    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                        conn.start_next_cycle()
+                    else:
+                        # The client asked to close (or spoke HTTP/1.0), or sent a body.
+                        await self._linger(stream)
+                        return
+            # Only a timeout ends the loop above without returning.
+            if started:
+                self._header_timeouts += 1
+                LOGGER.debug("closing a connection whose request head took longer than %s s", self.header_timeout)
+            else:
+                self._idle_timeouts += 1
         finally:
             self._open -= 1
-
-    async def _receive_request(self, conn: h11.Connection, stream: ZeroCopyStream) -> h11.Request | None:
-        """The next request's head, or None if the client closed or ran out of time."""
-        started = bool(conn.trailing_data[0])  # a pipelined request is under way already
-        now = trio.current_time()
-        with trio.move_on_at(now + (self.header_timeout if started else self.idle_timeout)) as scope:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    if data and not started:
-                        started = True
-                        scope.deadline = trio.current_time() + self.header_timeout
-                    conn.receive_data(data)  # b"" (the client closed) ends in ConnectionClosed or an error
-                elif isinstance(event, h11.Request):
-                    return event
-                else:
-                    # ConnectionClosed: the client closed between requests.
-                    return None
-        if started:
-            self._header_timeouts += 1
-            LOGGER.debug("closing a connection whose request head took longer than %s s", self.header_timeout)
-        else:
-            self._idle_timeouts += 1
-        return None
 
     async def _reject(self, conn: h11.Connection, stream: ZeroCopyStream, exc: h11.RemoteProtocolError) -> None:
         """Answer what h11 refused to parse (if an answer can still be started), then close."""
@@ -398,7 +488,7 @@ class HTTPServer:
             target=target,
             path=path,
             query=query,
-            headers=tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers),
+            headers=tuple([(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]),
             http_version=event.http_version.decode("ascii"),
             peer=peer,
         )
@@ -427,19 +517,18 @@ class HTTPServer:
                 _release(response.body)
                 response, close = _text(500, "the response could not be sent"), True
                 plan = _plan(method, (), response)
-            status, headers, start, length = plan
+            status, lines, content_length, start, length = plan
             if status == 206:
                 self._partial += 1
             elif status == 304:
                 self._not_modified += 1
-            headers.append(("Date", _date()))
-            if close:
-                headers.append(("Connection", "close"))
-            head = conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
-            assert head is not None
-            body = response.body
-            if isinstance(body, CachedLease):
-                body = body.lease
+            # h11 follows the response through the same states as if it had
+            # written the head itself: an event with the headers its state
+            # machine reads (the status, Content-Length, Connection), then
+            # the body's length, then the end. What it writes for them is
+            # not sent: the head is ours, of headers Response validated
+            # (tests compare it with what h11 writes for the whole list).
+            conn.send(_framing_event(status, content_length, close))
             if length:
                 # h11 counts the body's bytes against Content-Length without
                 # seeing them; with length framing it hands the placeholder
@@ -448,7 +537,14 @@ class HTTPServer:
                 parts = conn.send_with_data_passthrough(h11.Data(data=placeholder))  # type: ignore[arg-type]
                 if parts is None or len(parts) != 1 or parts[0] is not placeholder:  # type: ignore[comparison-overlap]  # pragma: no cover - we always set Content-Length
                     raise AssertionError(f"h11 framed the body unexpectedly: {parts!r}")
-            conn.send(h11.EndOfMessage())
+            conn.send(_END)
+            # h11 closes after this response if we asked, or if the client
+            # did (Connection: close, HTTP/1.0): then the head says so, as
+            # h11 would have written it.
+            head = lines + _date_line() + (_CLOSE_END if close or conn.our_state is h11.MUST_CLOSE else b"\r\n")
+            body = response.body
+            if isinstance(body, CachedLease):
+                body = body.lease
             try:
                 await _send_message(stream, head, body, response.offset + start, length)
             except LeaseError as exc:
@@ -487,11 +583,13 @@ class HTTPServer:
 
 def _plan(
     method: bytes, request_headers: Iterable[tuple[bytes, bytes]], response: Response
-) -> tuple[int, list[tuple[str, str]], int, int]:
-    """(status, headers, start, length) of what to send for *response* to this request.
+) -> tuple[int, bytes, int | None, int, int]:
+    """(status, head lines, Content-Length, start, length) of what to send for *response* to this request.
 
-    *start* and *length* select the bytes of the response's own slice to
-    send (length 0: no body bytes).
+    The head lines are the status line and every header up to Content-Length
+    (Date, Connection and the blank line follow); Content-Length is None
+    where there is none (204, 304). *start* and *length* select the bytes of
+    the response's own slice to send (length 0: no body bytes).
     """
     range_values: list[str] = []
     if_range_values: list[str] = []
@@ -510,51 +608,86 @@ def _plan(
                 since_values.append(value.decode("latin-1"))
             elif name == b"if-range":
                 if_range_values.append(value.decode("latin-1"))
+    size = response.length
+    length = 0 if method == b"HEAD" or status == 204 else size
+    if not (range_values or if_none_match is not None or since_values):
+        # The common answer: the response's own status and headers, whose
+        # head lines depend on nothing else, so they are formatted once.
+        key = (status, response.content_type, response.etag, response.last_modified, response.headers, size)
+        lines = _LINES_CACHE.get(key)
+        if lines is None:
+            lines = _format(status, _headers(response, status == 200, None, size))
+            if len(_LINES_CACHE) >= _LINES_CACHE_SIZE:
+                _LINES_CACHE.clear()
+            _LINES_CACHE[key] = lines
+        return status, lines, (None if status == 204 else size), 0, length
     # One value each, or they are ignored (If-Modified-Since), or fail (If-Range: the whole body).
     if_modified_since = since_values[0] if len(since_values) == 1 else None
     if_range = if_range_values[0] if len(if_range_values) == 1 else ("" if if_range_values else None)
-    size = response.length
     etag = response.etag
     last_modified: _dt.datetime | None = response.last_modified
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[str, str]]
     if status == 200 and (if_none_match is not None or if_modified_since is not None):
         if (none_match(if_none_match, etag) if if_none_match is not None
                 else not_modified_since(if_modified_since or "", last_modified)):
             # Only what guides a cache: nothing about a body that is not sent.
+            headers = []
             if etag is not None:
                 headers.append(("ETag", etag))
             if last_modified is not None:
                 headers.append(("Last-Modified", http_date(last_modified)))
             headers += [(name, value) for name, value in response.headers if name.lower() in _NOT_MODIFIED_KEEPS]
-            return 304, headers, 0, 0
-    start, length = 0, size
+            return 304, _format(304, headers), None, 0, 0
+    start = 0
+    content_range = None
+    if (
+        status == 200
+        and method == b"GET"
+        and len(range_values) == 1
+        and (if_range is None or if_range_holds(if_range, etag, last_modified))
+    ):
+        answer = single_range(range_values[0], size)
+        if answer is RangeAnswer.UNSATISFIABLE:
+            headers = [("Content-Range", f"bytes */{size}"), *response.headers, ("Content-Length", "0")]
+            return 416, _format(416, headers), 0, 0, 0
+        if isinstance(answer, tuple):
+            start, stop = answer
+            status, length, size = 206, stop - start, stop - start
+            content_range = f"bytes {start}-{stop - 1}/{response.length}"
+    return status, _format(status, _headers(response, response.status == 200, content_range, size)), (
+        None if status == 204 else size
+    ), start, length
+
+
+def _headers(response: Response, ranges: bool, content_range: str | None, content_length: int) -> list[tuple[str, str]]:
+    """The headers of a response with a body (or a HEAD answer for one), in the order they are sent."""
+    headers: list[tuple[str, str]] = []
     if response.content_type is not None:
         headers.append(("Content-Type", response.content_type))
-    if etag is not None:
-        headers.append(("ETag", etag))
-    if last_modified is not None:
-        headers.append(("Last-Modified", http_date(last_modified)))
-    if status == 200:
+    if response.etag is not None:
+        headers.append(("ETag", response.etag))
+    if response.last_modified is not None:
+        headers.append(("Last-Modified", http_date(response.last_modified)))
+    if ranges:
         headers.append(("Accept-Ranges", "bytes"))
-        if (
-            method == b"GET"
-            and len(range_values) == 1
-            and (if_range is None or if_range_holds(if_range, etag, last_modified))
-        ):
-            answer = single_range(range_values[0], size)
-            if answer is RangeAnswer.UNSATISFIABLE:
-                headers = [("Content-Range", f"bytes */{size}"), *response.headers, ("Content-Length", "0")]
-                return 416, headers, 0, 0
-            if isinstance(answer, tuple):
-                start, stop = answer
-                status, length = 206, stop - start
-                headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
+    if content_range is not None:
+        headers.append(("Content-Range", content_range))
     headers += response.headers
-    if status != 204:
-        headers.append(("Content-Length", str(length)))
-    if method == b"HEAD" or status == 204:
-        length = 0
-    return status, headers, start, length
+    if response.status != 204:
+        headers.append(("Content-Length", str(content_length)))
+    return headers
+
+
+def _format(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
+    """The status line and header lines, as h11 writes them (names as given, ``name: value``).
+
+    Every name and value here was validated (Response checks what the
+    application gives; the rest is the server's own ASCII), so this only
+    formats.
+    """
+    # str.__str__: the characters that were validated, even from a subclass of str.
+    text = "".join([f"{str.__str__(name)}: {str.__str__(value)}\r\n" for name, value in headers])
+    return _status_line(status) + text.encode("ascii")
 
 
 async def serve(
