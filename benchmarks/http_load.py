@@ -10,6 +10,9 @@ One run compares, on loopback with ``wrk -t1 -c50 -d<duration>s``:
   documentation shows (the head, then the body);
 - ``trio-h11-joined`` (13K only): the same, with head and body joined into
   one ``send_all`` (one system call, as trio_zc does);
+- ``trio_zc-auto-pure-h11`` (13K only): ``trio_zc-auto`` with the pure-Python
+  h11 (``TRIO_ZC_PURE_H11=1``), the parser the plain servers use: what the
+  compiled h11 (h11-mypyc, installed by the ``http`` extra) is worth;
 - ``nginx``: nginx with one process (``master_process off``, ``daemon off``),
   ``sendfile on``, ``access_log off``, serving the same bytes from a tmpfs;
 
@@ -78,9 +81,11 @@ SIZES: dict[str, int] = {"13K": 13_000, "512K": 512 << 10, "4M": 4 << 20}
 RENDER = "render"
 GROUPS = (*SIZES, RENDER)
 KERNELS = ("copy", "msg_zerocopy", "io_uring", "sendfile", "auto")
-CACHED_SERVERS = (*(f"trio_zc-{k}" for k in KERNELS), "trio-h11", "trio-h11-joined", "nginx")
-#: Servers that only the smallest size has: joining head and body pays for small bodies only.
-SMALL_ONLY = ("trio-h11-joined",)
+PURE_H11 = "trio_zc-auto-pure-h11"
+CACHED_SERVERS = (*(f"trio_zc-{k}" for k in KERNELS), PURE_H11, "trio-h11", "trio-h11-joined", "nginx")
+#: Servers that only the smallest size has: the parser and joining head and
+#: body matter for small bodies only.
+SMALL_ONLY = (PURE_H11, "trio-h11-joined")
 RENDER_SERVERS = ("trio_zc-threads", "trio_zc-workers", "trio-pillow")
 
 IMAGE_PATH = "/image.jpg"
@@ -223,7 +228,9 @@ async def serve_trio_zc(kernel: str, body: bytes | None) -> None:
     not_found = trio_zc.http.Response(b"not found\n", status=404, content_type="text/plain")
     pool_kernel = "auto" if body is None else kernel
     async with trio_zc.open_pool(max_bytes=POOL_BYTES, kernel=pool_kernel) as pool:
-        stats: dict[str, Any] = {"kernel": pool.statistics().kernel}
+        # Which h11 build trio_zc.http imported (the compiled one unless TRIO_ZC_PURE_H11 is set).
+        parser = "h11_mypyc" if "h11_mypyc" in sys.modules else "h11"
+        stats: dict[str, Any] = {"kernel": pool.statistics().kernel, "parser": parser}
         if body is not None:
             cached = body
             with trio_zc.LeaseCache[str](pool, max_bytes=len(body) + (1 << 20)) as cache:
@@ -477,7 +484,12 @@ def start_python_server(case: str, workdir: str, body_file: str | None) -> Serve
     """Start the Python server of *case* (``group/server``) as a child process of this one."""
     group, name = case.split("/")
     script = os.path.abspath(__file__)
-    if name.startswith("trio_zc-"):
+    env = dict(os.environ)
+    env.pop("TRIO_ZC_PURE_H11", None)
+    if name == PURE_H11:
+        args = ["trio_zc", "auto"]
+        env["TRIO_ZC_PURE_H11"] = "1"
+    elif name.startswith("trio_zc-"):
         args = ["trio_zc", name.removeprefix("trio_zc-")]
     elif name in ("trio-h11", "trio-pillow"):
         args = ["plain"]
@@ -491,7 +503,7 @@ def start_python_server(case: str, workdir: str, body_file: str | None) -> Serve
     log = os.path.join(workdir, case.replace("/", "_") + ".log")
     with open(log, "w") as err:
         process = subprocess.Popen([sys.executable, script, "serve", *args], stdout=subprocess.PIPE,
-                                   stderr=err, text=True)
+                                   stderr=err, text=True, env=env)
     line = _read_line(process, STARTUP_TIMEOUT)
     if not line:
         process.kill()
@@ -809,6 +821,8 @@ def other_ratios(summaries: Sequence[Summary]) -> list[str]:
                          " (server CPU per request)")
 
     ratio("13K/trio_zc-auto", "13K/trio-h11-joined")
+    ratio(case_name("13K", PURE_H11), "13K/trio-h11")
+    ratio(case_name("13K", PURE_H11), "13K/trio-h11", "cpu")
     for group in SIZES:
         for kernel in KERNELS[:-1]:
             ratio(case_name(group, f"trio_zc-{kernel}"), case_name(group, "nginx"))
