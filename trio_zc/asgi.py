@@ -38,12 +38,12 @@ exception propagates as it is).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Union
 
 from ._cache import CachedLease
 from ._errors import StaleLeaseError
+from ._headers import Headers, check_header_value, check_headers
 from ._lease import Lending, SealedLease, WritableLease, lend
 from ._validate import check_bool
 
@@ -59,9 +59,6 @@ _Body = Union[SealedLease, CachedLease[Any]]
 
 _ZEROCOPY = "http.response.zerocopysend"
 
-#: A header name (RFC 9110 token) and value (visible ASCII, inner spaces and tabs).
-_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 #: Headers the response writes itself.
 _OWN_HEADERS = {
     "content-length": "the response sets it from the body",
@@ -71,34 +68,12 @@ _OWN_HEADERS = {
 
 
 def _header_value(what: str, value: object) -> bytes:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    if not _VALUE.fullmatch(value):
-        raise ValueError(
-            f"{what} {value!r} is not a valid header value (ASCII, no control characters,"
-            " no leading or trailing spaces)"
-        )
-    return value.encode("ascii")
+    return check_header_value(what, value).encode("ascii")
 
 
-def _headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    if isinstance(pairs, (str, bytes)):
-        raise TypeError("headers must be a mapping or pairs of (name, value) strings")
-    out = []
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"headers must be (name, value) pairs of strings, not {pair!r}")
-        name, value = pair
-        if not isinstance(name, str):
-            raise TypeError(f"the name of a header must be a str, not {type(name).__name__}")
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"{name!r} is not a valid header name")
-        reason = _OWN_HEADERS.get(name.lower())
-        if reason is not None:
-            raise ValueError(f"a LeaseResponse cannot set the {name} header: {reason}")
-        out.append((name.lower().encode("ascii"), _header_value(f"the value of header {name}", value)))
-    return out
+def _headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+    checked = check_headers(headers, owner="LeaseResponse", reserved=_OWN_HEADERS)
+    return [(name.lower().encode("ascii"), value.encode("ascii")) for name, value in checked]
 
 
 def _lease_of(body: object) -> SealedLease:
@@ -153,7 +128,7 @@ class LeaseResponse:
         body: SealedLease | CachedLease[Any],
         *,
         status: int = 200,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        headers: Headers = (),
         content_type: str | None = None,
         offset: int = 0,
         nbytes: int | None = None,

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import datetime
-import re
-from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
 import attrs
 
 from .. import CachedLease, SealedLease
+from .._headers import Headers, check_header_value, check_headers
 from ._conditional import normalize_etag
-
-#: A header name (RFC 9110 token) and value, as h11 checks them before sending.
-_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 
 #: Headers the server writes itself, from the response's fields or its own framing.
 _SERVER_HEADERS = {
@@ -40,17 +35,6 @@ _SERVER_HEADERS = {
 Body = Union[bytes, SealedLease, CachedLease[Any]]
 
 
-def _check_header_value(what: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    if not _VALUE.fullmatch(value):
-        raise ValueError(
-            f"{what} {value!r} is not a valid header value (ASCII, no control characters,"
-            " no leading or trailing spaces)"
-        )
-    return value
-
-
 #: Header lists already validated, by their pairs: a handler passes the
 #: same few headers with every response, and checking them is most of the
 #: cost of making a Response. Only exact str pairs are kept (a subclass of
@@ -59,7 +43,7 @@ _checked_headers: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 _CHECKED_MAX = 1024
 
 
-def _convert_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+def _convert_headers(headers: Headers) -> tuple[tuple[str, str], ...]:
     if type(headers) is dict or type(headers) is tuple:
         if not headers:
             return ()
@@ -78,22 +62,8 @@ def _convert_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> 
     return result
 
 
-def _check_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    if isinstance(pairs, (str, bytes)):
-        raise TypeError("headers must be a mapping or pairs of (name, value) strings")
-    out = []
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"headers must be (name, value) pairs, not {pair!r}")
-        name, value = pair
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(f"{name!r} is not a valid header name")
-        reason = _SERVER_HEADERS.get(name.lower())
-        if reason is not None:
-            raise ValueError(f"a Response cannot set the {name} header: {reason}")
-        out.append((name, _check_header_value(f"the value of header {name}", value)))
-    return tuple(out)
+def _check_headers(headers: Headers) -> tuple[tuple[str, str], ...]:
+    return tuple(check_headers(headers, owner="Response", reserved=_SERVER_HEADERS))
 
 
 _normalized_etags: dict[str, str] = {}
@@ -196,7 +166,7 @@ class Response:
         if not 200 <= status <= 599:
             raise ValueError(f"status must be between 200 and 599, not {status}")
         if self.content_type is not None:
-            _check_header_value("content_type", self.content_type)
+            check_header_value("content_type", self.content_type)
         size = _body_size(self.body)
         if type(self.offset) is not int or (self.nbytes is not None and type(self.nbytes) is not int):
             raise TypeError("offset and nbytes must be ints")
