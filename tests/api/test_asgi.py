@@ -281,7 +281,7 @@ async def slow_get(port: int, rewritten: trio.Event) -> tuple[bytes, bytes]:
     return head, body
 
 
-async def rewrite_everything_free(pool: trio_zc.BufferPool, fill: int) -> list[trio_zc.WritableLease]:
+def rewrite_everything_free(pool: trio_zc.BufferPool, fill: int) -> list[trio_zc.WritableLease]:
     """Take every free byte of *pool* and write *fill* all over it (the leases are returned)."""
     taken = []
     while (free := pool.statistics().largest_free_block) > 0:
@@ -310,7 +310,7 @@ async def rewrite_race(server: str, name: str, nbytes: int) -> tuple[bytes, byte
             await trio_zc.asgi.LeaseResponse(sealed)(scope, receive, recording(send, types))
             # The response's last send() returned and the lease was released:
             # now every free byte of the pool gets another pattern.
-            taken = await rewrite_everything_free(pool, 0xEE)
+            taken = rewrite_everything_free(pool, 0xEE)
             early.append(not client_done.is_set())
             rewritten.set()
             with trio.move_on_after(60):

@@ -26,7 +26,7 @@ import trio_zc
 import trio_zc.asgi
 
 from ..streams import KERNELS, kernel, pattern, sealed_with
-from .test_asgi import asgi, serving, slow_get
+from .test_asgi import asgi, rewrite_everything_free, serving, slow_get
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -350,15 +350,6 @@ async def test_odd_slices_of_neighbour_leases_pipelined_to_a_slow_client(name: s
         assert body_a == first[4097:-3]
         assert body_b == second[1:-1]
         assert in_use(pool) == (0, 0, 0, 0, 0)
-
-
-def rewrite_everything_free(pool: trio_zc.BufferPool, fill: int) -> list[trio_zc.WritableLease]:
-    taken = []
-    while (free := pool.statistics().largest_free_block) > 0:
-        lease = pool.acquire_nowait(free)
-        lease.write(bytes([fill]) * free)
-        taken.append(lease)
-    return taken
 
 
 ATTACKS = ["release_and_rewrite_mid_send", "cancel_mid_sendfile", "evict_cached_mid_send"]
