@@ -25,6 +25,7 @@ Cancellation at every step of a send with a head is in
 from __future__ import annotations
 
 import collections
+from collections.abc import Awaitable, Callable
 import socket
 from typing import Any
 
@@ -78,14 +79,16 @@ async def send_and_receive(
     sealed: trio_zc.SealedLease,
     head: Any,
     expected: bytes,
+    *,
+    read: Callable[[trio.abc.ReceiveStream, int], Awaitable[bytes]] = receive_exactly,
     **kwargs: Any,
 ) -> bytes:
-    """send_lease(sealed, head=head, ...) while the peer reads what it expects."""
+    """send_lease(sealed, head=head, ...) while the peer *read*s as many bytes as it expects."""
     got = b""
 
     async def receive() -> None:
         nonlocal got
-        got = await receive_exactly(peer, len(expected))
+        got = await read(peer, len(expected))
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -288,16 +291,7 @@ async def test_short_sends_resume_inside_the_head_and_inside_the_lease(
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
         sealed = await sealed_with(pool, body)
-        got = b""
-
-        async def receive() -> None:
-            nonlocal got
-            got = await slow_reader(peer, len(head) + len(body))
-
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive)
-                await stream.send_lease(sealed, head=bytearray(head))
+        got = await send_and_receive(stream, peer, sealed, bytearray(head), head + body, read=slow_reader)
         assert got == head + body
         sealed.release()
         await stream.aclose()
@@ -608,16 +602,7 @@ async def test_io_uring_resumes_inside_the_head_after_a_short_result(monkeypatch
         stream._channel.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)  # type: ignore[attr-defined]
         head, body = head_of(100_000), pattern(300_000, 2)
         sealed = await sealed_with(pool, body)
-        got = b""
-
-        async def receive() -> None:
-            nonlocal got
-            got = await slow_reader(peer, len(head) + len(body))
-
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive)
-                await stream.send_lease(sealed, head=head)
+        got = await send_and_receive(stream, peer, sealed, head, head + body, read=slow_reader)
         assert got == head + body
         sealed.release()
         await stream.aclose()
