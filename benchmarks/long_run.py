@@ -219,6 +219,10 @@ def run_protocol(
     for run in sorted({s.run for s in steps}):
         mine = [s for s in steps if s.run == run]
         load_before, t0 = os.getloadavg()[0], time.monotonic()
+        if progress is not None:
+            # A busy machine widens the spread between runs: say so as it happens.
+            busy = " (busy: expect a wide spread)" if load_before > 0.5 * (os.cpu_count() or 1) else ""
+            progress(f"run {run + 1}: load average {load_before:.2f} on {os.cpu_count()} CPUs{busy}")
         receiver, port = _bench._receiver()
         try:
             for step in mine:
