@@ -20,7 +20,8 @@ that the spread between runs can be seen:
   worst run over the target. A target is ``met`` only if it holds in the
   worst run (``MISSED`` if one run misses it, however good the others).
 
-``--json FILE`` keeps every repetition's raw figures (and the plan, the
+``--sizes 4M`` runs only the units and targets at that image size (while
+tuning one path). ``--json FILE`` keeps every repetition's raw figures (and the plan, the
 seed and the load average around each run); ``--from-json FILE`` reports
 on saved figures without running; ``--dry-run`` prints the plan and the
 estimated duration and runs nothing. Every option is checked before
@@ -29,7 +30,8 @@ Exit status: 0; 1 if an image of ``auto`` arrived corrupted; 3 with
 ``--check-targets`` if a target was missed.
 
 Run (from the repository, with trio_zc installed or on PYTHONPATH):
-python benchmarks/long_run.py [--bytes 3G] [--repeat 7] [--runs 5] [--seed N] [--json FILE] [--dry-run]
+python benchmarks/long_run.py [--bytes 3G] [--repeat 7] [--runs 5] [--sizes 4M,64K,16K] [--seed N]
+    [--json FILE] [--dry-run] [--check-targets]
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ UNITS: Final = (
     ("auto", 16 * KiB),
     ("trio-send_all", 16 * KiB),
 )
+
+#: The image sizes of :data:`UNITS`, largest first.
+SIZES: Final = tuple(sorted({size for _, size in UNITS}, reverse=True))
 
 DEFAULT_BYTES: Final = 3 * GiB
 DEFAULT_REPEAT: Final = 7
@@ -316,7 +321,12 @@ class Verdict:
         runs = ", ".join(f"{r:.2f}" for r in self.ratios)
         # Whether the runs can tell: a spread wider than the margin means
         # another run could land on the other side of the limit.
-        tells = "spread < margin" if self.spread < abs(self.margin) else "spread >= margin: cannot tell"
+        if len(self.ratios) < 2:
+            tells = "one run: no spread to compare"
+        elif self.spread < abs(self.margin):
+            tells = "spread < margin"
+        else:
+            tells = "spread >= margin: cannot tell"
         return (
             f"{'met   ' if self.met else 'MISSED'}  {g.name}: worst {worst} (target {sign} {g.limit});"
             f" range {lo:.2f}..{hi:.2f} over {len(self.ratios)} run(s), spread {self.spread:.2f},"
@@ -324,9 +334,17 @@ class Verdict:
         )
 
 
-def verdicts(measured: Sequence[Measured], goals: Sequence[Goal] = GOALS) -> list[Verdict]:
-    """Each goal judged over every run in *measured*."""
+def verdicts(measured: Sequence[Measured], goals: Sequence[Goal] | None = None) -> list[Verdict]:
+    """Each goal judged over every run in *measured*.
+
+    By default every goal at the image sizes *measured* has (``--sizes``
+    runs some of them); a goal whose size was measured but one of whose
+    units was not is missed, not skipped.
+    """
     medians = run_medians(measured)
+    if goals is None:
+        sizes = {m.step.size for m in measured}
+        goals = [g for g in GOALS if g.size in sizes]
     out = []
     for goal in goals:
         index = 0 if goal.measure == "throughput" else 1
@@ -346,7 +364,7 @@ def describe_plan(steps: Sequence[Step], total_bytes: int, repeat: int, runs: in
     """The plan in words: sizes, the order of every round, the estimated duration."""
     images = sum(s.size * images_per_step(s.size, total_bytes) for s in steps)
     lines = [
-        f"protocol: {len(UNITS)} units x {_total_size(total_bytes)} x {repeat} repetitions"
+        f"protocol: {len({(s.case, s.size) for s in steps})} units x {_total_size(total_bytes)} x {repeat} repetitions"
         f" per run, {runs} run(s), seed {seed} (--seed {seed} repeats this order)",
         f"sends {images / GiB:,.1f} GiB over loopback;"
         f" estimated {duration(estimate_seconds(steps, total_bytes))}"
@@ -372,7 +390,7 @@ def report(measured: Sequence[Measured], infos: Sequence[RunInfo]) -> str:
     lines = ["medians per run (throughput GB/s / sender CPU s per GB):"]
     header = f"  {'unit':<22}" + "".join(f" {'run ' + str(run + 1):>13}" for run in medians)
     lines.append(header)
-    for unit in UNITS:
+    for unit in [u for u in UNITS if any(u in units for units in medians.values())]:
         cells = []
         for units in medians.values():
             figures = units.get(unit)
@@ -392,12 +410,19 @@ def report(measured: Sequence[Measured], infos: Sequence[RunInfo]) -> str:
 
 
 def to_json(
-    measured: Sequence[Measured], infos: Sequence[RunInfo], *, seed: int, total_bytes: int, repeat: int, runs: int
+    measured: Sequence[Measured],
+    infos: Sequence[RunInfo],
+    *,
+    seed: int,
+    total_bytes: int,
+    repeat: int,
+    runs: int,
+    sizes: Sequence[int] = SIZES,
 ) -> str:
     """Every step's raw figures, with the protocol and the machine, for keeping and re-reporting."""
     return json.dumps(
         {
-            "protocol": {"seed": seed, "bytes": total_bytes, "repeat": repeat, "runs": runs},
+            "protocol": {"seed": seed, "bytes": total_bytes, "repeat": repeat, "runs": runs, "sizes": list(sizes)},
             "machine": {
                 "platform": platform.platform(),
                 "python": platform.python_version(),
@@ -430,6 +455,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python benchmarks/long_run.py",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog=(
+            f"The defaults send {len(UNITS)} units x {_total_size(DEFAULT_BYTES)} x {DEFAULT_REPEAT} repetitions"
+            f" x {DEFAULT_RUNS} runs over loopback: about"
+            f" {duration(estimate_seconds(plan(DEFAULT_RUNS, DEFAULT_REPEAT, 0), DEFAULT_BYTES))}"
+            " on a shared 2-core machine, more if it is busy (--dry-run prints the plan and the estimate)."
+        ),
         one_line_errors=True,
     )
     parser.add_argument(
@@ -437,6 +468,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help="repetitions per unit and run (7)")
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="times the whole protocol runs (5)")
+    parser.add_argument(
+        "--sizes",
+        type=_bench_cli.sizes,
+        default=list(SIZES),
+        help="only the units and targets at these image sizes, e.g. 4M while tuning large images (4M,64K,16K)",
+    )
     parser.add_argument("--seed", type=int, help="seed of the order and the images (default: drawn and printed)")
     parser.add_argument("--json", metavar="FILE", help="also write every repetition's raw figures to FILE")
     parser.add_argument("--from-json", metavar="FILE", help="report on figures saved with --json instead of running")
@@ -452,6 +489,12 @@ def check(args: argparse.Namespace) -> str | None:
     for option in ("bytes", "repeat", "runs"):
         if getattr(args, option) < 1:
             return f"--{option} must be at least 1, not {getattr(args, option)}"
+    odd = [size for size in args.sizes if size not in SIZES]
+    if odd:
+        return (
+            f"--sizes: the protocol has no units at {', '.join(_bench.size_name(s) for s in odd)};"
+            f" its sizes are {', '.join(_bench.size_name(s) for s in SIZES)}"
+        )
     if args.seed is not None and args.seed < 0:
         return f"--seed must be 0 or more, not {args.seed}"
     if args.from_json and args.dry_run:
@@ -491,14 +534,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
-        steps = plan(args.runs, args.repeat, seed)
+        steps = plan(args.runs, args.repeat, seed, [u for u in UNITS if u[1] in args.sizes])
         print(describe_plan(steps, args.bytes, args.repeat, args.runs, seed), flush=True)
         if args.dry_run:
             return 0
         measured, infos = run_protocol(steps, args.bytes, seed, _bench_cli.progress)
         if args.json:
             pathlib.Path(args.json).write_text(
-                to_json(measured, infos, seed=seed, total_bytes=args.bytes, repeat=args.repeat, runs=args.runs)
+                to_json(
+                    measured,
+                    infos,
+                    seed=seed,
+                    total_bytes=args.bytes,
+                    repeat=args.repeat,
+                    runs=args.runs,
+                    sizes=sorted(set(args.sizes), reverse=True),
+                )
             )
     print()
     print(report(measured, infos))

@@ -164,6 +164,8 @@ def test_the_report_says_when_the_spread_is_wider_than_the_margin() -> None:
     (lo,) = verdicts(fabricate(loose), [goal])
     assert t.met and "(spread < margin)" in t.describe()
     assert lo.met and "spread >= margin: cannot tell" in lo.describe()
+    (one,) = verdicts(fabricate({0: tight[0]}), [goal])
+    assert one.met and "over 1 run(s), spread 0.00, margin +0.30 (one run: no spread to compare)" in one.describe()
 
 
 def test_a_target_without_its_units_is_missed_not_met() -> None:
@@ -171,6 +173,13 @@ def test_a_target_without_its_units_is_missed_not_met() -> None:
     (verdict,) = verdicts(fabricate(only_auto), [GOALS[3]])
     assert verdict.per_run == () and not verdict.met
     assert verdict.describe().startswith("MISSED") and "no run measured both" in verdict.describe()
+    # By default, the goals at the sizes measured: the 64 KiB one, missed; none at 4 MiB or 16 KiB.
+    assert [(v.goal, v.met) for v in verdicts(fabricate(only_auto))] == [(GOALS[3], False)]
+
+
+def test_only_some_sizes_run_only_their_units_and_targets() -> None:
+    four = {run: {unit: [(2.0, 0.3)] for unit in UNITS if unit[1] == 4 * MiB} for run in range(2)}
+    assert [v.goal for v in verdicts(fabricate(four))] == list(GOALS[:3])
 
 
 def test_the_raw_figures_survive_the_json_file() -> None:
@@ -179,7 +188,7 @@ def test_the_raw_figures_survive_the_json_file() -> None:
     infos = [RunInfo(0, 1.5, 2.0, 100.0), RunInfo(1, 2.0, 1.0, 99.0)]
     text = to_json(measured, infos, seed=7, total_bytes=3 << 30, repeat=3, runs=2)
     protocol, back, back_infos = from_json(text)
-    assert protocol == {"seed": 7, "bytes": 3 << 30, "repeat": 3, "runs": 2}
+    assert protocol == {"seed": 7, "bytes": 3 << 30, "repeat": 3, "runs": 2, "sizes": [4 * MiB, 64 * KiB, 16 * KiB]}
     assert back == measured and back_infos == infos
     assert [v.describe() for v in verdicts(back)] == [v.describe() for v in verdicts(measured)]
     assert json.loads(text)["machine"]["cpus"]
@@ -203,6 +212,8 @@ def run_script(cwd: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str
         (("--runs", "0"), ("--runs must be at least 1, not 0",)),
         (("--runs", "two"), ("--runs", "invalid int value")),
         (("--seed", "-1"), ("--seed must be 0 or more",)),
+        (("--sizes", "4M,1M,32K"), ("--sizes: the protocol has no units at 1 MiB, 32 KiB", "16 KiB")),
+        (("--sizes", "0"), ("give at least one positive size",)),
         (("--dry-run", "--from-json", "runs.json"), ("--dry-run", "--from-json", "give one of them")),
         (("--json", "no/such/folder/runs.json"), ("--json", "does not exist")),
         (("--json", "."), ("--json", "is a folder")),
@@ -264,3 +275,14 @@ def test_without_a_seed_one_is_drawn_and_printed(tmp_path: pathlib.Path) -> None
         assert again.stdout == result.stdout
         seeds.add(seed)
     assert len(seeds) > 1  # drawn: three draws from a million are not all equal
+
+
+def test_the_dry_run_of_one_size_plans_only_its_units(tmp_path: pathlib.Path) -> None:
+    result = run_script(tmp_path, "--dry-run", "--seed", "3", "--runs", "1", "--sizes", "4M")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("protocol: 3 units x 3 GiB x 7 repetitions per run, 1 run(s), seed 3")
+    rounds = result.stdout.splitlines()[2:]
+    assert len(rounds) == 7
+    for line in rounds:
+        units = line.split(": ", 1)[1].split(", ")
+        assert sorted(units) == ["4 MiB auto", "4 MiB blocking", "4 MiB trio-send_all"]

@@ -135,7 +135,7 @@ def test_long_run_saves_every_repetition_and_reports_them_again(tmp_path: pathli
     saved = json.loads(figures.read_text())
     assert len(saved["steps"]) == 2 * 7 and len(saved["runs"]) == 2
     assert all(step["intact"] == step["images"] for step in saved["steps"])  # the receiver checked every byte
-    assert saved["protocol"] == {"seed": 5, "bytes": 64 << 10, "repeat": 1, "runs": 2}
+    assert saved["protocol"] == {"seed": 5, "bytes": 64 << 10, "repeat": 1, "runs": 2, "sizes": [4 << 20, 64 << 10, 16 << 10]}
     replay = run_script("long_run.py", ["--from-json", str(figures)], tmp_path)
     assert replay.returncode == 0, replay.stderr
     assert replay.stderr == ""  # nothing ran
