@@ -213,8 +213,14 @@ def run_protocol(
     total_bytes: int,
     seed: int,
     progress: Callable[[str], None] | None = None,
+    after_run: Callable[[Sequence[Measured], Sequence[RunInfo]], None] | None = None,
 ) -> tuple[list[Measured], list[RunInfo]]:
-    """Run *steps* (from :func:`plan`), one receiver process per run; every step's figures and each run's info."""
+    """Run *steps* (from :func:`plan`), one receiver process per run; every step's figures and each run's info.
+
+    *after_run* is called with everything measured so far after each run
+    (``main`` saves the figures then, so that an interrupted protocol keeps
+    its finished runs).
+    """
     measured: list[Measured] = []
     infos: list[RunInfo] = []
     # The images' seed goes into the wire header as an unsigned 32-bit field.
@@ -250,6 +256,8 @@ def run_protocol(
         finally:
             _bench._stop(receiver)
         infos.append(RunInfo(run, load_before, os.getloadavg()[0], time.monotonic() - t0))
+        if after_run is not None:
+            after_run(measured, infos)
     return measured, infos
 
 
@@ -539,19 +547,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe_plan(steps, args.bytes, args.repeat, args.runs, seed), flush=True)
         if args.dry_run:
             return 0
-        measured, infos = run_protocol(steps, args.bytes, seed, _bench_cli.progress)
-        if args.json:
-            pathlib.Path(args.json).write_text(
-                to_json(
-                    measured,
-                    infos,
-                    seed=seed,
-                    total_bytes=args.bytes,
-                    repeat=args.repeat,
-                    runs=args.runs,
-                    sizes=sorted(set(args.sizes), reverse=True),
+
+        def save(measured: Sequence[Measured], infos: Sequence[RunInfo]) -> None:
+            # After every run, not only at the end: a protocol of a quarter
+            # of an hour that is interrupted keeps the runs it finished.
+            if args.json:
+                pathlib.Path(args.json).write_text(
+                    to_json(
+                        measured,
+                        infos,
+                        seed=seed,
+                        total_bytes=args.bytes,
+                        repeat=args.repeat,
+                        runs=args.runs,
+                        sizes=sorted(set(args.sizes), reverse=True),
+                    )
                 )
-            )
+
+        measured, infos = run_protocol(steps, args.bytes, seed, _bench_cli.progress, save)
     print()
     print(report(measured, infos))
     corrupt = sorted(

@@ -28,6 +28,7 @@ from benchmarks.long_run import (
     estimate_seconds,
     from_json,
     plan,
+    run_protocol,
     to_json,
     verdicts,
 )
@@ -192,6 +193,18 @@ def test_the_raw_figures_survive_the_json_file() -> None:
     assert back == measured and back_infos == infos
     assert [v.describe() for v in verdicts(back)] == [v.describe() for v in verdicts(measured)]
     assert json.loads(text)["machine"]["cpus"]
+
+
+def test_the_figures_so_far_are_handed_over_after_every_run() -> None:
+    """So that ``--json`` keeps the finished runs of an interrupted protocol (a real, tiny run)."""
+    seen: list[tuple[int, int]] = []
+    steps = plan(2, 1, 0, [("auto", 16 * KiB), ("trio-send_all", 16 * KiB)])
+    measured, infos = run_protocol(
+        steps, 16 * KiB, 0, after_run=lambda m, i: seen.append((len(m), len(i)))
+    )
+    assert seen == [(2, 1), (4, 2)]
+    assert [m.step for m in measured] == steps
+    assert all(m.result.intact == m.result.images == 8 for m in measured)
 
 
 # -- the command line -------------------------------------------------------------
