@@ -9,6 +9,8 @@ with the package and run with its smallest arguments by
   project's performance targets (docs/benchmarks.rst), with
 - ``stalled.py``: a server's CPU and memory while 1,000 clients do not read,
 - ``chart.py``: the figure in docs/benchmarks.rst (a module, no script);
+- ``long_run.py``: issue 21's protocol: the throughput targets over several
+  long runs (3 GiB x 7 per case and run, shuffled), each judged on its worst run;
 - ``kernel_cost.py``: the table in docs/kernels.rst;
 - ``stale_bytes.py``: what clearing a lease's memory costs (docs/lifecycle.rst);
 - ``image_workers.py``: image work in worker processes against Pillow in the

@@ -49,6 +49,19 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
             "stalled clients: server peak RSS",
         ],
     ),
+    # One real protocol, cut to the least bytes (8 images a step) and two runs of two rounds.
+    "long_run.py": (
+        ["--bytes", "64K", "--repeat", "2", "--runs", "2", "--seed", "1"],
+        [
+            "protocol: 7 units x 64 KiB x 2 repetitions per run, 2 run(s), seed 1",
+            "medians per run",
+            "targets (each must hold in every run; judged on the worst):",
+            "4 MiB auto / C blocking sendall loop, throughput: worst",
+            "4 MiB auto / trio send_all, CPU per GB: worst",
+            "16 KiB auto / trio send_all, throughput: worst",
+            "over 2 run(s)",
+        ],
+    ),
     "stalled.py": (
         ["run", "--clients", "4", "--image-size", "65536", "--pool-bytes", "1048576", "--settle", "0.2",
          "--window", "0.2"],
@@ -112,3 +125,20 @@ def test_acceptance_saves_its_figures_and_charts_them(tmp_path: pathlib.Path) ->
     if "--chart" in again:
         assert f"chart: {tmp_path / 'chart.png'}" in replay.stdout
         assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_long_run_saves_every_repetition_and_reports_them_again(tmp_path: pathlib.Path) -> None:
+    figures = tmp_path / "runs.json"
+    args = ["--bytes", "64K", "--repeat", "1", "--runs", "2", "--seed", "5"]
+    result = run_script("long_run.py", [*args, "--json", str(figures)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(figures.read_text())
+    assert len(saved["steps"]) == 2 * 7 and len(saved["runs"]) == 2
+    assert all(step["intact"] == step["images"] for step in saved["steps"])  # the receiver checked every byte
+    assert saved["protocol"] == {"seed": 5, "bytes": 64 << 10, "repeat": 1, "runs": 2, "sizes": [4 << 20, 64 << 10, 16 << 10]}
+    replay = run_script("long_run.py", ["--from-json", str(figures)], tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stderr == ""  # nothing ran
+    # The same report from the saved figures (after the plan, which a replay does not print).
+    report = result.stdout.split("\n\nmedians per run", 1)[1]
+    assert replay.stdout.split("\n\nmedians per run", 1)[1] == report
