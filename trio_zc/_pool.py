@@ -356,6 +356,7 @@ class BufferPool:
     # -- acquiring ----------------------------------------------------------
 
     def _new_slot(self, nbytes: int) -> _LeaseRecord | None:
+        # _take() has these lines inlined: keep the two in step.
         offset = self._allocator.allocate(nbytes)
         if offset is None:
             return None
@@ -385,8 +386,14 @@ class BufferPool:
             return None
         if self._abandoned:
             self._sweep()
-        slot = self._new_slot(nbytes)
-        return None if slot is None else WritableLease(slot)
+        # _new_slot() inlined: this runs once per image.
+        offset = self._allocator.allocate(nbytes)
+        if offset is None:
+            return None
+        slot = _LeaseRecord(self._home, offset, nbytes)
+        self._slots[slot.id] = slot
+        self._leases_total += 1
+        return WritableLease(slot)
 
     async def acquire(self, nbytes: int, *, schedule: bool = True) -> WritableLease:
         """Take a lease of *nbytes*, waiting while the pool is full.
