@@ -44,14 +44,18 @@ import os
 import threading
 from collections.abc import Sequence
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
 
 import attrs
 import trio
 
-from ._arena import ViewCounter
+# Arena at run time too, not only for the type checker: compiled by mypyc,
+# the attrs class LeaseHome resolves its annotations when it is made.
+from ._arena import Arena, ViewCounter
 from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
 from ._lifecycle import LeaseState, Lifecycle
+from ._mypyc import mypyc_attr
+from ._readonly import ReadOnlyBuffer as ReadOnlyBuffer
 from ._validate import exact_int
 
 # Module globals for the per-image checks below (cheaper than LeaseState.X).
@@ -62,48 +66,7 @@ if TYPE_CHECKING:
     import numpy
     import numpy.typing
 
-    from ._arena import Arena
-
 _ids = itertools.count(1)
-
-
-class ReadOnlyBuffer(Protocol):
-    """What :meth:`SealedLease.view` returns, as far as the type checker knows.
-
-    At run time it is a read-only :class:`memoryview`; this protocol lists
-    the reading half of memoryview's interface and none of its writing
-    half, so that ``sealed.view()[0] = 1`` is a type error as well as a
-    run-time one. It is a buffer: ``hashlib.sha256(sealed.view())`` and
-    ``bytes(sealed.view())`` work.
-    """
-
-    @property
-    def nbytes(self) -> int:
-        """How many bytes the buffer holds."""
-        ...
-
-    @property
-    def readonly(self) -> bool:
-        """Always True."""
-        ...
-
-    def __len__(self) -> int: ...
-
-    @overload
-    def __getitem__(self, index: int, /) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice, /) -> ReadOnlyBuffer: ...
-
-    def tobytes(self) -> bytes:
-        """A copy of the bytes."""
-        ...
-
-    def release(self) -> None:
-        """Let go of the view now rather than when it is garbage collected."""
-        ...
-
-    def __buffer__(self, flags: int, /) -> memoryview: ...
 
 
 def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState) -> str:
@@ -112,6 +75,7 @@ def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState)
     return f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen(eq=False)
 class LeaseHome:
     """What a lease record needs from its pool, handed to it when it is made.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import attrs
 
+from ._mypyc import mypyc_attr
 
+
+@mypyc_attr(native_class=False)
 @attrs.define(eq=False)
 class Counters:
     """A stream's send counters (or, with no parent, a pool's sums): each change is also made to the parent's.
@@ -35,7 +38,7 @@ class Counters:
     #: Bytes of zero-copy calls not reported done yet (a gauge).
     bytes_in_flight: int = 0
     #: The pool's counters, for a stream's.
-    parent: Counters | None = attrs.field(default=None, kw_only=True)
+    parent: Counters | None = None
 
     def copied(self, nbytes: int) -> None:
         """*nbytes* were sent by copying."""
@@ -94,6 +97,7 @@ class Counters:
             c = c.parent
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class SendStatistics:
     """What was sent how. Part of :class:`StreamStatistics` and :class:`PoolStatistics`."""
@@ -136,6 +140,7 @@ class SendStatistics:
         )
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class StreamStatistics:
     """A snapshot of one stream, from :meth:`ZeroCopyStream.statistics`."""

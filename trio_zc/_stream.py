@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import trio
 
+from ._mypyc import mypyc_attr
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
 from ._kernels._base import Transport
@@ -52,6 +53,7 @@ def _foreign(lease: SealedLease) -> ForeignLeaseError:
     return ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ZeroCopyStream(trio.abc.HalfCloseableStream):
     """A TCP stream whose :meth:`send_lease` sends pool memory without copying.
 

@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, NoReturn, Protocol
 
 import trio
 
+from .._mypyc import mypyc_attr
 from .._arena import PAGE_SIZE
 from .._lifecycle import LeaseState
 from .._stats import Counters
@@ -116,6 +117,7 @@ class SendableLease(Protocol):
 CompletionListener = Callable[[int, bool], None]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Transport(abc.ABC):
     """One connection, as a channel sends through it: a socket, or the mock's wire.
 
@@ -203,6 +205,7 @@ def broken(exc: OSError) -> NoReturn:
     raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Channel:
     """One connection as a kernel sees it; sends by copying. Made by :meth:`Kernel.open_channel`.
 
@@ -349,6 +352,7 @@ class Channel:
         await trio.lowlevel.checkpoint()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Kernel(abc.ABC):
     """A way of sending, chosen per pool (``open_pool(kernel=...)``)."""
 

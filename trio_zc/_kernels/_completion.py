@@ -33,6 +33,7 @@ from typing import Protocol
 
 import trio
 
+from .._mypyc import mypyc_attr
 from .._stats import Counters
 from ._base import Channel, CompletionListener, SendableLease, Transport, broken
 from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, keep_forever
@@ -71,6 +72,7 @@ class ZeroCopyTransport(Protocol):
         """A completion record was acted on (the pool's state is whole again)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CompletionChannel(Channel):
     """A channel whose zero-copy calls are numbered and completed by records."""
 

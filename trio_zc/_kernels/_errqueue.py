@@ -47,6 +47,8 @@ from typing import Final
 
 import attrs
 
+from .._mypyc import mypyc_attr
+
 __all__ = [
     "IPV6_RECVERR",
     "IP_RECVERR",
@@ -107,6 +109,7 @@ _MAX_U32: Final = 0xFFFFFFFF
 _RECVERR_KINDS: Final = frozenset({(SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR)})
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class ZeroCopyCompletion:
     """The kernel finished the zero-copy send calls ``lo`` to ``hi``.
@@ -123,6 +126,7 @@ class ZeroCopyCompletion:
     copied: bool
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class QueuedSocketError:
     """An ordinary error that arrived on the error queue, such as an ICMP error.

@@ -42,6 +42,7 @@ import itertools
 
 import trio
 
+from .._mypyc import mypyc_attr
 from .._kernels._base import Channel, CompletionListener, Kernel, Transport
 from .._kernels._closing import settle_all
 from .._kernels._completion import CompletionChannel
@@ -54,6 +55,7 @@ from ._transport import MockTransport
 from ._wire import _MASK, _Connection, _Waiters
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MockKernel(Kernel):
     """A kernel for tests: in-memory connections with every hard case on demand.
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from .._mypyc import mypyc_attr
+
 if TYPE_CHECKING:
     from .._kernels._base import SendableLease
 
@@ -19,6 +21,7 @@ _PACKAGE_DIRS: Final = (
 )
 
 
+@mypyc_attr(native_class=False)
 class PrematureReuseError(AssertionError):
     """Memory changed while the kernel was still reading it.
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import trio
 
+from .._mypyc import mypyc_attr
+
 from .._kernels._base import Transport
 from .._kernels._completion import Ancdata, Call
 from .._kernels._errqueue import pack_zerocopy_record
@@ -26,6 +28,7 @@ from ._sends import _NOT_RECORDED, MockSend, PrematureReuseError, _call_site
 from ._wire import _Connection, _Segment
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MockTransport(Transport):
     """The stream's end of a mock connection (made by :meth:`MockKernel.open_stream`)."""
 
