@@ -27,6 +27,29 @@ unprotected, so instead :func:`protect_package` walks every module of the
 package that is loaded, finds every code object reachable from it (through
 functions, classes and their members, and the constants of each code
 object, which hold the nested ones) and registers them all.
+
+The compiled build
+==================
+
+In the optional build where mypyc compiles some modules (``setup.py``,
+docs/install.rst), their functions have no code objects and push no frames:
+Trio's walk goes straight through them. A SIGINT that arrives while such a
+function runs an interpreted callee (one of Trio's, attrs' generated
+``__init__``, Python code of the application's kernel) would find only the
+application's frames above it, and be raised there, in the middle of the
+library's bookkeeping. So rule 1 is kept another way there:
+:func:`protect_package` gives every public method, property and entry
+dunder of the exported classes (``trio_zc.__all__`` and
+``trio_zc.testing.__all__``, members inherited from compiled bases included)
+an interpreted wrapper that only calls the compiled one, and protects the
+wrapper's code. Whatever compiled code runs below an entry from the
+application then has a protected frame above it, which Trio's walk finds.
+Calls between compiled functions go straight to each other (a native call,
+not an attribute lookup on the class), so the wrappers cost one Python call
+per entry, not per function. Calls from the package's interpreted modules
+come from protected frames already. The package's own tasks that run
+compiled code start in an interpreted, protected function (``open_pool``'s
+``run_kernel`` and ``sweep``).
 ``trio_zc/__init__.py`` calls it once the core is imported, and each module
 that is imported on its own later (``images``, ``testing`` and its pytest
 plugin) calls it again at its end; a test checks that no code object of the
@@ -36,10 +59,12 @@ applications of the library, not part of it, and are left as they are.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from trio.lowlevel import enable_ki_protection
 
@@ -132,3 +157,134 @@ def protect_package(caller: str | None = None) -> None:
         _done.add(name)
         for code in code_objects(module):
             enable_ki_protection(_Code(code))
+        if name in (_PACKAGE, _PACKAGE + ".testing"):
+            for export in getattr(module, "__all__", ()):
+                obj = getattr(module, export)
+                if isinstance(obj, type):
+                    protect_compiled_class(obj)
+
+
+def is_compiled_function(obj: object) -> bool:
+    """Whether *obj* is a function or method that mypyc compiled (no frame of its own)."""
+    return callable(obj) and not isinstance(obj, (types.FunctionType, type, classmethod, staticmethod))
+
+
+#: The dunders of the package's classes that an application calls (directly
+#: or through syntax). Others (``__new__``, ``__hash__``, mypyc's own setup
+#: methods, pickling state) run no library code worth guarding or are never
+#: entries; a test checks that every dunder the compiled modules define is
+#: listed here or there.
+ENTRY_DUNDERS = frozenset(
+    {"__init__", "__aenter__", "__aexit__", "__enter__", "__exit__", "__repr__", "__reduce_ex__"}
+)
+
+_protected_classes: set[int] = set()
+
+
+def _sync_wrapper(compiled: Any) -> Callable[..., Any]:
+    def protected(*args: Any, **kwargs: Any) -> Any:
+        return compiled(*args, **kwargs)
+
+    return protected
+
+
+def _async_wrapper(compiled: Any) -> Callable[..., Any]:
+    async def protected(*args: Any, **kwargs: Any) -> Any:
+        return await compiled(*args, **kwargs)
+
+    return protected
+
+
+async def _protected_await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _either_wrapper(compiled: Any) -> Callable[..., Any]:
+    # mypyc's methods of non-native classes do not say whether they are
+    # async: the awaitable such a method returns is awaited in a protected
+    # frame too (a sync method's result passes through untouched).
+    def protected(*args: Any, **kwargs: Any) -> Any:
+        result = compiled(*args, **kwargs)
+        if getattr(type(result), "__await__", None) is not None:
+            return _protected_await(result)
+        return result
+
+    protected.protects_awaitables = True  # type: ignore[attr-defined]
+    return protected
+
+
+#: Mypyc's sync methods of native classes (its async ones say they are).
+_SYNC_TYPES = (types.MethodDescriptorType, types.BuiltinFunctionType, types.WrapperDescriptorType)
+
+
+def protected_wrapper(compiled: Any, owner: type, name: str) -> Callable[..., Any]:
+    """An interpreted, protected function that calls *compiled* (the compiled build)."""
+    if inspect.iscoroutinefunction(compiled):
+        wrapper = _async_wrapper(compiled)
+    elif isinstance(compiled, _SYNC_TYPES):
+        wrapper = _sync_wrapper(compiled)
+    else:
+        wrapper = _either_wrapper(compiled)
+    wrapper.__name__ = name
+    wrapper.__qualname__ = f"{owner.__qualname__}.{name}"
+    wrapper.__doc__ = getattr(compiled, "__doc__", None)
+    wrapper.__wrapped__ = compiled  # type: ignore[attr-defined]
+    return enable_ki_protection(wrapper)
+
+
+def _accessor(descriptor: Any, owner: type, name: str, kind: str) -> Callable[..., Any] | None:
+    if isinstance(descriptor, property):
+        compiled = getattr(descriptor, kind)
+        if compiled is None or not is_compiled_function(compiled):
+            return compiled  # type: ignore[no-any-return]
+    elif kind == "fget":
+        compiled = descriptor.__get__
+        wrapper = protected_wrapper(lambda obj: compiled(obj, owner), owner, name)
+        return wrapper
+    elif kind == "fset":
+        compiled = descriptor.__set__
+    else:
+        compiled = descriptor.__delete__
+    return protected_wrapper(compiled, owner, name)
+
+
+def protect_compiled_class(cls: type) -> None:
+    """Give the compiled entries of *cls* protected interpreted wrappers (see "The compiled build").
+
+    Does nothing to a class whose members are all interpreted (the pure build).
+    """
+    if id(cls) in _protected_classes:
+        return
+    _protected_classes.add(id(cls))
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith(_PACKAGE):
+            continue
+        for name, member in vars(klass).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            if name.startswith("_") and name not in ENTRY_DUNDERS:
+                continue
+            if isinstance(member, property) or type(member).__name__ == "getset_descriptor":
+                if isinstance(member, property) and not any(
+                    is_compiled_function(f) for f in (member.fget, member.fset, member.fdel)
+                ):
+                    continue
+                fget = _accessor(member, cls, name, "fget")
+                fset = _accessor(member, cls, name, "fset") if _settable(member) else None
+                setattr(cls, name, property(fget, fset, doc=getattr(member, "__doc__", None)))
+            elif isinstance(member, (classmethod, staticmethod)):
+                if is_compiled_function(member.__func__):
+                    setattr(cls, name, type(member)(protected_wrapper(member.__func__, cls, name)))
+            elif is_compiled_function(member):
+                setattr(cls, name, protected_wrapper(member, cls, name))
+
+
+def _settable(member: Any) -> bool:
+    if isinstance(member, property):
+        return member.fset is not None
+    # A getset descriptor of a native class: mypyc gives every attribute and
+    # property one; those without a setter refuse a set with AttributeError
+    # all the same, so the wrapper may as well pass it on.
+    return True

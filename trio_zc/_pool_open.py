@@ -142,11 +142,16 @@ async def open_pool(
         with background:
             await the_kernel.run()
 
+    # Not pool._sweeper itself: in the compiled build it has no frame, and a
+    # task must start in a protected one (_ki.py, "The compiled build").
+    async def sweep() -> None:
+        await pool._sweeper()
+
     try:
         # A background nursery: an exception of the application's block comes
         # out of open_pool as itself, never wrapped in an ExceptionGroup.
         async with background_nursery() as nursery:
-            nursery.start_soon(pool._sweeper)
+            nursery.start_soon(sweep)
             nursery.start_soon(run_kernel)
             try:
                 yield pool

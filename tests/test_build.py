@@ -1,0 +1,44 @@
+"""Which build the suite runs against: the pure one, or the compiled one when told so.
+
+``make pytest-compiled`` runs the suite's core against the mypyc-compiled
+build (setup.py, docs/install.rst) with ``TRIO_ZC_EXPECT_COMPILED=1``: then
+every module setup.py compiles must be imported as an extension module, so
+that the run cannot test the pure sources by mistake. Otherwise every module
+must be the pure source.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pathlib
+
+import trio_zc
+from trio_zc._mypyc import is_compiled
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXPECT_COMPILED = os.environ.get("TRIO_ZC_EXPECT_COMPILED") == "1"
+
+
+def compiled_modules() -> list[str]:
+    """The modules setup.py hands to mypyc (its COMPILED list, read without running it)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["COMPILED"]:
+            paths: list[str] = ast.literal_eval(node.value)
+            return [path.removesuffix(".py").replace("/", ".") for path in paths]
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def test_the_build_under_test_is_the_one_expected() -> None:
+    modules = compiled_modules()
+    assert len(modules) > 10
+    wrong = [
+        f"{name}: {importlib.import_module(name).__file__}"
+        for name in modules
+        if is_compiled(importlib.import_module(name)) != EXPECT_COMPILED
+    ]
+    assert not wrong, f"expected {'compiled' if EXPECT_COMPILED else 'pure'} modules: {wrong}"
+    # The rest is interpreted either way (and so has code objects that _ki.py protects).
+    assert not is_compiled(trio_zc) and not is_compiled(importlib.import_module("trio_zc._ki"))
