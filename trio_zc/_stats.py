@@ -146,9 +146,7 @@ class StreamStatistics:
     zerocopy_enabled: bool
     #: Sends below this many bytes are copied.
     min_zerocopy_bytes: int
-    #: Requests whose memory the kernel may still read: zero-copy calls, and
-    #: io_uring's copying requests (the rest of a large copy), whose
-    #: completion has not arrived yet.
+    #: Zero-copy calls whose completion has not arrived yet.
     sends_in_flight: int
     #: Why zero-copy was switched off: ``(reason, how many times)``, oldest first.
     fallbacks: tuple[tuple[str, int], ...]
