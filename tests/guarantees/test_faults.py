@@ -99,7 +99,6 @@ import trio.testing
 import trio_zc
 from trio_zc import ZeroCopyPolicy, open_pool
 from trio_zc._kernels._closing import ABORT_GRACE
-from trio_zc._kernels._io_uring import IoUringChannel
 from trio_zc._kernels._socket import SocketTransport
 from trio_zc.testing import MockKernel, MockPeer
 
@@ -202,11 +201,6 @@ async def check_broken_and_recovered(
         if name in ("msg_zerocopy", "io_uring", "mock"):
             assert outcome.in_flight_at_reset >= 2, outcome
             assert stats.sent.zerocopy_calls > 0
-        elif isinstance(stream._channel, IoUringChannel):
-            # "auto" here: the copy's rest waits in the ring as one ordinary
-            # request, which holds the lease as well until its CQE.
-            assert outcome.in_flight_at_reset == 2, outcome
-            assert stats.sent.zerocopy_calls == 0
         else:
             assert outcome.in_flight_at_reset == 1, outcome
             assert stats.sent.zerocopy_calls == 0
