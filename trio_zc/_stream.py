@@ -360,15 +360,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                     # Copy the rest: what is left of the head, then of the lease.
                     if head is not None and sent < head_len:
                         with head[sent:] as head_rest:
-                            await self._channel.send_lease_copy(data, slot, start, head_rest)
+                            await self._channel.send_copy(data, head_rest)
                     else:
-                        done = sent - head_len
-                        with data[done:] as rest:
-                            await self._channel.send_lease_copy(rest, slot, start + done)
+                        with data[sent - head_len :] as rest:
+                            await self._channel.send_copy(rest)
                 else:
                     self._decider.on_zerocopy_sent()
             else:
-                await self._channel.send_lease_copy(data, slot, start, head)
+                await self._channel.send_copy(data, head)
 
     @contextlib.contextmanager
     def _time_limit(self, what: str) -> Iterator[None]:

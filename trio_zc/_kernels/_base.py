@@ -262,18 +262,6 @@ class Channel:
             with data[sent:] as rest:
                 sent += self.copy_now(rest)
 
-    async def send_lease_copy(
-        self, data: memoryview, lease: SendableLease, start: int, head: memoryview | None = None
-    ) -> None:
-        """:meth:`send_copy` of a lease's bytes: *data* is *lease*'s bytes from *start*.
-
-        The caller holds the lease while this runs. A channel whose kernel
-        may go on reading *data* after a cancelled wait (io_uring's copying
-        request) also holds it per request, for as long as the kernel may
-        read; the others just copy.
-        """
-        await self.send_copy(data, head)
-
     # -- zero-copy (what zero-copy channels override) -------------------------------
 
     def zerocopy_now(

@@ -52,14 +52,6 @@ the request keeps until its notification. A kernel without SENDMSG_ZC
 ignored, and since a 2026 fix fails with EINVAL.) :attr:`IoUringKernel.head_path`
 says which way this kernel went.
 
-A copy goes through the ring too when it cannot be taken at once: after a
-send's first ordinary call filled the socket buffer, the rest of the lease
-goes as one ``IORING_OP_SEND`` with ``MSG_WAITALL``, so the kernel waits for
-room and copies as it comes, and the stream wakes once, at the request's
-only CQE, instead of once per refill of the buffer. Until that CQE the
-kernel may read the memory, so the request holds the lease like a
-zero-copy one (:meth:`IoUringChannel.send_lease_copy`).
-
 Closing, cancellation and draining follow the msg_zerocopy kernel's
 protocol (:class:`~trio_zc._kernels._closing.DrainingClose`): a
 cancelled send's entry is already the kernel's, so its lease stays held
@@ -119,7 +111,7 @@ HEAD_COPIED: Final = "copy_then_send_zc"
 
 @attrs.define(eq=False)
 class _Call:
-    """One request (SEND_ZC, SENDMSG_ZC, or a copying SEND) as the kernel object tracks it."""
+    """One SEND_ZC request as the kernel object tracks it."""
 
     channel: IoUringChannel
     lease: SendableLease
@@ -137,9 +129,6 @@ class _Call:
     head_slot: int = -1
     head_slot_len: int = 0
     head_owner: object = None
-    #: An ordinary (copying) SEND: one CQE, after which the kernel has
-    #: copied what it sent and reads the memory no more.
-    copying: bool = False
     #: The result CQE's res, once it came.
     res: int | None = None
     done: trio.Event = attrs.Factory(trio.Event)
@@ -325,53 +314,6 @@ class IoUringChannel(Channel):
                 broken(OSError(err, errno.errorcode.get(err, str(err))))
         return sent
 
-    async def send_lease_copy(
-        self, data: memoryview, lease: SendableLease, start: int, head: memoryview | None = None
-    ) -> None:
-        # What the first call took is gone (send_lease() tries that before it
-        # comes here); the rest would cost a wait for room and a Python wake-up
-        # per refill of the socket buffer. An ordinary SEND with MSG_WAITALL
-        # lets the kernel wait for room itself and complete once, with every
-        # byte copied: about a tenth more throughput for 4 MiB images on
-        # loopback, level with a blocking sendall() (docs/benchmarks.rst).
-        if head is not None:
-            # Rare (a first call stopped inside a head): the ordinary way.
-            await self.send_copy(data, head)
-            return
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await self.pass_barrier()
-        total = len(data)
-        sent = 0
-        while sent < total:
-            # The entry names the socket by number (see send_zerocopy()).
-            self.socket.check_open()
-            call = _Call(self, lease, min(total - sent, _MAX_FIXED_BUFFER), self._mapped(lease, start + sent))
-            call.copying = True
-            self.kernel.submit_send(call, batch=False)
-            self.calls.add(call)
-            # Until its CQE the kernel may read the memory, whatever happens
-            # to this task: the request holds the lease that long itself
-            # (from before the kernel has the entry).
-            lease.begin_send()
-            self.kernel.copy_calls += 1
-            try:
-                self.kernel.submit_now()
-                await call.done.wait()
-            except BaseException:
-                # As in send_zerocopy(): the request goes on, and later sends wait for it.
-                self.send_barrier = call.done
-                raise
-            res = call.res
-            assert res is not None
-            if res > 0:
-                sent += res
-            elif res == 0:
-                raise trio.BrokenResourceError(f"SEND sent none of {call.nbytes} bytes")
-            elif -res == errno.EAGAIN:
-                await self.wait_writable()
-            else:
-                broken(OSError(-res, errno.errorcode.get(-res, str(-res))))
-
     def released(self, call: _Call, copied: bool) -> None:
         """The kernel is done with *call*'s memory."""
         self.calls.discard(call)
@@ -382,11 +324,6 @@ class IoUringChannel(Channel):
         # The lease's bytes the kernel took (the result came first), not the
         # bytes asked for: a short or failed send (a reset) moved fewer, or none.
         taken = min(max((call.res or 0) - call.head_len, 0), call.nbytes)
-        if call.copying:
-            # Never a zero-copy call: nothing in flight to count down, nothing for the policy.
-            self.counters.copied(taken)
-            self.closing.notify()
-            return
         self.counters.completed(1, call.nbytes, taken, copied)
         self.on_completions(1, copied)
         self.closing.notify()
@@ -464,8 +401,6 @@ class IoUringKernel(Kernel):
         self.head_calls_plain = 0
         self.head_copies = 0
         self.head_area_full = 0
-        #: Ordinary SEND requests made for copies (see IoUringChannel.send_lease_copy).
-        self.copy_calls = 0
 
     def _add_note(self, sentence: str) -> None:
         self.note = sentence if self.note is None else f"{self.note} {sentence}"
@@ -584,11 +519,8 @@ class IoUringKernel(Kernel):
     ) -> IoUringChannel:
         return IoUringChannel(self, socket_of(transport, self.name), counters, on_completions)
 
-    def submit_send(self, call: _Call, *, batch: bool = True) -> None:
-        """Prepare *call*'s request and, with *batch*, have the submitter hand it over.
-
-        Without *batch* the caller hands it over itself, with :meth:`submit_now`.
-        """
+    def submit_send(self, call: _Call) -> None:
+        """Prepare *call*'s request (SEND_ZC, or SENDMSG_ZC with a head) and have the submitter hand it over."""
         user_data = self.tracker.start(call, call.nbytes + call.head_len)
         try:
             self._prep(call, user_data)
@@ -600,32 +532,10 @@ class IoUringKernel(Kernel):
         except BaseException:
             self.tracker.withdraw(user_data)
             raise
-        if batch:
-            self._submit_wanted.set()
-
-    def submit_now(self) -> None:
-        """Hand every prepared entry to the kernel at once, not in the submitter's next batch.
-
-        Saves a task switch for a request that will wait for room anyway (a
-        copy's large rest), where batching gains nothing. Short of room or
-        memory (EAGAIN, EBUSY), the submitter retries as it does for its own batches.
-        """
-        if not self.ring.sq_pending():
-            return
-        try:
-            self.submitted += self.ring.submit()
-        except OSError as exc:
-            self._submit_wanted.set()
-            if exc.errno not in (errno.EAGAIN, errno.EBUSY):
-                raise
-            return
-        self.submit_calls += 1
+        self._submit_wanted.set()
 
     def _prep(self, call: _Call, user_data: int) -> None:
         # Let the kernel wait for room itself rather than return a short count.
-        if call.copying:
-            self.ring.prep_send(call.channel.socket.fd, call.addr, call.nbytes, user_data, msg_flags=_MSG_WAITALL)
-            return
         if call.message is not None:
             self.ring.prep_sendmsg_zc(
                 call.channel.socket.fd,

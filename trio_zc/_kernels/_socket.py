@@ -31,9 +31,8 @@ _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0x8000)
 #: ``TCP_NOTSENT_LOWAT`` where Python knows it.
 _NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 #: The most bytes a copying stream made from a trio.SocketStream lets the
-#: kernel hold unsent (trio's own setting is 16 KiB): no cap but the socket
-#: buffer's own (the kernel's default; the option's largest value).
-NOTSENT_LOWAT: Final = (1 << 31) - 1
+#: kernel hold unsent (trio's own setting is 16 KiB).
+NOTSENT_LOWAT: Final = 1 << 20
 
 
 def take_socket(transport: object) -> socket.socket:
@@ -159,14 +158,10 @@ class SocketTransport(Transport):
         KiB, which keeps interactive protocols responsive but makes a large
         send go out in many short calls, each with a wait for the socket to
         become writable again: it cost about a quarter of the throughput at
-        1-16 MiB on loopback (see docs/benchmarks.rst). The cap is lifted
-        altogether: a 1 MiB cap gave most of the gain on the epoll path, but
-        held io_uring's copying requests (which wait for room in the kernel)
-        to a refill per MiB and cost about a tenth more CPU per 4 MiB image. What
-        stays unsent is then bounded by the socket's send buffer. Only for
-        streams that always copy: the unsent bytes of a zero-copy send are
-        pool memory, and a peer that stops reading would keep that much of
-        it per connection.
+        1-16 MiB on loopback (see docs/benchmarks.rst). 1 MiB gave most of
+        what no cap at all gave. Only for streams that always copy: the
+        unsent bytes of a zero-copy send are pool memory, and a peer that
+        stops reading would keep that much of it per connection.
         """
         if _NOTSENT_LOWAT is None or not_tcp(self.sock) is not None:
             return
