@@ -23,7 +23,7 @@ import argparse
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 
@@ -35,10 +35,9 @@ if not __package__:
     # Run as a file: its siblings are imported as the package ``benchmarks``.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.goals import CYCLES_TARGET, GOALS, figure
 from benchmarks.stalled import CPU_TARGET, run_stalled
 
-#: Lease cycles per second the mock kernel must reach (one stream, 1 KiB payloads).
-CYCLES_TARGET = 50_000
 
 
 @attrs.frozen
@@ -57,49 +56,19 @@ class Target:
 
     def describe(self) -> str:
         sign = ">=" if self.at_least else "<="
-        figure = _figure(self.ratio, self.limit, self.met, self.at_least)
-        return f"{'met ' if self.met else 'MISS'}  {self.name}: {figure} (target {sign} {self.limit})"
-
-
-def _figure(ratio: float, limit: float, met: bool, at_least: bool) -> str:
-    """*ratio* with two decimals, or as many more as it takes to tell the truth.
-
-    Rounded to two decimals, 49,784 cycles/s against a target of 50,000
-    printed as 1.00, as if met. A figure is printed with the fewest digits
-    (two or more) whose value is on the same side of *limit* as *ratio*.
-    """
-    for digits in range(2, 16):
-        text = f"{ratio:.{digits}f}"
-        shown = float(text)
-        if (shown >= limit if at_least else shown <= limit) == met:
-            return text
-    return repr(ratio)
+        shown = figure(self.ratio, self.limit, self.met, self.at_least)
+        return f"{'met ' if self.met else 'MISS'}  {self.name}: {shown} (target {sign} {self.limit})"
 
 
 def targets(summaries: Sequence[_bench.Summary]) -> list[Target]:
-    """The throughput and CPU targets that this run has the cases for."""
+    """The throughput and CPU targets (:data:`benchmarks.goals.GOALS`) that this run has the cases for."""
     by = {(s.case, s.size): s for s in summaries}
-    ref = _bench.REFERENCE
     out = []
-
-    def ratio(size: int, case: str, base: str, get: Callable[[_bench.Summary], float]) -> float | None:
-        a, b = by.get((case, size)), by.get((base, size))
-        return None if a is None or b is None else get(a) / get(b)
-
-    def tput(s: _bench.Summary) -> float:
-        return s.throughput
-
-    def cpu(s: _bench.Summary) -> float:
-        return s.cpu_per_gb
-
-    for size, base, limit in ((4 << 20, "blocking", 1.0), (4 << 20, ref, 1.4), (64 << 10, ref, 1.0)):
-        r = ratio(size, "auto", base, tput)
-        if r is not None:
-            out.append(Target(f"{_bench.size_name(size)} auto throughput / {base}", r, limit, True))
-    for size in sorted({s.size for s in summaries if s.size >= 1 << 20}):
-        r = ratio(size, "auto", ref, cpu)
-        if r is not None:
-            out.append(Target(f"{_bench.size_name(size)} auto CPU per GB / {ref}", r, 0.8, False))
+    for goal in GOALS:
+        a, b = by.get((goal.case, goal.size)), by.get((goal.base, goal.size))
+        if a is not None and b is not None:
+            ratio = getattr(a, goal.measure) / getattr(b, goal.measure)
+            out.append(Target(goal.name, ratio, goal.limit, goal.at_least))
     return out
 
 

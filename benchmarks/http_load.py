@@ -74,7 +74,7 @@ if not __package__:
     # Run as a file: its siblings are imported as the package ``benchmarks``.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.acceptance import _figure
+from benchmarks.goals import figure
 
 #: Cached image sizes, by group name.
 SIZES: dict[str, int] = {"13K": 13_000, "512K": 512 << 10, "4M": 4 << 20}
@@ -761,10 +761,10 @@ class Target:
     def describe(self) -> str:
         sign = ">=" if self.at_least else "<="
         if self.count:
-            figure, limit = f"{self.value:.0f}", f"{self.limit:.0f}"
+            shown, limit = f"{self.value:.0f}", f"{self.limit:.0f}"
         else:
-            figure, limit = _figure(self.value, self.limit, self.met, self.at_least), f"{self.limit}"
-        return f"{'met   ' if self.met else 'MISSED'}  {self.name}: {figure} (target {sign} {limit})"
+            shown, limit = figure(self.value, self.limit, self.met, self.at_least), f"{self.limit}"
+        return f"{'met   ' if self.met else 'MISSED'}  {self.name}: {shown} (target {sign} {limit})"
 
 
 #: (group, case, baseline, at least): the ratio targets of issue 20.

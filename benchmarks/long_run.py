@@ -60,7 +60,9 @@ if not __package__:
     # Run as a file: its siblings are imported as the package ``benchmarks``.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.acceptance import _figure
+from benchmarks.goals import GOALS as GOALS
+from benchmarks.goals import Goal as Goal
+from benchmarks.goals import figure
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -97,33 +99,6 @@ ESTIMATED_GBPS: Final = {
 }
 #: Per unit and repetition besides the images: a connection, an event loop, a pool.
 OVERHEAD_SECONDS: Final = 0.3
-
-
-@attrs.frozen
-class Goal:
-    """One target of issue 21: *case* / *base* at *size*, in *measure*, against *limit*."""
-
-    name: str
-    size: int
-    case: str
-    base: str
-    #: ``"throughput"`` or ``"cpu_per_gb"`` (an attribute of :class:`trio_zc._bench.CaseResult`).
-    measure: str
-    limit: float
-    #: True when the ratio must be at least *limit*, False when at most.
-    at_least: bool
-
-    def holds(self, ratio: float) -> bool:
-        return ratio >= self.limit if self.at_least else ratio <= self.limit
-
-
-GOALS: Final = (
-    Goal("4 MiB auto / C blocking sendall loop, throughput", 4 * MiB, "auto", "blocking", "throughput", 1.0, True),
-    Goal("4 MiB auto / trio send_all, throughput", 4 * MiB, "auto", "trio-send_all", "throughput", 1.4, True),
-    Goal("4 MiB auto / trio send_all, CPU per GB", 4 * MiB, "auto", "trio-send_all", "cpu_per_gb", 0.6, False),
-    Goal("64 KiB auto / trio send_all, throughput", 64 * KiB, "auto", "trio-send_all", "throughput", 1.2, True),
-    Goal("16 KiB auto / trio send_all, throughput", 16 * KiB, "auto", "trio-send_all", "throughput", 1.0, True),
-)
 
 
 @attrs.frozen
@@ -325,7 +300,7 @@ class Verdict:
         sign = ">=" if g.at_least else "<="
         if not self.per_run:
             return f"MISSED  {g.name}: no run measured both {g.case} and {g.base} (target {sign} {g.limit})"
-        worst = _figure(self.worst, g.limit, self.met, g.at_least)
+        worst = figure(self.worst, g.limit, self.met, g.at_least)
         lo, hi = min(self.ratios), max(self.ratios)
         runs = ", ".join(f"{r:.2f}" for r in self.ratios)
         # Whether the runs can tell: a spread wider than the margin means
