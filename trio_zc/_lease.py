@@ -44,7 +44,7 @@ import os
 import threading
 from collections.abc import Sequence
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex
+from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex, overload
 
 import attrs
 import trio
@@ -448,7 +448,9 @@ class WritableLease:
             raise
         return array.reshape(dims)
 
-    def write(self, data: Any, offset: int = 0) -> int:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def write(self, data: Any, offset: int = 0) -> int: ...
+    def write(self, data: Any, offset: object = 0) -> int:
         """Copy the bytes of *data* (any buffer) into the lease at *offset*.
 
         Returns the offset just past what was written, so writes chain.
@@ -504,7 +506,9 @@ class WritableLease:
         finally:
             src.release()  # outside the lock too (__release_buffer__)
 
-    def seal(self, nbytes: int | None = None) -> SealedLease:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def seal(self, nbytes: int | None = None) -> SealedLease: ...
+    def seal(self, nbytes: object = None) -> SealedLease:
         """Make the lease read-only and sendable; this handle goes stale.
 
         *nbytes* (default: all of it) is how many bytes, from the start, the

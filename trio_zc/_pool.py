@@ -19,7 +19,7 @@ import resource
 import threading
 import warnings
 import weakref
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, overload
 
 import attrs
 import trio
@@ -336,7 +336,7 @@ class BufferPool:
     def _check_nbytes(self, nbytes: object) -> int:
         return check_lease_size(nbytes, self._arena.size)
 
-    def _own(self, lease: WritableLease | SealedLease) -> _LeaseRecord:
+    def _own(self, lease: object) -> _LeaseRecord:
         if not isinstance(lease, (WritableLease, SealedLease)):
             raise TypeError(f"expected a lease, not {type(lease).__name__}")
         slot = lease._slot
@@ -361,7 +361,9 @@ class BufferPool:
         self._leases_total += 1
         return slot
 
-    def acquire_nowait(self, nbytes: int) -> WritableLease:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def acquire_nowait(self, nbytes: int) -> WritableLease: ...
+    def acquire_nowait(self, nbytes: object) -> WritableLease:
         """Take a lease of *nbytes* now, or raise :class:`trio.WouldBlock`.
 
         It raises WouldBlock also when the memory is there but other tasks
@@ -391,7 +393,9 @@ class BufferPool:
         self._leases_total += 1
         return WritableLease(slot)
 
-    async def acquire(self, nbytes: int, *, schedule: bool = True) -> WritableLease:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    async def acquire(self, nbytes: int, *, schedule: bool = True) -> WritableLease: ...
+    async def acquire(self, nbytes: object, *, schedule: object = True) -> WritableLease:
         """Take a lease of *nbytes*, waiting while the pool is full.
 
         Waiters are served first-come first-served. Cancelling the wait
@@ -443,7 +447,9 @@ class BufferPool:
         assert waiter.slot is not None
         return WritableLease(waiter.slot)
 
-    def lease(self, nbytes: int, *, schedule: bool = True) -> LeaseScope:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def lease(self, nbytes: int, *, schedule: bool = True) -> LeaseScope: ...
+    def lease(self, nbytes: object, *, schedule: object = True) -> LeaseScope:
         """``async with pool.lease(n) as lease:``: a lease scoped to a block.
 
         Entering acquires (waiting like :meth:`acquire`, which explains
@@ -453,7 +459,7 @@ class BufferPool:
         once the kernel has finished every send of it.
         """
         if type(schedule) is not bool:
-            check_bool("schedule", schedule)  # raises
+            schedule = check_bool("schedule", schedule)  # raises
         if type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
             nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes, at its value)
         return LeaseScope(self, nbytes, schedule)
@@ -511,15 +517,20 @@ class BufferPool:
         self._leases_total += 1
         return SealedLease(slot)
 
-    def release(self, lease: WritableLease | SealedLease) -> None:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def release(self, lease: WritableLease | SealedLease) -> None: ...
+    def release(self, lease: object) -> None:
         """Release *lease*, which must come from this pool.
 
         The same as ``lease.release()``, after checking that the lease is
         this pool's (:class:`ForeignLeaseError` otherwise); for code that
         keeps leases of several pools.
         """
-        self._own(lease)
-        lease.release()
+        if not isinstance(lease, (WritableLease, SealedLease)):
+            self._own(lease)  # raises
+        else:
+            self._own(lease)
+            lease.release()
 
     # -- the end of a lease -------------------------------------------------
 
@@ -772,11 +783,12 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
-def check_pool(pool: object) -> None:
-    """Refuse what is not an open pool (a stream's, a listener's, a server's *pool*)."""
+def check_pool(pool: object) -> BufferPool:
+    """*pool* if it is an open pool (a stream's, a listener's, a server's *pool*); refuse anything else."""
     if not isinstance(pool, BufferPool):
         raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
     pool._check_open()
+    return pool
 
 
 def _map_areas() -> tuple[int, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import NoReturn, overload
 
 import trio
 
@@ -30,6 +30,7 @@ from . import _pool as _pool_module
 from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
 from ._validate import (
+    RuntimeChecked,
     check_drain_timeout,
     check_head,
     check_max_in_flight,
@@ -74,33 +75,33 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self,
         transport: trio.SocketStream | trio.socket.SocketType | Transport,
         *,
-        pool: BufferPool,
-        drain_timeout: float | None = None,
+        pool: BufferPool | RuntimeChecked,
+        drain_timeout: float | RuntimeChecked | None = None,
     ) -> None:
-        check_pool(pool)
+        checked = check_pool(pool)
         self._drain_timeout = (
-            pool._stream_defaults.drain_timeout
+            checked._stream_defaults.drain_timeout
             if drain_timeout is None
             else check_drain_timeout(drain_timeout, or_none=True)
         )
         # A socket becomes the channel's transport (the channel owns it from
         # here on); a kernel that makes its own (the mock) passes that.
         connection = transport if isinstance(transport, Transport) else SocketTransport(take_socket(transport))
-        self._pool = pool
-        self._counters = Counters(parent=pool._counters)
+        self._pool = checked
+        self._counters = Counters(parent=checked._counters)
         try:
-            self._channel = pool._kernel.open_channel(connection, self._counters, self._on_completions)
+            self._channel = checked._kernel.open_channel(connection, self._counters, self._on_completions)
         except BaseException:
             connection.close()
             raise
         reason = self._channel.copy_only_reason
-        self._decider = SendDecider(pool._policy, unavailable_reason=reason, notify=pool._note_fallback)
+        self._decider = SendDecider(checked._policy, unavailable_reason=reason, notify=checked._note_fallback)
         # A stream whose channel can never send zero-copy (a local peer
         # under "auto", the copy kernel) skips asking the policy per send.
         self._copy_only = reason is not None
         if reason is not None and isinstance(transport, trio.SocketStream):
             connection.let_more_unsent()
-        defaults = pool._stream_defaults
+        defaults = checked._stream_defaults
         self._send_timeout: float | None = defaults.send_timeout
         self._max_in_flight: int = defaults.max_in_flight
         # Set when completions arrive, for a send waiting under max_in_flight.
@@ -237,6 +238,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 )
         return slot, start, length
 
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
     async def send_lease(
         self,
         lease: SealedLease,
@@ -244,6 +246,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         nbytes: int | None = None,
         *,
         head: bytes | bytearray | memoryview | None = None,
+    ) -> None: ...
+    async def send_lease(
+        self, lease: object, offset: object = 0, nbytes: object = None, *, head: object = None
     ) -> None:
         """Send *head* (if given), then *nbytes* bytes of *lease* from *offset* (default: all of it).
 
@@ -430,12 +435,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     # -- receiving --------------------------------------------------------------
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        max_bytes = min(check_receive_size(max_bytes), MAX_RECEIVE_SIZE)
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+    async def receive_some(self, max_bytes: object = None) -> bytes:
+        size = min(check_receive_size(max_bytes), MAX_RECEIVE_SIZE)
         self._check_not_forked()
         with self._receive_conflict:
             self._check_open()
-            return await self._channel.receive_some(max_bytes)
+            return await self._channel.receive_some(size)
 
     async def _receive(
         self, max_bytes: int, *, schedule: bool = True, on_wait: Callable[[], object] | None = None
