@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import math
 import mmap
 import os
@@ -173,6 +174,10 @@ class Ctx:
         """The state to compare with after the bad call: now (and the open file descriptors)."""
         await trio.testing.wait_all_tasks_blocked()
         self.snapshot = self.state()
+        # What earlier tests left in reference cycles goes first: its
+        # descriptors (a closed pool's mapping, kept by a view) would
+        # otherwise close whenever the collector runs, perhaps during the row.
+        gc.collect()
         self.fds = open_fds()
 
     def state(self) -> dict[str, object]:
