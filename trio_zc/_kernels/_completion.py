@@ -65,8 +65,13 @@ class ZeroCopyTransport(Protocol):
     def accepted(self, call: Call, counter: int) -> None:
         """A zero-copy call was accepted and took *counter*."""
 
-    def releasing(self, calls: list[Call]) -> None:
-        """*calls* are complete and about to be released."""
+    def releasing(self, calls: list[Call], first: int) -> None:
+        """*calls* are complete and about to be released; the first took counter *first*, the others the next ones.
+
+        Keep what a call holds by its counter, never by ``id(call)``: the
+        compiled build keeps a call tuple unboxed and makes a new object of
+        it at each crossing into Python code.
+        """
 
     def after_completion(self) -> None:
         """A completion record was acted on (the pool's state is whole again)."""
@@ -135,7 +140,7 @@ class CompletionChannel(Channel):
             # Garbage must never release memory (rule 2); count it and go on.
             self.counters.malformed()
             return
-        self.zerocopy.releasing(calls)
+        self.zerocopy.releasing(calls, record.lo)
         nbytes = 0
         for lease, n, _ in calls:
             nbytes += n

@@ -181,7 +181,7 @@ class MockTransport(Transport):
             _call_site() if conn.kernel.call_sites else _NOT_RECORDED,
             head,
         )
-        conn.sends[id(call)] = send
+        conn.sends[counter] = send
         wire = nbytes if head is None else len(head) + nbytes
         conn.queued.append(_Segment(None, send, wire))
         conn.queued_bytes += wire
@@ -190,11 +190,11 @@ class MockTransport(Transport):
         else:
             conn.kernel.wake_busy(conn)  # what wake() decides, known here: it has work
 
-    def releasing(self, calls: list[Call]) -> None:
+    def releasing(self, calls: list[Call], first: int) -> None:
         sends = self.conn.sends
         stale = []
-        for call in calls:
-            send = sends.pop(id(call), None)
+        for k in range(len(calls)):
+            send = sends.pop((first + k) & 0xFFFFFFFF, None)
             if send is None:  # pragma: no cover - every call is registered
                 continue
             view = send.view

@@ -120,7 +120,7 @@ class _Connection:
         self.to_stream = _Pipe()
         # Completion records waiting for the channel: [lo, hi, copied].
         self.records: collections.deque[list[object]] = collections.deque()
-        self.sends: dict[int, MockSend] = {}
+        self.sends: dict[int, MockSend] = {}  # by counter value
         self.channel: CompletionChannel | None = None
         # Controls.
         self.hold_transmission = False
