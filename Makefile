@@ -10,13 +10,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test typecheck pytest pytest-compiled test-pythons docs venv clean compiled
+.PHONY: demo test typecheck pytest pytest-compiled compiled-tests test-pythons docs venv clean compiled
 
 demo: $(STAMP)
 	$(BIN)/python -m trio_zc demo
 
 # The main suite runs last, so that its summary ends the output (.ci/run reads it).
-test: typecheck docs test-pythons pytest
+test: typecheck docs test-pythons pytest-compiled pytest
 
 typecheck: $(STAMP)
 	$(BIN)/python -m ruff check trio_zc tests examples benchmarks
@@ -59,14 +59,37 @@ $(COMPILED)/.built: $(STAMP) $(SOURCES)
 	rm -rf $(COMPILED)/trio_zc-*.dist-info
 	touch $@
 
-# Not part of `make test` yet: bad-input rows (bools as sizes), tests that patch
-# module constants and the mock's frame walk still differ in the compiled build.
-# The suite's core against the compiled build, on this Python: the sans-I/O
-# layer, the API, the guarantees and the bad-input table, with the test
-# files copied next to the compiled package so that everything they import,
-# child processes included, is the compiled copy (tests/test_build.py checks).
-COMPILED_TESTS ?= tests/test_build.py tests/sansio tests/api tests/guarantees
-pytest-compiled: compiled
+# The suite's core against the compiled build, on this Python (part of
+# `make test`): the sans-I/O layer, the bad-input table through the API, and
+# the API files that behave alike in both builds, with the test files copied
+# next to the compiled package so that everything they import, child
+# processes included, is the compiled copy (tests/test_build.py checks).
+# Not yet here (they fail in the compiled build, open work): tests/api's
+# test_asgi, test_http, test_http_heads, test_mock (call sites), test_send_head,
+# test_send_hold, test_serve, test_slow_peers, test_stateful,
+# test_stream_conformance, and tests/guarantees.
+# A compile error fails. A machine with no C compiler or no Python headers
+# skips this with a line saying so -- unless REQUIRE_COMPILED=1 (.ci/run sets
+# it), where that fails too.
+COMPILED_API := af_unix asgi_adversary bad_input e2e exceptions fast_paths headers http_cache \
+	image_workers images lease pool pool_limits stream
+COMPILED_TESTS ?= tests/test_build.py tests/sansio $(COMPILED_API:%=tests/api/test_%.py)
+CAN_COMPILE := import os, shlex, shutil, sysconfig; \
+	cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]; \
+	headers = os.path.join(sysconfig.get_paths()["include"], "Python.h"); \
+	missing = [what for what, ok in (("a C compiler (" + cc + ")", shutil.which(cc)), ("Python.h", os.path.exists(headers))) if not ok]; \
+	print(" and ".join(missing)) if missing else None; raise SystemExit(1 if missing else 0)
+
+pytest-compiled: $(STAMP)
+	@missing=$$($(BIN)/python -c '$(CAN_COMPILE)'); \
+	if [ -n "$$missing" ]; then \
+		echo "pytest-compiled: the compiled build is not tested: this machine lacks $$missing"; \
+		[ "$(REQUIRE_COMPILED)" != 1 ] || exit 1; \
+	else \
+		$(MAKE) --no-print-directory compiled-tests; \
+	fi
+
+compiled-tests: compiled
 	rm -rf $(COMPILED)/tests $(COMPILED)/docs
 	cp -r tests docs pyproject.toml setup.py $(COMPILED)/
 	cd $(COMPILED) && TRIO_ZC_EXPECT_COMPILED=1 ../../$(BIN)/python -m pytest -p no:cacheprovider \
