@@ -180,6 +180,10 @@ ENTRY_DUNDERS = frozenset(
 
 _protected_classes: set[int] = set()
 
+#: What :func:`protect_compiled_class` replaced, by (class, name): a test
+#: puts the compiled entries back to show what the wrappers prevent.
+REPLACED: dict[tuple[type, str], object] = {}
+
 
 def _sync_wrapper(compiled: Any) -> Callable[..., Any]:
     def protected(*args: Any, **kwargs: Any) -> Any:
@@ -273,11 +277,14 @@ def protect_compiled_class(cls: type) -> None:
                     continue
                 fget = _accessor(member, cls, name, "fget")
                 fset = _accessor(member, cls, name, "fset") if _settable(member) else None
+                REPLACED.setdefault((cls, name), member)
                 setattr(cls, name, property(fget, fset, doc=getattr(member, "__doc__", None)))
             elif isinstance(member, (classmethod, staticmethod)):
                 if is_compiled_function(member.__func__):
+                    REPLACED.setdefault((cls, name), member)
                     setattr(cls, name, type(member)(protected_wrapper(member.__func__, cls, name)))
             elif is_compiled_function(member):
+                REPLACED.setdefault((cls, name), member)
                 setattr(cls, name, protected_wrapper(member, cls, name))
 
 
