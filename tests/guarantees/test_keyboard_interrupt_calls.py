@@ -248,9 +248,13 @@ def run_sweep(name: str, unprotected: bool = False) -> tuple[list[dict[str, Any]
     return runs, findings
 
 
-#: The mock kernel is left out: in the compiled build its peer sometimes never
-#: sees EOF after the stream's close (no SIGINT needed; a run hangs in the
-#: shielded receiver), which is the hang the earlier call sweep met.
+#: The mock kernel is left out for now: in the compiled build with the
+#: earlier generic wrappers (``*args, **kwargs``), the application hung in
+#: about half of the processes of 20 runs, no SIGINT needed: the peer never
+#: saw EOF (the hang the earlier call sweep met). Only the generic wrapper of
+#: ``LeaseScope.__aexit__`` brings it back; with the wrappers of the source's
+#: parameters it did not happen in 240 runs, and the sweep passes on the mock
+#: too, but the cause is not understood yet.
 @pytest.mark.parametrize("name", ["msg_zerocopy"])
 def test_sigint_in_every_call_out_of_the_library_tears_nothing(name: str) -> None:
     """MSG_ZEROCOPY over loopback: an interpreted kernel under the compiled stream and pool code."""
