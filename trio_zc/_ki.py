@@ -46,7 +46,42 @@ wrapper's code. Whatever compiled code runs below an entry from the
 application then has a protected frame above it, which Trio's walk finds.
 Calls between compiled functions go straight to each other (a native call,
 not an attribute lookup on the class), so the wrappers cost one Python call
-per entry, not per function. Calls from the package's interpreted modules
+per entry, not per function.
+
+Why these frames, and which must exist (the protection argument):
+
+- A signal handler runs only between bytecodes of interpreted code (the
+  eval loop checks for pending signals; compiled code checks only where it
+  calls back into the interpreter). So a SIGINT can only be *handled* in an
+  interpreted frame: the library's interpreted modules (protected by rule 1),
+  or an interpreted callee of compiled code (Trio, attrs' ``__init__``, the
+  standard library, the application's kernel).
+- Trio's handler decides by the handling frame and its callers' frames. For
+  a callee of compiled code those are the callee's own frames, then --
+  skipping the compiled functions, which have none -- the nearest
+  interpreted frame that called into compiled code. That frame must be
+  protected whenever compiled library code is running below it.
+- Compiled library code is only ever entered from (a) the application,
+  through an entry of an exported class: its wrapper is that frame; (b) the
+  package's interpreted, protected modules; (c) a task the package starts,
+  which starts in a protected interpreted function (``sweep``,
+  ``run_kernel``); (d) Trio calling back code the library handed it (abort
+  functions, ``run_sync_soon`` callbacks), which Trio runs from its own
+  protected run loop. An async entry runs in more than one piece: each
+  ``send()`` into its coroutine comes from whoever awaits it, so its wrapper
+  must itself be a coroutine that awaits it (an interpreted coroutine frame
+  stays on the stack across every resumption); a sync wrapper that returned
+  the compiled coroutine unawaited would leave later pieces under the
+  application's frame.
+- The wrapper's only work is one call with the same arguments, so no
+  SIGINT handled in the wrapper itself can tear anything: protected, it is
+  deferred to the next checkpoint, as everywhere else in the library.
+
+To keep the per-lease cost low, each wrapper has the parameters of its
+``def`` in the module's source (read with :mod:`ast` when the compiled
+module's ``.py`` is next to it, as the build installs it) and is async
+exactly when that is, instead of packing ``*args, **kwargs`` on every call;
+without the source it falls back to that. Calls from the package's interpreted modules
 come from protected frames already. The package's own tasks that run
 compiled code start in an interpreted, protected function (``open_pool``'s
 ``run_kernel`` and ``sweep``).
@@ -59,6 +94,7 @@ applications of the library, not part of it, and are left as they are.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import sys
@@ -180,6 +216,10 @@ ENTRY_DUNDERS = frozenset(
 
 _protected_classes: set[int] = set()
 
+#: What :func:`protect_compiled_class` replaced, by (class, name): a test
+#: puts the compiled entries back to show what the wrappers prevent.
+REPLACED: dict[tuple[type, str], object] = {}
+
 
 def _sync_wrapper(compiled: Any) -> Callable[..., Any]:
     def protected(*args: Any, **kwargs: Any) -> Any:
@@ -217,9 +257,110 @@ def _either_wrapper(compiled: Any) -> Callable[..., Any]:
 _SYNC_TYPES = (types.MethodDescriptorType, types.BuiltinFunctionType, types.WrapperDescriptorType)
 
 
-def protected_wrapper(compiled: Any, owner: type, name: str) -> Callable[..., Any]:
-    """An interpreted, protected function that calls *compiled* (the compiled build)."""
-    if inspect.iscoroutinefunction(compiled):
+_SOURCES: dict[str, dict[tuple[str, str], ast.FunctionDef | ast.AsyncFunctionDef]] = {}
+
+
+def _source_definition(klass: type, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The ``def`` of *name* in the source of compiled class *klass*, if that source is at hand."""
+    module = _defining_module(klass)
+    filename = getattr(module, "__file__", None)
+    if module is None or filename is None:
+        return None
+    if filename not in _SOURCES:
+        definitions: dict[tuple[str, str], ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        base = filename.split(".cpython")[0]  # mypyc's extension: name.cpython-311-...so
+        if base == filename:
+            base = os.path.splitext(filename)[0]
+        try:
+            with open(base + ".py", encoding="utf-8") as file:
+                tree = ast.parse(file.read())
+        except (OSError, SyntaxError, ValueError):
+            tree = ast.Module(body=[], type_ignores=[])
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                for member in node.body:
+                    if isinstance(member, (ast.FunctionDef, ast.AsyncFunctionDef)) and not member.decorator_list:
+                        definitions[(node.name, member.name)] = member
+        _SOURCES[filename] = definitions
+    return _SOURCES[filename].get((klass.__name__, name))
+
+
+def _defining_module(klass: type) -> types.ModuleType | None:
+    # Not klass.__module__: the exported classes say "trio_zc" there (_exports.py).
+    for name, module in list(sys.modules.items()):
+        if name.startswith(_PACKAGE + ".") and vars(module).get(klass.__name__) is klass:
+            if not str(getattr(module, "__file__", "")).endswith(".py"):
+                return module
+    return None
+
+
+def _exact_wrapper(compiled: Any, node: ast.FunctionDef | ast.AsyncFunctionDef, globals_: dict[str, Any]) -> Any:
+    """A wrapper with the parameters of the source's *node*: no ``*args``/``**kwargs`` packing per call.
+
+    None if a default cannot be evaluated in the module's namespace.
+    """
+    args = node.args
+    namespace: dict[str, Any] = {"_compiled": compiled}
+    params: list[str] = []
+    call: list[str] = []
+
+    def default(expr: ast.expr) -> str:
+        # Only constants and names: a default such as ``object()`` evaluated
+        # again would be another object than the compiled function's.
+        if not isinstance(expr, (ast.Constant, ast.Name, ast.Attribute, ast.UnaryOp)):
+            raise ValueError("a default that is not a constant or a name")
+        key = f"_d{len(namespace)}"
+        namespace[key] = eval(compile(ast.Expression(expr), "<default>", "eval"), globals_)  # noqa: S307
+        return key
+
+    positional = [*args.posonlyargs, *args.args]
+    first_default = len(positional) - len(args.defaults)
+    for index, arg in enumerate(positional):
+        if index >= first_default:
+            params.append(f"{arg.arg}={default(args.defaults[index - first_default])}")
+        else:
+            params.append(arg.arg)
+        call.append(arg.arg)
+        if args.posonlyargs and index == len(args.posonlyargs) - 1:
+            params.append("/")
+    if args.vararg is not None:
+        params.append(f"*{args.vararg.arg}")
+        call.append(f"*{args.vararg.arg}")
+    elif args.kwonlyargs:
+        params.append("*")
+    for arg, expr in zip(args.kwonlyargs, args.kw_defaults):
+        params.append(arg.arg if expr is None else f"{arg.arg}={default(expr)}")
+        call.append(f"{arg.arg}={arg.arg}")
+    if args.kwarg is not None:
+        params.append(f"**{args.kwarg.arg}")
+        call.append(f"**{args.kwarg.arg}")
+    head = "async def" if isinstance(node, ast.AsyncFunctionDef) else "def"
+    body = f"await _compiled({', '.join(call)})" if head == "async def" else f"_compiled({', '.join(call)})"
+    source = f"{head} protected({', '.join(params)}):\n    return {body}\n"
+    # Compiled as this file's: the wrappers are the library's code (tracebacks, tracers).
+    exec(compile(source, __file__, "exec"), namespace)  # noqa: S102
+    return namespace["protected"]
+
+
+def protected_wrapper(
+    compiled: Any, owner: type, name: str, defined_in: type | None = None
+) -> Callable[..., Any]:
+    """An interpreted, protected function that calls *compiled* (the compiled build).
+
+    With the source of *defined_in* (the compiled class that defines it) at
+    hand, the wrapper takes the same parameters as the source's ``def`` and
+    is async exactly when that is; otherwise it takes ``*args, **kwargs``.
+    """
+    node = _source_definition(defined_in, name) if defined_in is not None else None
+    wrapper: Any = None
+    if node is not None and defined_in is not None:
+        try:
+            wrapper = _exact_wrapper(compiled, node, vars(_defining_module(defined_in)))
+        except Exception:  # noqa: BLE001 - a default that only makes sense at run time: the generic wrapper
+            wrapper = None
+    if wrapper is not None:
+        pass
+    elif inspect.iscoroutinefunction(compiled):
         wrapper = _async_wrapper(compiled)
     elif isinstance(compiled, _SYNC_TYPES):
         wrapper = _sync_wrapper(compiled)
@@ -228,8 +369,9 @@ def protected_wrapper(compiled: Any, owner: type, name: str) -> Callable[..., An
     wrapper.__name__ = name
     wrapper.__qualname__ = f"{owner.__qualname__}.{name}"
     wrapper.__doc__ = getattr(compiled, "__doc__", None)
-    wrapper.__wrapped__ = compiled  # type: ignore[attr-defined]
-    return enable_ki_protection(wrapper)
+    wrapper.__wrapped__ = compiled
+    protected: Callable[..., Any] = enable_ki_protection(wrapper)
+    return protected
 
 
 def _accessor(descriptor: Any, owner: type, name: str, kind: str) -> Callable[..., Any] | None:
@@ -273,12 +415,15 @@ def protect_compiled_class(cls: type) -> None:
                     continue
                 fget = _accessor(member, cls, name, "fget")
                 fset = _accessor(member, cls, name, "fset") if _settable(member) else None
+                REPLACED.setdefault((cls, name), member)
                 setattr(cls, name, property(fget, fset, doc=getattr(member, "__doc__", None)))
             elif isinstance(member, (classmethod, staticmethod)):
                 if is_compiled_function(member.__func__):
+                    REPLACED.setdefault((cls, name), member)
                     setattr(cls, name, type(member)(protected_wrapper(member.__func__, cls, name)))
             elif is_compiled_function(member):
-                setattr(cls, name, protected_wrapper(member, cls, name))
+                REPLACED.setdefault((cls, name), member)
+                setattr(cls, name, protected_wrapper(member, cls, name, klass))
 
 
 def _settable(member: Any) -> bool:

@@ -3,13 +3,25 @@
 Apart from ``_pool.py`` because it is an async generator (through
 ``@asynccontextmanager``), which mypyc does not compile: ``_pool.py`` is
 compiled in the optional compiled build, this module never is.
+
+The context manager that ``async with open_pool(...)`` gets is this
+module's own :class:`_PoolBlock`, not contextlib's: the ``async with``
+statement calls its ``__aenter__`` and ``__aexit__`` straight from the
+application's frame, and contextlib's run unprotected, so a SIGINT there was
+raised before contextlib resumed the generator, which left the pool open and
+its nursery never exited (Trio then reports its nursery stack corrupted).
+Ours are the library's code, KeyboardInterrupt-protected like all of it
+(``_ki.py``), and call contextlib's from a protected frame: the interrupt
+waits for the next checkpoint, where the pool deals with it as with a
+cancellation.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 
 import trio
 
@@ -28,8 +40,7 @@ from ._validate import (
 )
 
 
-@asynccontextmanager
-async def open_pool(
+def open_pool(
     *,
     max_bytes: int,
     kernel: str | Kernel = "auto",
@@ -38,7 +49,7 @@ async def open_pool(
     send_timeout: float | None = None,
     stream_max_in_flight: int | None = None,
     protect_sealed: bool = False,
-) -> AsyncIterator[BufferPool]:
+) -> AbstractAsyncContextManager[BufferPool]:
     """Open a pool of *max_bytes* of shared memory for the duration of a block.
 
     ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
@@ -92,6 +103,51 @@ async def open_pool(
     much as sending 64 KiB costs (see the benchmarks page). Good for test
     suites and debugging.
     """
+    return _PoolBlock(
+        _pool_block(
+            max_bytes=max_bytes,
+            kernel=kernel,
+            policy=policy,
+            drain_timeout=drain_timeout,
+            send_timeout=send_timeout,
+            stream_max_in_flight=stream_max_in_flight,
+            protect_sealed=protect_sealed,
+        )
+    )
+
+
+class _PoolBlock(AbstractAsyncContextManager[BufferPool]):
+    """What ``open_pool`` returns: contextlib's manager entered and exited from protected frames."""
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: AbstractAsyncContextManager[BufferPool]) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> BufferPool:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        return await self._manager.__aexit__(exc_type, exc, traceback)
+
+
+@asynccontextmanager
+async def _pool_block(
+    *,
+    max_bytes: int,
+    kernel: str | Kernel,
+    policy: ZeroCopyPolicy | None,
+    drain_timeout: float,
+    send_timeout: float | None,
+    stream_max_in_flight: int | None,
+    protect_sealed: bool,
+) -> AsyncIterator[BufferPool]:
+    """open_pool's body (its docstring says what it does)."""
     send_timeout = check_send_timeout(send_timeout)
     if stream_max_in_flight is not None:
         stream_max_in_flight = check_max_in_flight(stream_max_in_flight)
