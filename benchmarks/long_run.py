@@ -85,17 +85,17 @@ DEFAULT_REPEAT: Final = 7
 DEFAULT_RUNS: Final = 7
 
 #: Throughput (GB/s) assumed for the estimate before anything is measured:
-#: about the medians of docs/_static/bench-report.txt (512 MiB x 5, this
-#: 2-core machine, shared), rounded down. Once a unit has run, its own
-#: times replace these in the remaining-time estimate.
+#: about the lowest run medians of docs/_static/long-run-report.txt (the
+#: full protocol on this 2-core machine, quiet, 8 min 30 s), rounded down.
+#: Once a unit has run, its own times replace these in the remaining-time estimate.
 ESTIMATED_GBPS: Final = {
-    ("auto", 4 * MiB): 3.5,
-    ("blocking", 4 * MiB): 3.0,
-    ("trio-send_all", 4 * MiB): 2.2,
-    ("auto", 64 * KiB): 1.8,
-    ("trio-send_all", 64 * KiB): 1.8,
-    ("auto", 16 * KiB): 0.7,
-    ("trio-send_all", 16 * KiB): 0.7,
+    ("auto", 4 * MiB): 3.8,
+    ("blocking", 4 * MiB): 3.8,
+    ("trio-send_all", 4 * MiB): 2.4,
+    ("auto", 64 * KiB): 2.8,
+    ("trio-send_all", 64 * KiB): 2.9,
+    ("auto", 16 * KiB): 1.2,
+    ("trio-send_all", 16 * KiB): 1.1,
 }
 #: Per unit and repetition besides the images: a connection, an event loop, a pool.
 OVERHEAD_SECONDS: Final = 0.3
