@@ -483,19 +483,7 @@ def check(args: argparse.Namespace) -> str | None:
         return f"--seed must be 0 or more, not {args.seed}"
     if args.from_json and args.dry_run:
         return "--dry-run plans a run and --from-json reports on one already made: give one of them"
-    if args.json and not args.from_json:
-        problem = _bench_cli.unwritable(args.json)
-        if problem:
-            return f"--json: {problem}"
-    if args.from_json:
-        try:
-            from_json(pathlib.Path(args.from_json).read_text())
-        except OSError as exc:
-            return f"--from-json: cannot read {args.from_json}: {exc.strerror or exc}"
-        except (ValueError, TypeError, KeyError) as exc:
-            kind = "not JSON" if isinstance(exc, json.JSONDecodeError) else "not figures saved by --json"
-            return f"--from-json: {args.from_json} is {kind} ({exc}); give a file written by long_run.py --json"
-    return None
+    return _bench_cli.check_figure_files(args.json, args.from_json, from_json, "long_run.py")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
