@@ -52,7 +52,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     # One real protocol, cut to the least bytes (8 images a step) and two runs of two rounds.
     "long_run.py": (
-        ["--bytes", "64K", "--repeat", "2", "--runs", "2", "--seed", "1"],
+        ["--bytes", "64K", "--repeat", "2", "--runs", "2", "--seed", "1", "--cycles", "300"],
         [
             "protocol: 7 units x 64 KiB x 2 repetitions per run, 2 run(s), seed 1",
             "medians per run",
@@ -61,6 +61,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
             "4 MiB auto / trio send_all, CPU per GB: worst",
             "16 KiB auto / trio send_all, throughput: worst",
             "over 2 run(s)",
+            "lease cycles per second (mock kernel, one stream, 1 KiB payloads), per run: ",
+            "lease cycles per second / 100,000: worst",
         ],
     ),
     "stalled.py": (
