@@ -91,6 +91,7 @@ PROJECTS: dict[str, tuple[str, str, dict[str, tuple[str, str]]]] = {
             "collections.abc.AsyncIterator": ("py:class", "library/collections.abc.html#"),
             "collections.abc.Iterator": ("py:class", "library/collections.abc.html#"),
             "collections.abc.Sequence": ("py:class", "library/collections.abc.html#"),
+            "contextlib.AbstractAsyncContextManager": ("py:class", "library/contextlib.html#"),
             "asyncio.loop.sock_sendall": ("py:method", "library/asyncio-eventloop.html#"),
             "asyncio.loop.sock_sendfile": ("py:method", "library/asyncio-eventloop.html#"),
             "memoryview": ("py:class", "library/stdtypes.html#"),
