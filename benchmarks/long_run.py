@@ -93,7 +93,7 @@ DEFAULT_CYCLES: Final = 100_000
 
 #: Throughput (GB/s) assumed for the estimate before anything is measured:
 #: about the lowest run medians of docs/_static/long-run-report.txt (the
-#: full protocol on this 2-core machine, quiet, 8 min 30 s), rounded down.
+#: full protocol on this 2-core machine, quiet, about 8 min 20 s), rounded down.
 #: Once a unit has run, its own times replace these in the remaining-time estimate.
 ESTIMATED_GBPS: Final = {
     ("auto", 4 * MiB): 3.8,
