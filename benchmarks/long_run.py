@@ -21,6 +21,10 @@ repeats the whole protocol so that the spread between runs can be seen:
   worst run over the target. A target is ``met`` only if it holds in the
   worst run (``MISSED`` if one run misses it, however good the others).
 
+Each run ends with ``--cycles`` (100,000) lease cycles on the mock kernel,
+so that the one absolute target, lease cycles per second, is also judged
+on its worst run (``--cycles 0`` skips them).
+
 ``--sizes 4M`` runs only the units and targets at that image size (while
 tuning one path). ``--json FILE`` keeps every repetition's raw figures
 (with its place in the plan, the seed and the load average around each
@@ -31,8 +35,8 @@ Exit status: 0; 1 if an image of ``auto`` arrived corrupted; 3 with
 ``--check-targets`` if a target was missed.
 
 Run (from the repository, with trio_zc installed or on PYTHONPATH):
-python benchmarks/long_run.py [--bytes 3G] [--repeat 7] [--runs 7] [--sizes 4M,64K,16K] [--seed N]
-    [--json FILE] [--dry-run] [--check-targets]
+python benchmarks/long_run.py [--bytes 3G] [--repeat 7] [--runs 7] [--sizes 4M,64K,16K] [--cycles N]
+    [--seed N] [--json FILE] [--dry-run] [--check-targets]
 """
 
 from __future__ import annotations
@@ -54,12 +58,14 @@ import attrs
 from trio_zc import _bench, _bench_cli
 from trio_zc.__main__ import _Parser
 from trio_zc._bench_cases import Job, run_case
+from trio_zc._bench_cycles import run_cycles
 from trio_zc._bench_protocol import patterns
 
 if not __package__:
     # Run as a file: its siblings are imported as the package ``benchmarks``.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.goals import CYCLES_TARGET
 from benchmarks.goals import GOALS as GOALS
 from benchmarks.goals import Goal as Goal
 from benchmarks.goals import figure
@@ -83,19 +89,20 @@ SIZES: Final = tuple(sorted({size for _, size in UNITS}, reverse=True))
 DEFAULT_BYTES: Final = 3 * GiB
 DEFAULT_REPEAT: Final = 7
 DEFAULT_RUNS: Final = 7
+DEFAULT_CYCLES: Final = 100_000
 
 #: Throughput (GB/s) assumed for the estimate before anything is measured:
-#: about the medians of docs/_static/bench-report.txt (512 MiB x 5, this
-#: 2-core machine, shared), rounded down. Once a unit has run, its own
-#: times replace these in the remaining-time estimate.
+#: about the lowest run medians of docs/_static/long-run-report.txt (the
+#: full protocol on this 2-core machine, quiet, about 8 min 20 s), rounded down.
+#: Once a unit has run, its own times replace these in the remaining-time estimate.
 ESTIMATED_GBPS: Final = {
-    ("auto", 4 * MiB): 3.5,
-    ("blocking", 4 * MiB): 3.0,
-    ("trio-send_all", 4 * MiB): 2.2,
-    ("auto", 64 * KiB): 1.8,
-    ("trio-send_all", 64 * KiB): 1.8,
-    ("auto", 16 * KiB): 0.7,
-    ("trio-send_all", 16 * KiB): 0.7,
+    ("auto", 4 * MiB): 3.8,
+    ("blocking", 4 * MiB): 3.8,
+    ("trio-send_all", 4 * MiB): 2.4,
+    ("auto", 64 * KiB): 2.8,
+    ("trio-send_all", 64 * KiB): 2.9,
+    ("auto", 16 * KiB): 1.2,
+    ("trio-send_all", 16 * KiB): 1.1,
 }
 #: Per unit and repetition besides the images: a connection, an event loop, a pool.
 OVERHEAD_SECONDS: Final = 0.3
@@ -175,12 +182,14 @@ class Measured:
 
 @attrs.frozen
 class RunInfo:
-    """The machine around one run: load averages (1 min) before and after, wall time."""
+    """The machine around one run: load averages (1 min) before and after, wall time;
+    and the lease cycles per second measured at the run's end (None: not measured)."""
 
     run: int
     load_before: float
     load_after: float
     seconds: float
+    cycles_per_second: float | None = None
 
 
 def run_protocol(
@@ -189,9 +198,12 @@ def run_protocol(
     seed: int,
     progress: Callable[[str], None] | None = None,
     after_run: Callable[[Sequence[Measured], Sequence[RunInfo]], None] | None = None,
+    cycles: int = 0,
 ) -> tuple[list[Measured], list[RunInfo]]:
     """Run *steps* (from :func:`plan`), one receiver process per run; every step's figures and each run's info.
 
+    With *cycles*, each run ends with that many lease cycles on the mock
+    kernel (the lease-cycle target's figure, once per run like the ratios).
     *after_run* is called with everything measured so far after each run
     (``main`` saves the figures then, so that an interrupted protocol keeps
     its finished runs).
@@ -230,7 +242,12 @@ def run_protocol(
                     )
         finally:
             _bench._stop(receiver)
-        infos.append(RunInfo(run, load_before, os.getloadavg()[0], time.monotonic() - t0))
+        per_second = None
+        if cycles:
+            per_second = run_cycles(cycles).per_second
+            if progress is not None:
+                progress(f"run {run + 1}: {per_second:,.0f} lease cycles per second ({cycles:,} on the mock kernel)")
+        infos.append(RunInfo(run, load_before, os.getloadavg()[0], time.monotonic() - t0, per_second))
         if after_run is not None:
             after_run(measured, infos)
     return measured, infos
@@ -318,8 +335,24 @@ class Verdict:
         )
 
 
-def verdicts(measured: Sequence[Measured], goals: Sequence[Goal] | None = None) -> list[Verdict]:
-    """Each goal judged over every run in *measured*.
+#: The lease-cycle target as a ratio, as benchmarks/acceptance.py prints it.
+CYCLES_GOAL: Final = Goal(
+    f"lease cycles per second / {CYCLES_TARGET:,}", 0, "lease cycles", "target", "cycles", 1.0, True
+)
+
+
+def cycles_verdict(infos: Sequence[RunInfo]) -> Verdict | None:
+    """The lease-cycle target over the runs that measured it; None if none did."""
+    per_run = tuple(
+        (i.run, i.cycles_per_second / CYCLES_TARGET) for i in infos if i.cycles_per_second is not None
+    )
+    return Verdict(CYCLES_GOAL, per_run) if per_run else None
+
+
+def verdicts(
+    measured: Sequence[Measured], goals: Sequence[Goal] | None = None, infos: Sequence[RunInfo] = ()
+) -> list[Verdict]:
+    """Each goal judged over every run in *measured*, then the lease cycles of *infos* if measured.
 
     By default every goal at the image sizes *measured* has (``--sizes``
     runs some of them); a goal whose size was measured but one of whose
@@ -338,6 +371,9 @@ def verdicts(measured: Sequence[Measured], goals: Sequence[Goal] | None = None) 
             if a is not None and b is not None:
                 per_run.append((run, a[index] / b[index]))
         out.append(Verdict(goal, tuple(per_run)))
+    cycles = cycles_verdict(infos)
+    if cycles is not None:
+        out.append(cycles)
     return out
 
 
@@ -387,9 +423,15 @@ def report(measured: Sequence[Measured], infos: Sequence[RunInfo]) -> str:
             + "; wall time: "
             + ", ".join(duration(i.seconds) for i in infos)
         )
+    counted = [i.cycles_per_second for i in infos if i.cycles_per_second is not None]
+    if counted:
+        lines.append(
+            "  lease cycles per second (mock kernel, one stream, 1 KiB payloads), per run: "
+            + ", ".join(f"{c:,.0f}" for c in counted)
+        )
     lines.append("")
     lines.append("targets (each must hold in every run; judged on the worst):")
-    lines.extend("  " + v.describe() for v in verdicts(measured))
+    lines.extend("  " + v.describe() for v in verdicts(measured, infos=infos))
     return "\n".join(lines)
 
 
@@ -458,6 +500,12 @@ def _parser() -> argparse.ArgumentParser:
         default=list(SIZES),
         help="only the units and targets at these image sizes, e.g. 4M while tuning large images (4M,64K,16K)",
     )
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=DEFAULT_CYCLES,
+        help=f"lease cycles on the mock kernel at the end of each run (0: skip; {DEFAULT_CYCLES:,})",
+    )
     parser.add_argument("--seed", type=int, help="seed of the order and the images (default: drawn and printed)")
     parser.add_argument("--json", metavar="FILE", help="also write every repetition's raw figures to FILE")
     parser.add_argument("--from-json", metavar="FILE", help="report on figures saved with --json instead of running")
@@ -473,6 +521,8 @@ def check(args: argparse.Namespace) -> str | None:
     for option in ("bytes", "repeat", "runs"):
         if getattr(args, option) < 1:
             return f"--{option} must be at least 1, not {getattr(args, option)}"
+    if args.cycles < 0:
+        return f"--cycles must be 0 (skip) or more, not {args.cycles}"
     odd = [size for size in args.sizes if size not in SIZES]
     if odd:
         return (
@@ -483,19 +533,7 @@ def check(args: argparse.Namespace) -> str | None:
         return f"--seed must be 0 or more, not {args.seed}"
     if args.from_json and args.dry_run:
         return "--dry-run plans a run and --from-json reports on one already made: give one of them"
-    if args.json and not args.from_json:
-        problem = _bench_cli.unwritable(args.json)
-        if problem:
-            return f"--json: {problem}"
-    if args.from_json:
-        try:
-            from_json(pathlib.Path(args.from_json).read_text())
-        except OSError as exc:
-            return f"--from-json: cannot read {args.from_json}: {exc.strerror or exc}"
-        except (ValueError, TypeError, KeyError) as exc:
-            kind = "not JSON" if isinstance(exc, json.JSONDecodeError) else "not figures saved by --json"
-            return f"--from-json: {args.from_json} is {kind} ({exc}); give a file written by long_run.py --json"
-    return None
+    return _bench_cli.check_figure_files(args.json, args.from_json, from_json, "long_run.py")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -539,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
 
-        measured, infos = run_protocol(steps, args.bytes, seed, _bench_cli.progress, save)
+        measured, infos = run_protocol(steps, args.bytes, seed, _bench_cli.progress, save, args.cycles)
     print()
     print(report(measured, infos))
     corrupt = sorted(
@@ -548,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if corrupt:
         print("\nCORRUPT: " + ", ".join(f"{case} at {_bench.size_name(size)}" for case, size in corrupt))
         return 1
-    if args.check_targets and not all(v.met for v in verdicts(measured)):
+    if args.check_targets and not all(v.met for v in verdicts(measured, infos=infos)):
         return 3
     return 0
 

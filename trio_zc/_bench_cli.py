@@ -10,6 +10,7 @@ import argparse
 import json
 import pathlib
 import sys
+from collections.abc import Callable
 
 from . import _bench
 from ._bench_cases import ALL_CASES
@@ -111,18 +112,29 @@ def check(args: argparse.Namespace) -> str | None:
         return f"--cycles must be 0 (skip) or more, not {args.cycles}"
     if args.reference not in ALL_CASES:
         return f"--reference: unknown case {args.reference!r}; the cases are {', '.join(ALL_CASES)}"
-    if args.json and not args.from_json:
-        problem = unwritable(args.json)
+    return check_figure_files(args.json, args.from_json, _bench.from_json, "bench")
+
+
+def check_figure_files(
+    json_path: str | None, from_json: str | None, load: Callable[[str], object], writer: str
+) -> str | None:
+    """What is wrong with the ``--json`` / ``--from-json`` options, in one line; None if nothing.
+
+    *load* parses a figures file's text (raising ValueError, TypeError or
+    KeyError on one that is not), *writer* names what writes such files.
+    """
+    if json_path and not from_json:
+        problem = unwritable(json_path)
         if problem:
             return f"--json: {problem}"
-    if args.from_json:
+    if from_json:
         try:
-            _bench.from_json(pathlib.Path(args.from_json).read_text())
+            load(pathlib.Path(from_json).read_text())
         except OSError as exc:
-            return f"--from-json: cannot read {args.from_json}: {exc.strerror or exc}"
+            return f"--from-json: cannot read {from_json}: {exc.strerror or exc}"
         except (ValueError, TypeError, KeyError) as exc:
             kind = "not JSON" if isinstance(exc, json.JSONDecodeError) else "not figures saved by --json"
-            return f"--from-json: {args.from_json} is {kind} ({exc}); give a file written by bench --json"
+            return f"--from-json: {from_json} is {kind} ({exc}); give a file written by {writer} --json"
     return None
 
 

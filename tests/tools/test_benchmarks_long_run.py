@@ -195,14 +195,37 @@ def test_the_raw_figures_survive_the_json_file() -> None:
     assert json.loads(text)["machine"]["cpus"]
 
 
+def test_lease_cycles_are_judged_on_the_worst_run_like_the_ratios() -> None:
+    figures = {run: {unit: [(1.0, 0.3)] for unit in UNITS} for run in range(3)}
+    infos = [RunInfo(0, 0.1, 0.1, 60.0, 104_000.0), RunInfo(1, 0.1, 0.1, 60.0, 99_960.0), RunInfo(2, 0.1, 0.1, 60.0, 101_000.0)]
+    cycles = verdicts(fabricate(figures), infos=infos)[-1]
+    assert cycles.goal.name == "lease cycles per second / 100,000"
+    assert not cycles.met  # one run of three below the target
+    assert math.isclose(cycles.worst, 0.9996)
+    assert "worst 0.9996 (target >= 1.0)" in cycles.describe()  # never printed as 1.00
+    assert verdicts(fabricate(figures), infos=[RunInfo(0, 0.1, 0.1, 60.0, 100_000.0)])[-1].met
+    # Runs that did not count cycles (--cycles 0, or figures saved before) add no target.
+    assert len(verdicts(fabricate(figures), infos=[RunInfo(0, 0.1, 0.1, 60.0)])) == len(GOALS)
+
+
+def test_figures_saved_without_lease_cycles_still_load() -> None:
+    measured = fabricate({0: {unit: [(1.0, 0.3)] for unit in UNITS}})
+    data = json.loads(to_json(measured, [RunInfo(0, 0.1, 0.2, 60.0)], seed=1, total_bytes=1 << 30, repeat=1, runs=1))
+    for row in data["runs"]:
+        del row["cycles_per_second"]  # as written before the field existed
+    _, _, infos = from_json(json.dumps(data))
+    assert infos == [RunInfo(0, 0.1, 0.2, 60.0, None)]
+
+
 def test_the_figures_so_far_are_handed_over_after_every_run() -> None:
     """So that ``--json`` keeps the finished runs of an interrupted protocol (a real, tiny run)."""
     seen: list[tuple[int, int]] = []
     steps = plan(2, 1, 0, [("auto", 16 * KiB), ("trio-send_all", 16 * KiB)])
     measured, infos = run_protocol(
-        steps, 16 * KiB, 0, after_run=lambda m, i: seen.append((len(m), len(i)))
+        steps, 16 * KiB, 0, after_run=lambda m, i: seen.append((len(m), len(i))), cycles=200
     )
     assert seen == [(2, 1), (4, 2)]
+    assert all(i.cycles_per_second is not None and i.cycles_per_second > 0 for i in infos)
     assert [m.step for m in measured] == steps
     assert all(m.result.intact == m.result.images == 8 for m in measured)
 
@@ -224,6 +247,7 @@ def run_script(cwd: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str
         (("--repeat", "0"), ("--repeat must be at least 1, not 0",)),
         (("--runs", "0"), ("--runs must be at least 1, not 0",)),
         (("--runs", "two"), ("--runs", "invalid int value")),
+        (("--cycles", "-1"), ("--cycles must be 0 (skip) or more, not -1",)),
         (("--seed", "-1"), ("--seed must be 0 or more",)),
         (("--sizes", "4M,1M,32K"), ("--sizes: the protocol has no units at 1 MiB, 32 KiB", "16 KiB")),
         (("--sizes", "0"), ("give at least one positive size",)),
