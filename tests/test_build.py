@@ -42,3 +42,34 @@ def test_the_build_under_test_is_the_one_expected() -> None:
     assert not wrong, f"expected {'compiled' if EXPECT_COMPILED else 'pure'} modules: {wrong}"
     # The rest is interpreted either way (and so has code objects that _ki.py protects).
     assert not is_compiled(trio_zc) and not is_compiled(importlib.import_module("trio_zc._ki"))
+
+
+def test_every_abc_derived_class_has_an_isinstance_cache_of_its_own() -> None:
+    """mypyc builds classes without ``ABCMeta.__new__``: unfixed, the compiled ABC-derived
+    classes shared one ``_abc_impl``, and ``isinstance(k, Kernel)`` made ``isinstance(k,
+    MockKernel)`` True for a real kernel (the tests then took real pools for mock ones, and
+    the library a socket transport for the mock's). _mypyc.own_abc_state gives each its own."""
+    import abc
+
+    import trio_zc.testing
+    from trio_zc._kernels._base import Kernel, Transport
+    from trio_zc._kernels._msg_zerocopy import MsgZeroCopyKernel
+    from trio_zc._kernels._socket import SocketTransport
+    from trio_zc.testing._transport import MockTransport
+
+    shared = [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for name in [*compiled_modules(), "trio_zc", "trio_zc.testing"]
+        for cls in vars(importlib.import_module(name)).values()
+        if isinstance(cls, abc.ABCMeta)
+        and getattr(cls, "_is_protocol", False) is False
+        and cls.__module__ == name
+        and "_abc_impl" not in vars(cls)
+    ]
+    assert not shared, shared
+    kernel = MsgZeroCopyKernel()
+    assert isinstance(kernel, Kernel)
+    assert not isinstance(kernel, trio_zc.testing.MockKernel)
+    assert issubclass(SocketTransport, Transport)
+    assert not issubclass(SocketTransport, MockTransport)
+    assert isinstance(trio_zc.testing.MockKernel(), Kernel)

@@ -6,11 +6,14 @@ docs/install.rst); the same source runs interpreted everywhere else.
 so to mypyc, which reads it from the source (a class's ``native_class`` and
 ``allow_interpreted_subclasses``) and never calls it. At run time it is a
 decorator that changes nothing, so the package does not depend on
-mypy_extensions. This module itself is never compiled.
+mypy_extensions. :func:`own_abc_state` gives the compiled classes that derive
+from an ABC what ``abc.ABCMeta`` gives the interpreted ones. This module
+itself is never compiled.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,3 +35,27 @@ else:
 def is_compiled(module: Any) -> bool:
     """Whether *module* was compiled by mypyc (an extension module, not a ``.py`` file)."""
     return not str(getattr(module, "__file__", "") or "").endswith(".py")
+
+
+#: ``abc.ABCMeta``'s own initialiser (CPython's ``_abc._abc_init``, which
+#: ``abc`` imports; the pure-Python ``_py_abc`` fallback has no such function).
+_ABC_INIT: Callable[[type], None] | None = getattr(abc, "_abc_init", None)
+
+
+def own_abc_state(*classes: type) -> None:
+    """Give each of *classes* an ``isinstance()`` cache of its own, as ``ABCMeta`` does.
+
+    An ABC keeps the classes it has found to be (or not to be) its subclasses
+    in an ``_abc_impl`` attribute that ``ABCMeta.__new__`` puts on every class
+    it makes. mypyc builds its classes without calling the metaclass's
+    ``__new__``, so a compiled class deriving from an ABC has none and finds
+    its base's by attribute lookup: every such class then shares one cache
+    (``abc.ABC``'s, or trio's ``HalfCloseableStream``'s), and once
+    ``isinstance(k, Kernel)`` has cached ``type(k)``, ``isinstance(k,
+    MockKernel)`` answers True too. The compiled modules call this for their
+    ABC-derived classes right after defining them; in the pure build (or
+    under ``_py_abc``) it changes nothing.
+    """
+    for cls in classes:
+        if _ABC_INIT is not None and isinstance(cls, abc.ABCMeta) and "_abc_impl" not in vars(cls):
+            _ABC_INIT(cls)

@@ -15,7 +15,7 @@ from typing import NoReturn, overload
 
 import trio
 
-from ._mypyc import mypyc_attr
+from ._mypyc import mypyc_attr, own_abc_state
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
 from ._kernels._base import Transport
@@ -514,3 +514,6 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         """The remote address of the underlying socket."""
         self._check_open()
         return self._channel.transport.peername()
+
+
+own_abc_state(ZeroCopyStream)  # the compiled build: see own_abc_state

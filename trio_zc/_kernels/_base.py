@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, NoReturn, Protocol
 
 import trio
 
-from .._mypyc import mypyc_attr
+from .._mypyc import mypyc_attr, own_abc_state
 from .._arena import PAGE_SIZE
 from .._lifecycle import LeaseState
 from .._stats import Counters
@@ -446,3 +446,6 @@ class Kernel(abc.ABC):
         quarantined by the pool.
         """
         await trio.lowlevel.checkpoint()
+
+
+own_abc_state(SendableLease, Transport, Kernel)  # the compiled build: see own_abc_state

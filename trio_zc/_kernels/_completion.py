@@ -33,7 +33,7 @@ from typing import Protocol
 
 import trio
 
-from .._mypyc import mypyc_attr
+from .._mypyc import mypyc_attr, own_abc_state
 from .._stats import Counters
 from ._base import Channel, CompletionListener, SendableLease, Transport, broken
 from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, keep_forever
@@ -282,3 +282,6 @@ class CompletionChannel(Channel):
 
     async def aclose(self, drain_timeout: float) -> None:
         await self.closing.aclose(drain_timeout)
+
+
+own_abc_state(ZeroCopyTransport)  # the compiled build: see own_abc_state

@@ -43,7 +43,7 @@ from typing import overload
 
 import trio
 
-from .._mypyc import mypyc_attr
+from .._mypyc import mypyc_attr, own_abc_state
 from .._kernels._base import Channel, CompletionListener, Kernel, Transport
 from .._kernels._closing import settle_all
 from .._kernels._completion import CompletionChannel
@@ -218,3 +218,6 @@ class MockKernel(Kernel):
 
     def _live_peers(self) -> list[MockPeer]:
         return [peer for peer in self.peers if peer._conn in self.connections]
+
+
+own_abc_state(MockKernel)  # the compiled build: see own_abc_state

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import trio
 
-from .._mypyc import mypyc_attr
+from .._mypyc import mypyc_attr, own_abc_state
 
 from .._kernels._base import Transport
 from .._kernels._completion import Ancdata, Call
@@ -271,3 +271,6 @@ def _premature(stale: list[tuple[MockSend, bool]]) -> PrematureReuseError:
         f" #{first.counter} of {first.nbytes} bytes on {first.connection}, made at"
         f" {first.where}{more}. {advice}"
     )
+
+
+own_abc_state(MockTransport)  # the compiled build: see own_abc_state
