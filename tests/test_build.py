@@ -73,3 +73,21 @@ def test_every_abc_derived_class_has_an_isinstance_cache_of_its_own() -> None:
     assert issubclass(SocketTransport, Transport)
     assert not issubclass(SocketTransport, MockTransport)
     assert isinstance(trio_zc.testing.MockKernel(), Kernel)
+
+
+def test_a_broken_connection_keeps_the_socket_error_as_its_cause() -> None:
+    """mypyc compiled ``raise ... from exc`` without the cause: the BrokenResourceError of a
+    reset came out alone, so the server took a client's reset for its own failure
+    (test_http's test_a_client_that_leaves_ends_only_its_connection); _mypyc.caused keeps it."""
+    import errno
+
+    import pytest
+    import trio
+
+    from trio_zc._kernels._base import broken
+
+    reset = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    with pytest.raises(trio.BrokenResourceError) as info:
+        broken(reset)
+    assert info.value.__cause__ is reset
+    assert info.value.__suppress_context__

@@ -59,3 +59,19 @@ def own_abc_state(*classes: type) -> None:
     for cls in classes:
         if _ABC_INIT is not None and isinstance(cls, abc.ABCMeta) and "_abc_impl" not in vars(cls):
             _ABC_INIT(cls)
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def caused(error: _E, cause: BaseException | None) -> _E:
+    """*error* with *cause* as its ``__cause__``: ``raise caused(error, cause)`` is ``raise error from cause``.
+
+    The compiled modules spell ``raise ... from ...`` this way because mypyc
+    compiles the ``from`` clause away: the error came out with no cause, so
+    code that follows the chain, such as ``_highlevel.is_connection_error``, did not find the
+    socket's error under the stream's. Setting ``__cause__`` also sets
+    ``__suppress_context__``, as the ``from`` clause does.
+    """
+    error.__cause__ = cause
+    return error

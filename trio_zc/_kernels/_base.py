@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, NoReturn, Protocol
 
 import trio
 
-from .._mypyc import mypyc_attr, own_abc_state
+from .._mypyc import caused, mypyc_attr, own_abc_state
 from .._arena import PAGE_SIZE
 from .._lifecycle import LeaseState
 from .._stats import Counters
@@ -201,8 +201,8 @@ _CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
 def broken(exc: OSError) -> NoReturn:
     """Raise the Trio stream error for a connection's OSError."""
     if exc.errno in _CLOSED_ERRNOS:
-        raise trio.ClosedResourceError("the socket was closed") from exc
-    raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+        raise caused(trio.ClosedResourceError("the socket was closed"), exc)
+    raise caused(trio.BrokenResourceError(f"the connection broke: {exc}"), exc)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

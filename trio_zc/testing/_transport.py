@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import trio
 
-from .._mypyc import mypyc_attr, own_abc_state
+from .._mypyc import caused, mypyc_attr, own_abc_state
 
 from .._kernels._base import Transport
 from .._kernels._completion import Ancdata, Call
@@ -47,12 +47,14 @@ class MockTransport(Transport):
         if self.closed:
             raise trio.ClosedResourceError("the stream was closed")
         if self.conn.reset:
-            raise trio.BrokenResourceError("connection reset by peer (mock)") from OSError(
-                errno_module.ECONNRESET, "Connection reset by peer"
+            raise caused(
+                trio.BrokenResourceError("connection reset by peer (mock)"),
+                OSError(errno_module.ECONNRESET, "Connection reset by peer"),
             )
         if self.conn.to_peer.broken:
-            raise trio.BrokenResourceError("the peer closed the connection (mock)") from OSError(
-                errno_module.EPIPE, "Broken pipe"
+            raise caused(
+                trio.BrokenResourceError("the peer closed the connection (mock)"),
+                OSError(errno_module.EPIPE, "Broken pipe"),
             )
 
     # -- copying ----------------------------------------------------------------
