@@ -170,7 +170,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         return self._max_in_flight
 
     @max_in_flight.setter
-    def max_in_flight(self, value: int) -> None:
+    def max_in_flight(self, value: int | RuntimeChecked) -> None:
+        # RuntimeChecked: compiled, a plain ``int`` would refuse 1.5 with
+        # mypyc's message and take True as 1 before the check (_validate.py).
         self._max_in_flight = check_max_in_flight(value)
 
     def _check_not_forked(self) -> None:
