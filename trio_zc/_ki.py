@@ -211,7 +211,7 @@ def is_compiled_function(obj: object) -> bool:
 #: entries; a test checks that every dunder the compiled modules define is
 #: listed here or there.
 ENTRY_DUNDERS = frozenset(
-    {"__init__", "__aenter__", "__aexit__", "__enter__", "__exit__", "__repr__", "__reduce_ex__"}
+    {"__init__", "__aenter__", "__aexit__", "__enter__", "__exit__", "__repr__", "__reduce_ex__", "__copy__"}
 )
 
 _protected_classes: set[int] = set()

@@ -376,6 +376,12 @@ class WritableLease:
     def __init__(self, slot: _LeaseRecord) -> None:
         self._slot = slot
 
+    def __copy__(self) -> WritableLease:
+        # Another handle of the same lease, as copy.copy() makes of the pure
+        # class from its slots; spelled out for the compiled build, whose
+        # native class copy.copy() could not make (it calls __new__ with no slot).
+        return WritableLease(self._slot)
+
     def _live(self) -> _LeaseRecord:
         slot = self._slot
         if slot.state is not _WRITABLE:
@@ -623,6 +629,12 @@ class SealedLease:
 
     def __init__(self, slot: _LeaseRecord) -> None:
         self._slot = slot
+
+    def __copy__(self) -> SealedLease:
+        # Another handle of the same lease, as copy.copy() makes of the pure
+        # class from its slots; spelled out for the compiled build, whose
+        # native class copy.copy() could not make (it calls __new__ with no slot).
+        return SealedLease(self._slot)
 
     def _live(self) -> _LeaseRecord:
         slot = self._slot
