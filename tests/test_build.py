@@ -91,3 +91,92 @@ def test_a_broken_connection_keeps_the_socket_error_as_its_cause() -> None:
         broken(reset)
     assert info.value.__cause__ is reset
     assert info.value.__suppress_context__
+
+
+
+def test_every_raise_from_of_a_compiled_module_goes_through_caused() -> None:
+    """mypyc compiles ``raise error from cause`` as ``raise error`` (cause and ``from None`` lost).
+
+    So in the modules setup.py compiles, a raise with a ``from`` clause
+    raises ``caused(error, cause)`` (trio_zc/_mypyc.py), which keeps both in
+    either build; the tests below check the ones there are.
+    """
+    bare = []
+    for name in compiled_modules():
+        path = ROOT / (name.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.cause is not None:
+                exc = node.exc
+                if not (isinstance(exc, ast.Call) and isinstance(exc.func, ast.Name) and exc.func.id == "caused"):
+                    bare.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bare, f"raise ... from without caused(): {bare}"
+
+
+async def test_argument_errors_hide_the_internal_error_they_replace() -> None:
+    """``raise ... from None`` of a compiled module hides the error it replaces in the compiled build too.
+
+    mypyc compiles ``raise error from None`` as ``raise error``: the compiled
+    build's tracebacks showed the library's internal TypeError, and "During
+    handling of the above exception, another exception occurred", above the
+    message meant for the user (adopt() of a non-buffer, ndarray()'s shape).
+    """
+    import pytest
+
+    import trio_zc
+    from trio_zc.testing import MockKernel
+
+    async with trio_zc.open_pool(max_bytes=1 << 20, kernel=MockKernel()) as pool:
+        errors = []
+        with pytest.raises(TypeError, match="adopt\\(\\) needs a buffer") as info:
+            pool.adopt(object())  # type: ignore[arg-type]
+        errors.append(info.value)
+        lease = await pool.acquire(4096)
+        for shape in (1.5, (2, "3")):
+            with pytest.raises(TypeError, match="shape must be") as info:
+                lease.ndarray(shape)  # type: ignore[arg-type]
+            errors.append(info.value)
+        lease.release()
+    for error in errors:
+        assert error.__cause__ is None and error.__suppress_context__, repr(error)
+
+
+#: A child process with no NumPy to import, asking for an array over a lease.
+_NO_NUMPY = """
+import sys
+sys.modules["numpy"] = None  # what a missing NumPy does to `import numpy`
+import trio, trio_zc, trio_zc._lease
+from trio_zc._mypyc import is_compiled
+from trio_zc.testing import MockKernel
+
+print("compiled" if is_compiled(trio_zc._lease) else "pure")
+
+async def main():
+    async with trio_zc.open_pool(max_bytes=1 << 20, kernel=MockKernel()) as pool:
+        lease = await pool.acquire(4096)
+        try:
+            lease.ndarray((16,))
+        except ModuleNotFoundError as error:
+            print(type(error.__cause__).__name__, error.__suppress_context__, error)
+        lease.release()
+
+trio.run(main)
+"""
+
+
+def test_a_missing_numpy_is_the_cause_of_ndarrays_error() -> None:
+    """``raise ... from exc`` keeps its cause in the compiled build (mypyc dropped it).
+
+    In a child process (run from the same directory, so the same build):
+    a compiled module imports NumPy once per process, so only a process
+    that never had it shows the error.
+    """
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_NUMPY], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    build, outcome = result.stdout.split("\n", 1)
+    assert build == ("compiled" if EXPECT_COMPILED else "pure")
+    assert outcome.startswith("ModuleNotFoundError True WritableLease.ndarray needs NumPy"), result.stdout

@@ -54,7 +54,7 @@ import trio
 from ._arena import Arena, ViewCounter
 from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
 from ._lifecycle import LeaseState, Lifecycle
-from ._mypyc import mypyc_attr
+from ._mypyc import caused, mypyc_attr
 from ._readonly import ReadOnlyBuffer as ReadOnlyBuffer
 from ._validate import exact_int
 
@@ -342,9 +342,14 @@ def _check_shape(shape: object, bools: tuple[type, ...] = (bool,)) -> tuple[int,
                 raise TypeError
             n = operator.index(d)
         except TypeError:
+            # caused(..., None) does what ``from None`` does where mypyc compiles the clause away.
             if items is shape:
-                raise TypeError(f"shape must be a tuple of ints; {d!r} in {shape!r} is a {type(d).__name__}") from None
-            raise TypeError(f"shape must be an int or a tuple of ints, not {type(shape).__name__}") from None
+                raise caused(
+                    TypeError(f"shape must be a tuple of ints; {d!r} in {shape!r} is a {type(d).__name__}"), None
+                ) from None
+            raise caused(
+                TypeError(f"shape must be an int or a tuple of ints, not {type(shape).__name__}"), None
+            ) from None
         if n < 0:
             raise ValueError(f"shape must be non-negative integers, not {shape!r}")
         dims.append(n)
@@ -426,9 +431,9 @@ class WritableLease:
         try:
             import numpy
         except ModuleNotFoundError as exc:  # pragma: no cover - numpy is in the test env
-            raise ModuleNotFoundError(
-                "WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"
-            ) from exc
+            raise caused(
+                ModuleNotFoundError("WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"), exc
+            ) from exc  # caused(): the compiled build keeps the cause too
         dims = _check_shape(shape, (bool, numpy.bool_))
         dt = numpy.dtype(dtype)
         count = 1

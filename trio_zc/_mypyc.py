@@ -70,8 +70,13 @@ def caused(error: _E, cause: BaseException | None) -> _E:
     The compiled modules spell ``raise ... from ...`` this way because mypyc
     compiles the ``from`` clause away: the error came out with no cause, so
     code that follows the chain, such as ``_highlevel.is_connection_error``, did not find the
-    socket's error under the stream's. Setting ``__cause__`` also sets
-    ``__suppress_context__``, as the ``from`` clause does.
+    socket's error under the stream's; and ``from None`` hid nothing, so a
+    user's traceback showed the library's internal error above the message
+    meant for them. Setting ``__cause__`` (None included) also sets
+    ``__suppress_context__``, as the ``from`` clause does. Inside an
+    ``except`` clause the ``from`` clause stays too (``raise caused(error,
+    exc) from exc``): the same cause, and what the linter asks for there.
+    tests/test_build.py checks that the compiled modules raise no other way.
     """
     error.__cause__ = cause
     return error

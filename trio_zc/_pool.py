@@ -24,7 +24,7 @@ from typing import Any, Final, NoReturn, overload
 import attrs
 import trio
 
-from ._mypyc import mypyc_attr
+from ._mypyc import caused, mypyc_attr
 from ._address import buffer_address
 from ._allocator import Allocator
 from ._arena import PAGE_SIZE, Arena, overlaps_arena
@@ -491,8 +491,10 @@ class BufferPool:
         try:
             view = memoryview(buffer)
         except TypeError:
-            raise TypeError(
-                f"adopt() needs a buffer (bytes, bytearray, array, mmap), not {type(buffer).__name__}"
+            # caused(..., None) does what ``from None`` does where mypyc compiles the clause away.
+            raise caused(
+                TypeError(f"adopt() needs a buffer (bytes, bytearray, array, mmap), not {type(buffer).__name__}"),
+                None,
             ) from None
         with view:
             if not view.c_contiguous:
