@@ -22,7 +22,7 @@ from setuptools.command.build_ext import build_ext
 #: What mypyc compiles: the per-lease path (pool, lease, stream, completion
 #: bookkeeping) and the mock kernel that tests and the benchmark run on.
 #: Async generators, overloaded protocols and attrs classes with validators
-#: stay in modules of their own that are not compiled (docs/install.rst).
+#: stay in modules of their own that are not compiled (docs/howitworks.rst).
 COMPILED = [
     "trio_zc/_lifecycle.py",
     "trio_zc/_stats.py",
