@@ -25,7 +25,7 @@ from ._lifecycle import LeaseState
 
 # Module globals for the per-image check below (cheaper than LeaseState.X).
 _SEALED, _SENDING = LeaseState.SEALED, LeaseState.SENDING
-from ._policy import SendDecider
+from ._decider import SendDecider
 from . import _pool as _pool_module
 from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
