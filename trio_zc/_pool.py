@@ -18,7 +18,6 @@ import os
 import resource
 import threading
 import warnings
-import weakref
 from typing import Any, Final, NoReturn, overload
 
 import attrs
@@ -57,8 +56,11 @@ _SWEEP_INTERVAL: Final = 0.05
 _graveyard: list[object] = []
 
 
-# Pools not yet closed, for the fork handler below.
-_open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
+# Pools not yet closed, for the fork handler below. A plain set, not a
+# WeakSet: the compiled build makes BufferPool a native class, which cannot be
+# weakly referenced, and every pool leaves the set when it closes (the first
+# thing _close() does, which open_pool's block always runs).
+_open_pools: set[BufferPool] = set()
 
 
 #: This process's id, kept current by the fork handler below: streams ask it
@@ -206,7 +208,6 @@ class _Waiter:
     closed: bool = False
 
 
-@mypyc_attr(native_class=False)
 class BufferPool:
     """Page-aligned shared memory, handed out as leases.
 
@@ -271,13 +272,14 @@ class BufferPool:
         self._forked: str | None = None
         #: Leases whose memory could not be made writable again (protect_sealed).
         self._unprotectable: list[str] = []
-        _open_pools.add(self)
         #: What the pool's streams start with (see open_pool).
         self._stream_defaults = StreamDefaults(
             send_timeout=send_timeout,
             max_in_flight=stream_max_in_flight or max(_arena.size // 4, PAGE_SIZE),
             drain_timeout=drain_timeout,
         )
+        # Last: a pool whose making failed is not kept for the fork handler.
+        _open_pools.add(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
