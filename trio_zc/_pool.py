@@ -22,6 +22,7 @@ from typing import Any, Final, NoReturn, overload
 
 import attrs
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from ._mypyc import mypyc_attr
 from ._address import buffer_address
@@ -180,12 +181,12 @@ class LeaseScope:
         try:
             if pool._closed:
                 pool._check_open()  # raises
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             lease = pool._take(self._nbytes)
             if lease is None:
                 lease = await pool._wait_for(self._nbytes)
             elif self._schedule:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
         except BaseException:
             self._entering = False  # nothing was taken: the scope may be entered again
             raise
