@@ -26,6 +26,7 @@ from setuptools.command.build_ext import build_ext
 COMPILED = [
     "trio_zc/_lifecycle.py",
     "trio_zc/_stats.py",
+    "trio_zc/_decider.py",
     "trio_zc/_allocator.py",
     "trio_zc/_conflict.py",
     "trio_zc/_lease.py",

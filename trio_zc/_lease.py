@@ -44,17 +44,16 @@ import os
 import threading
 from collections.abc import Sequence
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Final, NoReturn, SupportsIndex, overload
 
-import attrs
 import trio
 
 # Arena at run time too, not only for the type checker: compiled by mypyc,
-# the attrs class LeaseHome resolves its annotations when it is made.
+# the module checks the type of LeaseHome.arena when a home is made.
 from ._arena import Arena, ViewCounter
 from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
 from ._lifecycle import LeaseState, Lifecycle
-from ._mypyc import caused, mypyc_attr
+from ._mypyc import caused
 from ._readonly import ReadOnlyBuffer as ReadOnlyBuffer
 from ._validate import exact_int
 
@@ -75,38 +74,65 @@ def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState)
     return f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
 
 
-@mypyc_attr(native_class=False)
-@attrs.frozen(eq=False)
 class LeaseHome:
     """What a lease record needs from its pool, handed to it when it is made.
 
     The record reaches its pool only through this (never through the
     pool's own attributes), and the pool keeps its counts in the functions
     it puts here. One per pool; its identity is the pool's, for the checks
-    that a lease belongs to a given pool.
+    that a lease belongs to a given pool. Its fields are set once (``Final``):
+    a plain class rather than a frozen attrs one, so that the compiled build
+    makes it native and every send reaches them directly.
     """
 
-    #: The pool's memory.
-    arena: Arena
-    #: The Trio thread that runs the pool (see "Threads" above).
-    thread: int
-    #: Whether sealed leases' pages are read-only in the page tables too.
-    protect_sealed: bool
-    #: The arena bytes a lease of *nbytes* occupies.
-    round_up: Callable[[int], int]
-    #: A send of one of the pool's leases was handed to the kernel.
-    send_began: Callable[[], None]
-    #: The kernel finished one send of this lease (it may have ended).
-    send_ended: Callable[[_LeaseRecord], None]
-    #: The pool takes back the tail of a lease sealed short.
-    give_back: Callable[[int, int], None]
-    #: The owner gave the lease up, for the given reason.
-    release: Callable[[_LeaseRecord, str], None]
-    #: Raise for a call made outside the pool's Trio thread.
-    wrong_thread: Callable[[str], NoReturn]
-    #: Whether a lease's pages may be punched out of the arena when it comes
-    #: back, so that another program may sendfile them (:func:`lend_pages`).
-    pages_replaceable: Callable[[], bool]
+    __slots__ = (
+        "arena",
+        "thread",
+        "protect_sealed",
+        "round_up",
+        "send_began",
+        "send_ended",
+        "give_back",
+        "release",
+        "wrong_thread",
+        "pages_replaceable",
+    )
+
+    def __init__(
+        self,
+        *,
+        arena: Arena,
+        thread: int,
+        protect_sealed: bool,
+        round_up: Callable[[int], int],
+        send_began: Callable[[], None],
+        send_ended: Callable[[_LeaseRecord], None],
+        give_back: Callable[[int, int], None],
+        release: Callable[[_LeaseRecord, str], None],
+        wrong_thread: Callable[[str], NoReturn],
+        pages_replaceable: Callable[[], bool],
+    ) -> None:
+        #: The pool's memory.
+        self.arena: Final = arena
+        #: The Trio thread that runs the pool (see "Threads" above).
+        self.thread: Final = thread
+        #: Whether sealed leases' pages are read-only in the page tables too.
+        self.protect_sealed: Final = protect_sealed
+        #: The arena bytes a lease of *nbytes* occupies.
+        self.round_up: Final = round_up
+        #: A send of one of the pool's leases was handed to the kernel.
+        self.send_began: Final = send_began
+        #: The kernel finished one send of this lease (it may have ended).
+        self.send_ended: Final = send_ended
+        #: The pool takes back the tail of a lease sealed short.
+        self.give_back: Final = give_back
+        #: The owner gave the lease up, for the given reason.
+        self.release: Final = release
+        #: Raise for a call made outside the pool's Trio thread.
+        self.wrong_thread: Final = wrong_thread
+        #: Whether a lease's pages may be punched out of the arena when it comes
+        #: back, so that another program may sendfile them (:func:`lend_pages`).
+        self.pages_replaceable: Final = pages_replaceable
 
 
 class _LeaseRecord(Lifecycle):

@@ -18,11 +18,11 @@ import os
 import resource
 import threading
 import warnings
-import weakref
 from typing import Any, Final, NoReturn, overload
 
 import attrs
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from ._mypyc import caused, mypyc_attr
 from ._address import buffer_address
@@ -57,8 +57,11 @@ _SWEEP_INTERVAL: Final = 0.05
 _graveyard: list[object] = []
 
 
-# Pools not yet closed, for the fork handler below.
-_open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
+# Pools not yet closed, for the fork handler below. A plain set, not a
+# WeakSet: the compiled build makes BufferPool a native class, which cannot be
+# weakly referenced, and every pool leaves the set when it closes (the first
+# thing _close() does, which open_pool's block always runs).
+_open_pools: set[BufferPool] = set()
 
 
 #: This process's id, kept current by the fork handler below: streams ask it
@@ -178,12 +181,12 @@ class LeaseScope:
         try:
             if pool._closed:
                 pool._check_open()  # raises
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             lease = pool._take(self._nbytes)
             if lease is None:
                 lease = await pool._wait_for(self._nbytes)
             elif self._schedule:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
         except BaseException:
             self._entering = False  # nothing was taken: the scope may be entered again
             raise
@@ -206,7 +209,6 @@ class _Waiter:
     closed: bool = False
 
 
-@mypyc_attr(native_class=False)
 class BufferPool:
     """Page-aligned shared memory, handed out as leases.
 
@@ -271,13 +273,14 @@ class BufferPool:
         self._forked: str | None = None
         #: Leases whose memory could not be made writable again (protect_sealed).
         self._unprotectable: list[str] = []
-        _open_pools.add(self)
         #: What the pool's streams start with (see open_pool).
         self._stream_defaults = StreamDefaults(
             send_timeout=send_timeout,
             max_in_flight=stream_max_in_flight or max(_arena.size // 4, PAGE_SIZE),
             drain_timeout=drain_timeout,
         )
+        # Last: a pool whose making failed is not kept for the fork handler.
+        _open_pools.add(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn, overload
 
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from ._mypyc import mypyc_attr, own_abc_state
 from ._conflict import ConflictDetector
@@ -25,7 +26,7 @@ from ._lifecycle import LeaseState
 
 # Module globals for the per-image check below (cheaper than LeaseState.X).
 _SEALED, _SENDING = LeaseState.SEALED, LeaseState.SENDING
-from ._policy import SendDecider
+from ._decider import SendDecider
 from . import _pool as _pool_module
 from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
@@ -318,7 +319,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 # the memory, a zero-copy call holds it until it completes).
                 # Most sends end here, and small images feel every
                 # microsecond of bookkeeping.
-                await trio.lowlevel.checkpoint_if_cancelled()
+                await checkpoint_if_cancelled()
                 # slot.readonly_view(start, length), inlined: once per image.
                 if slot.adopted is None:
                     begin = slot.offset + start
@@ -342,7 +343,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 if taken == length and head_view is None:
                     if zerocopy:
                         self._decider.on_zerocopy_sent()
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    await cancel_shielded_checkpoint()
                     return
                 if refused:
                     self._decider.on_enobufs()
