@@ -18,10 +18,12 @@ cancellation.
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
+from typing import ParamSpec
 
 import trio
 
@@ -40,7 +42,45 @@ from ._validate import (
 )
 
 
-def open_pool(
+class _PoolBlock(AbstractAsyncContextManager[BufferPool]):
+    """What ``open_pool`` returns: contextlib's manager entered and exited from protected frames."""
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: AbstractAsyncContextManager[BufferPool]) -> None:
+        self._manager = manager
+
+    async def __aenter__(self) -> BufferPool:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        return await self._manager.__aexit__(exc_type, exc, traceback)
+
+
+#: The parameters of the function :func:`_protected_block` wraps.
+_P = ParamSpec("_P")
+
+
+def _protected_block(
+    block: Callable[_P, AbstractAsyncContextManager[BufferPool]],
+) -> Callable[_P, AbstractAsyncContextManager[BufferPool]]:
+    """*block*, its manager handed out as a :class:`_PoolBlock` (same parameters, same docs)."""
+
+    @functools.wraps(block)
+    def open_block(*args: _P.args, **kwargs: _P.kwargs) -> AbstractAsyncContextManager[BufferPool]:
+        return _PoolBlock(block(*args, **kwargs))
+
+    return open_block
+
+
+@_protected_block
+@asynccontextmanager
+async def open_pool(
     *,
     max_bytes: int,
     kernel: str | Kernel = "auto",
@@ -49,7 +89,7 @@ def open_pool(
     send_timeout: float | None = None,
     stream_max_in_flight: int | None = None,
     protect_sealed: bool = False,
-) -> AbstractAsyncContextManager[BufferPool]:
+) -> AsyncIterator[BufferPool]:
     """Open a pool of *max_bytes* of shared memory for the duration of a block.
 
     ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
@@ -103,51 +143,6 @@ def open_pool(
     much as sending 64 KiB costs (see the benchmarks page). Good for test
     suites and debugging.
     """
-    return _PoolBlock(
-        _pool_block(
-            max_bytes=max_bytes,
-            kernel=kernel,
-            policy=policy,
-            drain_timeout=drain_timeout,
-            send_timeout=send_timeout,
-            stream_max_in_flight=stream_max_in_flight,
-            protect_sealed=protect_sealed,
-        )
-    )
-
-
-class _PoolBlock(AbstractAsyncContextManager[BufferPool]):
-    """What ``open_pool`` returns: contextlib's manager entered and exited from protected frames."""
-
-    __slots__ = ("_manager",)
-
-    def __init__(self, manager: AbstractAsyncContextManager[BufferPool]) -> None:
-        self._manager = manager
-
-    async def __aenter__(self) -> BufferPool:
-        return await self._manager.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        return await self._manager.__aexit__(exc_type, exc, traceback)
-
-
-@asynccontextmanager
-async def _pool_block(
-    *,
-    max_bytes: int,
-    kernel: str | Kernel,
-    policy: ZeroCopyPolicy | None,
-    drain_timeout: float,
-    send_timeout: float | None,
-    stream_max_in_flight: int | None,
-    protect_sealed: bool,
-) -> AsyncIterator[BufferPool]:
-    """open_pool's body (its docstring says what it does)."""
     send_timeout = check_send_timeout(send_timeout)
     if stream_max_in_flight is not None:
         stream_max_in_flight = check_max_in_flight(stream_max_in_flight)
