@@ -60,6 +60,7 @@ from trio_zc.__main__ import _Parser
 from trio_zc._bench_cases import Job, run_case
 from trio_zc._bench_cycles import run_cycles
 from trio_zc._bench_protocol import patterns
+from trio_zc._mypyc import build
 
 if not __package__:
     # Run as a file: its siblings are imported as the package ``benchmarks``.
@@ -385,7 +386,7 @@ def describe_plan(steps: Sequence[Step], total_bytes: int, repeat: int, runs: in
     images = sum(s.size * images_per_step(s.size, total_bytes) for s in steps)
     lines = [
         f"protocol: {len({(s.case, s.size) for s in steps})} units x {_total_size(total_bytes)} x {repeat} repetitions"
-        f" per run, {runs} run(s), seed {seed} (--seed {seed} repeats this order)",
+        f" per run, {runs} run(s), seed {seed} (--seed {seed} repeats this order), trio_zc's {build()} build",
         f"sends {images / GiB:,.1f} GiB over loopback;"
         f" estimated {duration(estimate_seconds(steps, total_bytes))}"
         " (from throughputs measured on a shared 2-core machine; the progress lines refine it)",
@@ -453,6 +454,7 @@ def to_json(
                 "platform": platform.platform(),
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
+                "build": build(),
             },
             "runs": [attrs.asdict(i) for i in infos],
             "steps": [{**attrs.asdict(m.step), **attrs.asdict(m.result)} for m in measured],

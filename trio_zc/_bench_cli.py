@@ -15,6 +15,7 @@ from collections.abc import Callable
 from . import _bench
 from ._bench_cases import ALL_CASES
 from ._bench_cycles import CycleResult, run_cycles
+from ._mypyc import build
 
 
 _DEFAULT_BYTES = 512 << 20
@@ -191,7 +192,7 @@ def report_cycles(args: argparse.Namespace) -> CycleResult | None:
         f"\nlease overhead: {cycles.per_second:,.0f} full cycles/s, median of {len(runs)}"
         f" ({runs[0].per_second:,.0f}-{runs[-1].per_second:,.0f};"
         f" {cycles.per_cpu_second:,.0f} per CPU second), {cycles.payload}-byte payloads,"
-        " one stream, mock kernel"
+        f" one stream, mock kernel, {build()} build"
     )
     return cycles
 

@@ -33,6 +33,7 @@ from benchmarks.long_run import (
     verdicts,
 )
 from trio_zc._bench import CaseResult
+from trio_zc._mypyc import build
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -193,6 +194,7 @@ def test_the_raw_figures_survive_the_json_file() -> None:
     assert back == measured and back_infos == infos
     assert [v.describe() for v in verdicts(back)] == [v.describe() for v in verdicts(measured)]
     assert json.loads(text)["machine"]["cpus"]
+    assert json.loads(text)["machine"]["build"] == build()  # which build of trio_zc measured
 
 
 def test_lease_cycles_are_judged_on_the_worst_run_like_the_ratios() -> None:
@@ -288,7 +290,8 @@ def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path: pathlib.Path) ->
     assert list(tmp_path.iterdir()) == []  # and no figures written
     lines = result.stdout.splitlines()
     assert lines[0] == (
-        "protocol: 7 units x 3 GiB x 7 repetitions per run, 2 run(s), seed 11 (--seed 11 repeats this order)"
+        "protocol: 7 units x 3 GiB x 7 repetitions per run, 2 run(s), seed 11 (--seed 11 repeats this order),"
+        f" trio_zc's {build()} build"
     )
     assert lines[1].startswith("sends 294.0 GiB over loopback; estimated ")
     rounds = lines[2:]
