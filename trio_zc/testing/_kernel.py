@@ -51,7 +51,7 @@ from .._pool import BufferPool
 from .._stats import Counters
 from .._stream import ZeroCopyStream
 from .._validate import RuntimeChecked, check_bool, check_drain_timeout
-from ._peer import MockPeer
+from ._peer import MockPeer, check_flags
 from ._transport import MockTransport
 from ._wire import _MASK, _Connection, _Waiters
 
@@ -194,11 +194,18 @@ class MockKernel(Kernel):
             peer.hold_completions()
 
     def release_completions(
-        self, *, coalesce: bool = False, reverse: bool = False, copied: bool | None = None
+        self,
+        *,
+        coalesce: bool | RuntimeChecked = False,
+        reverse: bool | RuntimeChecked = False,
+        copied: bool | RuntimeChecked | None = None,
     ) -> int:
         """Release held completions everywhere (see :meth:`MockPeer.release_completions`)."""
+        # RuntimeChecked: the flags arrive as given, for the check (before any
+        # connection changes) to refuse what is not True or False in both builds.
+        flags = check_flags(coalesce=coalesce, reverse=reverse, copied=copied)
         return sum(
-            peer.release_completions(coalesce=coalesce, reverse=reverse, copied=copied)
+            peer.release_completions(coalesce=flags[0], reverse=flags[1], copied=flags[2])
             for peer in self._live_peers()
         )
 
@@ -211,10 +218,11 @@ class MockKernel(Kernel):
         """Transmit every connection's queued sends, lifting their holds (see :meth:`MockPeer.transmit`); bytes moved."""
         return sum(peer.transmit() for peer in self._live_peers())
 
-    def mark_copied(self, copied: bool = True) -> None:
+    def mark_copied(self, copied: bool | RuntimeChecked = True) -> None:
         """Mark every connection's completions COPIED from now on (see :meth:`MockPeer.mark_copied`)."""
+        flag = check_bool("copied", copied)
         for peer in self._live_peers():
-            peer.mark_copied(copied)
+            peer.mark_copied(flag)
 
     def _live_peers(self) -> list[MockPeer]:
         return [peer for peer in self.peers if peer._conn in self.connections]
