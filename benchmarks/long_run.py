@@ -60,7 +60,7 @@ from trio_zc.__main__ import _Parser
 from trio_zc._bench_cases import Job, run_case
 from trio_zc._bench_cycles import run_cycles
 from trio_zc._bench_protocol import patterns
-from trio_zc._mypyc import build
+from trio_zc._bench_cli import build
 
 if not __package__:
     # Run as a file: its siblings are imported as the package ``benchmarks``.

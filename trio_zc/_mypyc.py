@@ -37,13 +37,6 @@ def is_compiled(module: Any) -> bool:
     return not str(getattr(module, "__file__", "") or "").endswith(".py")
 
 
-def build() -> str:
-    """``"compiled"`` or ``"pure"``: which build of the package this process runs (for reports)."""
-    from . import _lease  # the per-lease path: compiled exactly when the build is
-
-    return "compiled" if is_compiled(_lease) else "pure"
-
-
 #: ``abc.ABCMeta``'s own initialiser (CPython's ``_abc._abc_init``, which
 #: ``abc`` imports; the pure-Python ``_py_abc`` fallback has no such function).
 _ABC_INIT: Callable[[type], None] | None = getattr(abc, "_abc_init", None)

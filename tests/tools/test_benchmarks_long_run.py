@@ -33,7 +33,7 @@ from benchmarks.long_run import (
     verdicts,
 )
 from trio_zc._bench import CaseResult
-from trio_zc._mypyc import build
+from trio_zc._bench_cli import build
 
 KiB, MiB = 1 << 10, 1 << 20
 

@@ -11,7 +11,7 @@ from ._usage import assert_one_line_usage_error as usage_error
 import trio_zc._bench as bench
 import trio_zc._lifecycle as lifecycle
 from trio_zc._bench_cases import ALL_CASES, KERNEL_CASES
-from trio_zc._mypyc import build
+from trio_zc._bench_cli import build
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
