@@ -21,9 +21,10 @@ repeats the whole protocol so that the spread between runs can be seen:
   worst run over the target. A target is ``met`` only if it holds in the
   worst run (``MISSED`` if one run misses it, however good the others).
 
-Each run ends with ``--cycles`` (100,000) lease cycles on the mock kernel,
-so that the one absolute target, lease cycles per second, is also judged
-on its worst run (``--cycles 0`` skips them).
+Each round ends with ``--cycles`` (100,000) lease cycles on the mock
+kernel, and a run's figure is the median of its rounds', so that the one
+absolute target, lease cycles per second, is also judged on its worst run
+(``--cycles 0`` skips them).
 
 ``--sizes 4M`` runs only the units and targets at that image size (while
 tuning one path). ``--json FILE`` keeps every repetition's raw figures
@@ -50,7 +51,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -60,6 +61,7 @@ from trio_zc.__main__ import _Parser
 from trio_zc._bench_cases import Job, run_case
 from trio_zc._bench_cycles import run_cycles
 from trio_zc._bench_protocol import patterns
+from trio_zc._bench_cli import build
 
 if not __package__:
     # Run as a file: its siblings are imported as the package ``benchmarks``.
@@ -180,16 +182,22 @@ class Measured:
     result: _bench.CaseResult
 
 
+def _floats(values: Iterable[float]) -> tuple[float, ...]:
+    return tuple(values)  # a list when read back from JSON
+
+
 @attrs.frozen
 class RunInfo:
     """The machine around one run: load averages (1 min) before and after, wall time;
-    and the lease cycles per second measured at the run's end (None: not measured)."""
+    and the lease cycles per second: the median of the run's rounds (None: not
+    measured), then each round's own figure (older saved runs have none)."""
 
     run: int
     load_before: float
     load_after: float
     seconds: float
     cycles_per_second: float | None = None
+    cycles_per_round: tuple[float, ...] = attrs.field(default=(), converter=_floats)
 
 
 def run_protocol(
@@ -202,8 +210,11 @@ def run_protocol(
 ) -> tuple[list[Measured], list[RunInfo]]:
     """Run *steps* (from :func:`plan`), one receiver process per run; every step's figures and each run's info.
 
-    With *cycles*, each run ends with that many lease cycles on the mock
-    kernel (the lease-cycle target's figure, once per run like the ratios).
+    With *cycles*, each round ends with that many lease cycles on the mock
+    kernel, and the run's figure for the lease-cycle target is their median,
+    as each unit's is the median of its repetitions: one measurement a run
+    (about a second in the compiled build) caught whatever else the machine
+    did in that second.
     *after_run* is called with everything measured so far after each run
     (``main`` saves the figures then, so that an interrupted protocol keeps
     its finished runs).
@@ -223,8 +234,9 @@ def run_protocol(
             busy = " (busy: expect a wide spread)" if load_before > 0.5 * (os.cpu_count() or 1) else ""
             progress(f"run {run + 1}: load average {load_before:.2f} on {os.cpu_count()} CPUs{busy}")
         receiver, port = _bench._receiver()
+        per_round: list[float] = []
         try:
-            for step in mine:
+            for index, step in enumerate(mine):
                 job = Job(port, step.size, images_per_step(step.size, total_bytes), image_seed, images[step.size])
                 t_step = time.monotonic()
                 result = _bench.CaseResult.of(step.case, job, run_case(step.case, job))
@@ -240,14 +252,20 @@ def run_protocol(
                         f" {result.intact}/{result.images} intact"
                         f" (elapsed {duration(time.monotonic() - started)}, about {duration(left)} left)"
                     )
+                round_ends = index + 1 == len(mine) or mine[index + 1].round != step.round
+                if cycles and round_ends:
+                    per_round.append(run_cycles(cycles).per_second)
+                    if progress is not None:
+                        progress(
+                            f"run {step.run + 1} round {step.round + 1}: {per_round[-1]:,.0f} lease cycles"
+                            f" per second ({cycles:,} on the mock kernel)"
+                        )
         finally:
             _bench._stop(receiver)
-        per_second = None
-        if cycles:
-            per_second = run_cycles(cycles).per_second
-            if progress is not None:
-                progress(f"run {run + 1}: {per_second:,.0f} lease cycles per second ({cycles:,} on the mock kernel)")
-        infos.append(RunInfo(run, load_before, os.getloadavg()[0], time.monotonic() - t0, per_second))
+        per_second = statistics.median(per_round) if per_round else None
+        infos.append(
+            RunInfo(run, load_before, os.getloadavg()[0], time.monotonic() - t0, per_second, tuple(per_round))
+        )
         if after_run is not None:
             after_run(measured, infos)
     return measured, infos
@@ -385,7 +403,7 @@ def describe_plan(steps: Sequence[Step], total_bytes: int, repeat: int, runs: in
     images = sum(s.size * images_per_step(s.size, total_bytes) for s in steps)
     lines = [
         f"protocol: {len({(s.case, s.size) for s in steps})} units x {_total_size(total_bytes)} x {repeat} repetitions"
-        f" per run, {runs} run(s), seed {seed} (--seed {seed} repeats this order)",
+        f" per run, {runs} run(s), seed {seed} (--seed {seed} repeats this order), trio_zc's {build()} build",
         f"sends {images / GiB:,.1f} GiB over loopback;"
         f" estimated {duration(estimate_seconds(steps, total_bytes))}"
         " (from throughputs measured on a shared 2-core machine; the progress lines refine it)",
@@ -426,7 +444,9 @@ def report(measured: Sequence[Measured], infos: Sequence[RunInfo]) -> str:
     counted = [i.cycles_per_second for i in infos if i.cycles_per_second is not None]
     if counted:
         lines.append(
-            "  lease cycles per second (mock kernel, one stream, 1 KiB payloads), per run: "
+            "  lease cycles per second (mock kernel, one stream, 1 KiB payloads), per run"
+            + (" (the median of its rounds)" if any(i.cycles_per_round for i in infos) else "")
+            + ": "
             + ", ".join(f"{c:,.0f}" for c in counted)
         )
     lines.append("")
@@ -453,6 +473,7 @@ def to_json(
                 "platform": platform.platform(),
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
+                "build": build(),
             },
             "runs": [attrs.asdict(i) for i in infos],
             "steps": [{**attrs.asdict(m.step), **attrs.asdict(m.result)} for m in measured],
@@ -504,7 +525,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cycles",
         type=int,
         default=DEFAULT_CYCLES,
-        help=f"lease cycles on the mock kernel at the end of each run (0: skip; {DEFAULT_CYCLES:,})",
+        help=f"lease cycles on the mock kernel at the end of each round; a run's median counts (0: skip; {DEFAULT_CYCLES:,})",
     )
     parser.add_argument("--seed", type=int, help="seed of the order and the images (default: drawn and printed)")
     parser.add_argument("--json", metavar="FILE", help="also write every repetition's raw figures to FILE")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
 import math
 import mmap
 import os
@@ -173,6 +174,10 @@ class Ctx:
         """The state to compare with after the bad call: now (and the open file descriptors)."""
         await trio.testing.wait_all_tasks_blocked()
         self.snapshot = self.state()
+        # What earlier tests left in reference cycles goes first: its
+        # descriptors (a closed pool's mapping, kept by a view) would
+        # otherwise close whenever the collector runs, perhaps during the row.
+        gc.collect()
         self.fds = open_fds()
 
     def state(self) -> dict[str, object]:
@@ -980,6 +985,25 @@ ROWS: list[Row] = [
       VE, "transmit's nbytes must be at least 0, not -1", sync(lambda c: c.mock_peer.transmit(-1))),
     R("complete-str", MOCK, "a completion record of strings", "peer.complete('0', '1')",
       TE, "lo must be an int, not str", sync(lambda c: c.mock_peer.complete("0", "1"))),  # type: ignore[arg-type]
+    # A truth value is not a flag (check_bool): in the compiled build a plain
+    # ``bool`` parameter refused 1 with mypyc's own message where the pure build took it.
+    R("mark-copied-int", MOCK, "a COPIED flag given as 1", "peer.mark_copied(1)",
+      TE, "copied must be True or False, not int",
+      sync(lambda c: c.mock_peer.mark_copied(1))),  # type: ignore[arg-type]
+    R("release-completions-reverse-int", MOCK, "delivering completions newest first, asked with 1",
+      "peer.release_completions(reverse=1)",
+      TE, "reverse must be True or False, not int",
+      sync(lambda c: c.mock_peer.release_completions(reverse=1))),  # type: ignore[arg-type]
+    R("complete-copied-str", MOCK, "a completion's COPIED flag given as a string", "peer.complete(0, 0, copied='yes')",
+      TE, "copied must be True or False, not str",
+      sync(lambda c: c.mock_peer.complete(0, 0, copied="yes"))),  # type: ignore[arg-type]
+    R("kernel-mark-copied-int", MOCK, "every connection's COPIED flag given as 1", "mock_kernel.mark_copied(1)",
+      TE, "copied must be True or False, not int",
+      sync(lambda c: c.kernel.mark_copied(1))),  # type: ignore[arg-type]
+    R("kernel-release-completions-copied-int", MOCK, "a COPIED override given as 1 for every connection",
+      "mock_kernel.release_completions(copied=1)",
+      TE, "copied must be True or False, not int",
+      sync(lambda c: c.kernel.release_completions(copied=1))),  # type: ignore[arg-type]
     R("open-stream-not-a-pool", MOCK, "a mock connection on something that is not a pool",
       "mock_kernel.open_stream('pool')",
       TE, "open_stream() needs a BufferPool, not str", sync(lambda c: c.kernel.open_stream("pool"))),  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from ._pool import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from ._pool import BufferPool as BufferPool
 from ._pool import LeaseScope as LeaseScope
 from ._pool import PoolStatistics as PoolStatistics
-from ._pool import open_pool as open_pool
+from ._pool_open import open_pool as open_pool
 from ._policy import ZeroCopyPolicy as ZeroCopyPolicy
 from ._stats import SendStatistics as SendStatistics
 from ._stats import StreamStatistics as StreamStatistics

@@ -37,7 +37,7 @@ import trio
 from ._bench_protocol import ANSWER, HEADER, READY, STAMP
 from ._highlevel import open_tcp_stream
 from ._policy import ZeroCopyPolicy
-from ._pool import open_pool
+from ._pool_open import open_pool
 
 #: trio_zc's kernels, as cases.
 KERNEL_CASES: Final = ("copy", "msg_zerocopy", "io_uring", "sendfile", "auto")

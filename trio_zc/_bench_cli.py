@@ -12,9 +12,10 @@ import pathlib
 import sys
 from collections.abc import Callable
 
-from . import _bench
+from . import _bench, _lease
 from ._bench_cases import ALL_CASES
 from ._bench_cycles import CycleResult, run_cycles
+from ._mypyc import is_compiled
 
 
 _DEFAULT_BYTES = 512 << 20
@@ -177,6 +178,12 @@ def report_cases(args: argparse.Namespace) -> list[_bench.Summary]:
     return summaries
 
 
+def build() -> str:
+    """``"compiled"`` or ``"pure"``: which build of trio_zc this process runs (said with every figure)."""
+    # The per-lease path is compiled exactly when the build is (setup.py).
+    return "compiled" if is_compiled(_lease) else "pure"
+
+
 def report_cycles(args: argparse.Namespace) -> CycleResult | None:
     """Time ``--cycles`` lease cycles ``--repeat`` times and print the median; None if not asked to."""
     if not args.cycles or args.from_json:
@@ -191,7 +198,7 @@ def report_cycles(args: argparse.Namespace) -> CycleResult | None:
         f"\nlease overhead: {cycles.per_second:,.0f} full cycles/s, median of {len(runs)}"
         f" ({runs[0].per_second:,.0f}-{runs[-1].per_second:,.0f};"
         f" {cycles.per_cpu_second:,.0f} per CPU second), {cycles.payload}-byte payloads,"
-        " one stream, mock kernel"
+        f" one stream, mock kernel, {build()} build"
     )
     return cycles
 

@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from ._policy import ZeroCopyPolicy
-from ._pool import open_pool
+from ._pool_open import open_pool
 
 
 @attrs.frozen

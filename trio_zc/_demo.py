@@ -52,7 +52,8 @@ from ._kernels._choice import KERNEL_NAMES
 from ._demo_receiver import ANSWER, HEADER
 from ._highlevel import open_tcp_stream
 from ._policy import ZeroCopyPolicy
-from ._pool import PoolStatistics, open_pool
+from ._pool import PoolStatistics
+from ._pool_open import open_pool
 from ._stats import SendStatistics
 from ._kernels._thp import shmem_folios
 

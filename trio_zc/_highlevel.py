@@ -133,10 +133,19 @@ def _reaches(obj: object, stream: ZeroCopyStream) -> bool:
 
 
 def _raised_through(tb: TracebackType | None, stream: ZeroCopyStream) -> bool:
-    """Whether a frame of traceback *tb* ran a method of *stream* (or of a stream wrapped around it)."""
+    """Whether a frame of traceback *tb* ran a method of *stream* (or of a stream wrapped around it)
+    or of *stream*'s own transport.
+
+    The transport counts because in the compiled build the frames of the
+    stream's own (compiled) methods show no locals: there an error of the
+    socket is known as this connection's by the transport's frames, which
+    stay interpreted (_kernels/_socket.py). The transport is this stream's
+    alone, so the answer is the same in the pure build.
+    """
+    transport = stream._channel.transport
     while tb is not None:
         self = tb.tb_frame.f_locals.get("self")
-        if self is not None and _reaches(self, stream):
+        if self is not None and (self is transport or _reaches(self, stream)):
             return True
         tb = tb.tb_next
     return False

@@ -44,14 +44,17 @@ import os
 import threading
 from collections.abc import Sequence
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Final, NoReturn, SupportsIndex, overload
 
-import attrs
 import trio
 
-from ._arena import ViewCounter
+# Arena at run time too, not only for the type checker: compiled by mypyc,
+# the module checks the type of LeaseHome.arena when a home is made.
+from ._arena import Arena, ViewCounter
 from ._errors import LeaseQuarantinedError, LiveViewsError, StaleLeaseError
 from ._lifecycle import LeaseState, Lifecycle
+from ._mypyc import caused
+from ._readonly import ReadOnlyBuffer as ReadOnlyBuffer
 from ._validate import exact_int
 
 # Module globals for the per-image checks below (cheaper than LeaseState.X).
@@ -62,48 +65,7 @@ if TYPE_CHECKING:
     import numpy
     import numpy.typing
 
-    from ._arena import Arena
-
 _ids = itertools.count(1)
-
-
-class ReadOnlyBuffer(Protocol):
-    """What :meth:`SealedLease.view` returns, as far as the type checker knows.
-
-    At run time it is a read-only :class:`memoryview`; this protocol lists
-    the reading half of memoryview's interface and none of its writing
-    half, so that ``sealed.view()[0] = 1`` is a type error as well as a
-    run-time one. It is a buffer: ``hashlib.sha256(sealed.view())`` and
-    ``bytes(sealed.view())`` work.
-    """
-
-    @property
-    def nbytes(self) -> int:
-        """How many bytes the buffer holds."""
-        ...
-
-    @property
-    def readonly(self) -> bool:
-        """Always True."""
-        ...
-
-    def __len__(self) -> int: ...
-
-    @overload
-    def __getitem__(self, index: int, /) -> int: ...
-
-    @overload
-    def __getitem__(self, index: slice, /) -> ReadOnlyBuffer: ...
-
-    def tobytes(self) -> bytes:
-        """A copy of the bytes."""
-        ...
-
-    def release(self) -> None:
-        """Let go of the view now rather than when it is garbage collected."""
-        ...
-
-    def __buffer__(self, flags: int, /) -> memoryview: ...
 
 
 def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState) -> str:
@@ -112,37 +74,65 @@ def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState)
     return f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
 
 
-@attrs.frozen(eq=False)
 class LeaseHome:
     """What a lease record needs from its pool, handed to it when it is made.
 
     The record reaches its pool only through this (never through the
     pool's own attributes), and the pool keeps its counts in the functions
     it puts here. One per pool; its identity is the pool's, for the checks
-    that a lease belongs to a given pool.
+    that a lease belongs to a given pool. Its fields are set once (``Final``):
+    a plain class rather than a frozen attrs one, so that the compiled build
+    makes it native and every send reaches them directly.
     """
 
-    #: The pool's memory.
-    arena: Arena
-    #: The Trio thread that runs the pool (see "Threads" above).
-    thread: int
-    #: Whether sealed leases' pages are read-only in the page tables too.
-    protect_sealed: bool
-    #: The arena bytes a lease of *nbytes* occupies.
-    round_up: Callable[[int], int]
-    #: A send of one of the pool's leases was handed to the kernel.
-    send_began: Callable[[], None]
-    #: The kernel finished one send of this lease (it may have ended).
-    send_ended: Callable[[_LeaseRecord], None]
-    #: The pool takes back the tail of a lease sealed short.
-    give_back: Callable[[int, int], None]
-    #: The owner gave the lease up, for the given reason.
-    release: Callable[[_LeaseRecord, str], None]
-    #: Raise for a call made outside the pool's Trio thread.
-    wrong_thread: Callable[[str], NoReturn]
-    #: Whether a lease's pages may be punched out of the arena when it comes
-    #: back, so that another program may sendfile them (:func:`lend_pages`).
-    pages_replaceable: Callable[[], bool]
+    __slots__ = (
+        "arena",
+        "thread",
+        "protect_sealed",
+        "round_up",
+        "send_began",
+        "send_ended",
+        "give_back",
+        "release",
+        "wrong_thread",
+        "pages_replaceable",
+    )
+
+    def __init__(
+        self,
+        *,
+        arena: Arena,
+        thread: int,
+        protect_sealed: bool,
+        round_up: Callable[[int], int],
+        send_began: Callable[[], None],
+        send_ended: Callable[[_LeaseRecord], None],
+        give_back: Callable[[int, int], None],
+        release: Callable[[_LeaseRecord, str], None],
+        wrong_thread: Callable[[str], NoReturn],
+        pages_replaceable: Callable[[], bool],
+    ) -> None:
+        #: The pool's memory.
+        self.arena: Final = arena
+        #: The Trio thread that runs the pool (see "Threads" above).
+        self.thread: Final = thread
+        #: Whether sealed leases' pages are read-only in the page tables too.
+        self.protect_sealed: Final = protect_sealed
+        #: The arena bytes a lease of *nbytes* occupies.
+        self.round_up: Final = round_up
+        #: A send of one of the pool's leases was handed to the kernel.
+        self.send_began: Final = send_began
+        #: The kernel finished one send of this lease (it may have ended).
+        self.send_ended: Final = send_ended
+        #: The pool takes back the tail of a lease sealed short.
+        self.give_back: Final = give_back
+        #: The owner gave the lease up, for the given reason.
+        self.release: Final = release
+        #: Raise for a call made outside the pool's Trio thread.
+        self.wrong_thread: Final = wrong_thread
+        #: Whether a lease's pages may be punched out of the arena when it comes
+        #: back, so that another program may sendfile them (:func:`lend_pages`).
+        self.pages_replaceable: Final = pages_replaceable
 
 
 class _LeaseRecord(Lifecycle):
@@ -378,9 +368,14 @@ def _check_shape(shape: object, bools: tuple[type, ...] = (bool,)) -> tuple[int,
                 raise TypeError
             n = operator.index(d)
         except TypeError:
+            # caused(..., None) does what ``from None`` does where mypyc compiles the clause away.
             if items is shape:
-                raise TypeError(f"shape must be a tuple of ints; {d!r} in {shape!r} is a {type(d).__name__}") from None
-            raise TypeError(f"shape must be an int or a tuple of ints, not {type(shape).__name__}") from None
+                raise caused(
+                    TypeError(f"shape must be a tuple of ints; {d!r} in {shape!r} is a {type(d).__name__}"), None
+                ) from None
+            raise caused(
+                TypeError(f"shape must be an int or a tuple of ints, not {type(shape).__name__}"), None
+            ) from None
         if n < 0:
             raise ValueError(f"shape must be non-negative integers, not {shape!r}")
         dims.append(n)
@@ -411,6 +406,12 @@ class WritableLease:
 
     def __init__(self, slot: _LeaseRecord) -> None:
         self._slot = slot
+
+    def __copy__(self) -> WritableLease:
+        # Another handle of the same lease, as copy.copy() makes of the pure
+        # class from its slots; spelled out for the compiled build, whose
+        # native class copy.copy() could not make (it calls __new__ with no slot).
+        return WritableLease(self._slot)
 
     def _live(self) -> _LeaseRecord:
         slot = self._slot
@@ -456,9 +457,9 @@ class WritableLease:
         try:
             import numpy
         except ModuleNotFoundError as exc:  # pragma: no cover - numpy is in the test env
-            raise ModuleNotFoundError(
-                "WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"
-            ) from exc
+            raise caused(
+                ModuleNotFoundError("WritableLease.ndarray needs NumPy: pip install 'trio_zc[images]'"), exc
+            ) from exc  # caused(): the compiled build keeps the cause too
         dims = _check_shape(shape, (bool, numpy.bool_))
         dt = numpy.dtype(dtype)
         count = 1
@@ -484,7 +485,9 @@ class WritableLease:
             raise
         return array.reshape(dims)
 
-    def write(self, data: Any, offset: int = 0) -> int:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def write(self, data: Any, offset: int = 0) -> int: ...
+    def write(self, data: Any, offset: object = 0) -> int:
         """Copy the bytes of *data* (any buffer) into the lease at *offset*.
 
         Returns the offset just past what was written, so writes chain.
@@ -540,7 +543,9 @@ class WritableLease:
         finally:
             src.release()  # outside the lock too (__release_buffer__)
 
-    def seal(self, nbytes: int | None = None) -> SealedLease:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def seal(self, nbytes: int | None = None) -> SealedLease: ...
+    def seal(self, nbytes: object = None) -> SealedLease:
         """Make the lease read-only and sendable; this handle goes stale.
 
         *nbytes* (default: all of it) is how many bytes, from the start, the
@@ -655,6 +660,12 @@ class SealedLease:
 
     def __init__(self, slot: _LeaseRecord) -> None:
         self._slot = slot
+
+    def __copy__(self) -> SealedLease:
+        # Another handle of the same lease, as copy.copy() makes of the pure
+        # class from its slots; spelled out for the compiled build, whose
+        # native class copy.copy() could not make (it calls __new__ with no slot).
+        return SealedLease(self._slot)
 
     def _live(self) -> _LeaseRecord:
         slot = self._slot

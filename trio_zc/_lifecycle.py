@@ -61,6 +61,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from ._mypyc import mypyc_attr
+
 
 class LeaseState(enum.Enum):
     """Where a lease is in its life cycle."""
@@ -198,6 +200,7 @@ _ON_RELEASE, _ON_ABANDON = _column(_RELEASE), _column(_ABANDON)
 _ON_COMPLETE, _ON_LAST_COMPLETE = _column(_COMPLETE), _column(_LAST_COMPLETE)
 
 
+@mypyc_attr(native_class=False)
 class LifecycleError(RuntimeError):
     """An event that the life cycle does not allow in the current state."""
 

@@ -14,28 +14,22 @@ from __future__ import annotations
 
 import collections
 import errno
-import functools
 import os
 import resource
-import sys
 import threading
 import warnings
-import weakref
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
-from typing import Any, Final, NoReturn, ParamSpec
+from typing import Any, Final, NoReturn, overload
 
 import attrs
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from ._mypyc import caused, mypyc_attr
 from ._address import buffer_address
 from ._allocator import Allocator
 from ._arena import PAGE_SIZE, Arena, overlaps_arena
-from ._background import background_nursery
 from ._errors import ForeignLeaseError, LeaseLeakWarning, QuarantineWarning
 from ._kernels._base import Kernel
-from ._kernels._choice import make_kernel
 from ._kernels._thp import shmem_folios
 from ._lease import LeaseHome, SealedLease, WritableLease, _LeaseRecord, adopted_memory
 from ._lifecycle import OWNED_STATES, TERMINAL_STATES, LeaseState
@@ -46,11 +40,7 @@ from ._policy import ZeroCopyPolicy
 from ._stats import Counters, SendStatistics
 from ._validate import (
     check_bool,
-    check_drain_timeout,
     check_lease_size,
-    check_max_in_flight,
-    check_pool_size,
-    check_send_timeout,
 )
 
 #: How long closing a pool waits, by default, for sends in flight to complete.
@@ -67,8 +57,11 @@ _SWEEP_INTERVAL: Final = 0.05
 _graveyard: list[object] = []
 
 
-# Pools not yet closed, for the fork handler below.
-_open_pools: weakref.WeakSet[BufferPool] = weakref.WeakSet()
+# Pools not yet closed, for the fork handler below. A plain set, not a
+# WeakSet: the compiled build makes BufferPool a native class, which cannot be
+# weakly referenced, and every pool leaves the set when it closes (the first
+# thing _close() does, which open_pool's block always runs).
+_open_pools: set[BufferPool] = set()
 
 
 #: This process's id, kept current by the fork handler below: streams ask it
@@ -86,6 +79,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class StreamDefaults:
     """What a pool's streams start with: one value, given to each stream when it is made."""
@@ -98,6 +92,7 @@ class StreamDefaults:
     drain_timeout: float
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class PoolStatistics:
     """A snapshot of a pool's state, from :meth:`BufferPool.statistics`.
@@ -186,12 +181,12 @@ class LeaseScope:
         try:
             if pool._closed:
                 pool._check_open()  # raises
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             lease = pool._take(self._nbytes)
             if lease is None:
                 lease = await pool._wait_for(self._nbytes)
             elif self._schedule:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
         except BaseException:
             self._entering = False  # nothing was taken: the scope may be entered again
             raise
@@ -205,10 +200,11 @@ class LeaseScope:
             self._pool._release(slot, "its `async with pool.lease()` block ended")
 
 
+@mypyc_attr(native_class=False)
 @attrs.define(eq=False)
 class _Waiter:
     nbytes: int
-    event: trio.Event = attrs.Factory(trio.Event)
+    event: trio.Event = attrs.field(factory=trio.Event)
     slot: _LeaseRecord | None = None
     closed: bool = False
 
@@ -256,11 +252,11 @@ class BufferPool:
         self._protect_sealed = protect_sealed
         #: The Trio thread that runs the pool: the one thread allowed to
         #: change whom memory belongs to (see "Threads" in _lease.py).
-        self._thread = threading.get_ident()
+        self._trio_thread = threading.get_ident()
         #: What every lease record of this pool gets to reach it (and only this).
         self._home = LeaseHome(
             arena=_arena,
-            thread=self._thread,
+            thread=self._trio_thread,
             protect_sealed=protect_sealed,
             round_up=self._allocator.round_up,
             send_began=self._send_began,
@@ -277,13 +273,14 @@ class BufferPool:
         self._forked: str | None = None
         #: Leases whose memory could not be made writable again (protect_sealed).
         self._unprotectable: list[str] = []
-        _open_pools.add(self)
         #: What the pool's streams start with (see open_pool).
         self._stream_defaults = StreamDefaults(
             send_timeout=send_timeout,
             max_in_flight=stream_max_in_flight or max(_arena.size // 4, PAGE_SIZE),
             drain_timeout=drain_timeout,
         )
+        # Last: a pool whose making failed is not kept for the fork handler.
+        _open_pools.add(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -342,7 +339,7 @@ class BufferPool:
     def _check_nbytes(self, nbytes: object) -> int:
         return check_lease_size(nbytes, self._arena.size)
 
-    def _own(self, lease: WritableLease | SealedLease) -> _LeaseRecord:
+    def _own(self, lease: object) -> _LeaseRecord:
         if not isinstance(lease, (WritableLease, SealedLease)):
             raise TypeError(f"expected a lease, not {type(lease).__name__}")
         slot = lease._slot
@@ -358,6 +355,7 @@ class BufferPool:
     # -- acquiring ----------------------------------------------------------
 
     def _new_slot(self, nbytes: int) -> _LeaseRecord | None:
+        # _take() has these lines inlined: keep the two in step.
         offset = self._allocator.allocate(nbytes)
         if offset is None:
             return None
@@ -366,7 +364,9 @@ class BufferPool:
         self._leases_total += 1
         return slot
 
-    def acquire_nowait(self, nbytes: int) -> WritableLease:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def acquire_nowait(self, nbytes: int) -> WritableLease: ...
+    def acquire_nowait(self, nbytes: object) -> WritableLease:
         """Take a lease of *nbytes* now, or raise :class:`trio.WouldBlock`.
 
         It raises WouldBlock also when the memory is there but other tasks
@@ -374,7 +374,7 @@ class BufferPool:
         Trio thread.
         """
         self._check_open()
-        if threading.get_ident() != self._thread:
+        if threading.get_ident() != self._trio_thread:
             self._wrong_thread("BufferPool.acquire_nowait()")
         lease = self._take(self._check_nbytes(nbytes))
         if lease is None:
@@ -387,10 +387,18 @@ class BufferPool:
             return None
         if self._abandoned:
             self._sweep()
-        slot = self._new_slot(nbytes)
-        return None if slot is None else WritableLease(slot)
+        # _new_slot() inlined: this runs once per image.
+        offset = self._allocator.allocate(nbytes)
+        if offset is None:
+            return None
+        slot = _LeaseRecord(self._home, offset, nbytes)
+        self._slots[slot.id] = slot
+        self._leases_total += 1
+        return WritableLease(slot)
 
-    async def acquire(self, nbytes: int, *, schedule: bool = True) -> WritableLease:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    async def acquire(self, nbytes: int, *, schedule: bool = True) -> WritableLease: ...
+    async def acquire(self, nbytes: object, *, schedule: object = True) -> WritableLease:
         """Take a lease of *nbytes*, waiting while the pool is full.
 
         Waiters are served first-come first-served. Cancelling the wait
@@ -442,7 +450,9 @@ class BufferPool:
         assert waiter.slot is not None
         return WritableLease(waiter.slot)
 
-    def lease(self, nbytes: int, *, schedule: bool = True) -> LeaseScope:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def lease(self, nbytes: int, *, schedule: bool = True) -> LeaseScope: ...
+    def lease(self, nbytes: object, *, schedule: object = True) -> LeaseScope:
         """``async with pool.lease(n) as lease:``: a lease scoped to a block.
 
         Entering acquires (waiting like :meth:`acquire`, which explains
@@ -452,7 +462,7 @@ class BufferPool:
         once the kernel has finished every send of it.
         """
         if type(schedule) is not bool:
-            check_bool("schedule", schedule)  # raises
+            schedule = check_bool("schedule", schedule)  # raises
         if type(nbytes) is not int or not 0 < nbytes <= self._arena.size:
             nbytes = self._check_nbytes(nbytes)  # raises, with the reason (an int subclass passes, at its value)
         return LeaseScope(self, nbytes, schedule)
@@ -479,13 +489,15 @@ class BufferPool:
         returns only once no lease over that memory has a send in flight.
         """
         self._check_open()
-        if threading.get_ident() != self._thread:
+        if threading.get_ident() != self._trio_thread:
             self._wrong_thread("BufferPool.adopt()")
         try:
             view = memoryview(buffer)
         except TypeError:
-            raise TypeError(
-                f"adopt() needs a buffer (bytes, bytearray, array, mmap), not {type(buffer).__name__}"
+            # caused(..., None) does what ``from None`` does where mypyc compiles the clause away.
+            raise caused(
+                TypeError(f"adopt() needs a buffer (bytes, bytearray, array, mmap), not {type(buffer).__name__}"),
+                None,
             ) from None
         with view:
             if not view.c_contiguous:
@@ -510,15 +522,20 @@ class BufferPool:
         self._leases_total += 1
         return SealedLease(slot)
 
-    def release(self, lease: WritableLease | SealedLease) -> None:
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    def release(self, lease: WritableLease | SealedLease) -> None: ...
+    def release(self, lease: object) -> None:
         """Release *lease*, which must come from this pool.
 
         The same as ``lease.release()``, after checking that the lease is
         this pool's (:class:`ForeignLeaseError` otherwise); for code that
         keeps leases of several pools.
         """
-        self._own(lease)
-        lease.release()
+        if not isinstance(lease, (WritableLease, SealedLease)):
+            self._own(lease)  # raises
+        else:
+            self._own(lease)
+            lease.release()
 
     # -- the end of a lease -------------------------------------------------
 
@@ -771,11 +788,12 @@ class BufferPool:
         self._fallbacks[reason] += 1
 
 
-def check_pool(pool: object) -> None:
-    """Refuse what is not an open pool (a stream's, a listener's, a server's *pool*)."""
+def check_pool(pool: object) -> BufferPool:
+    """*pool* if it is an open pool (a stream's, a listener's, a server's *pool*); refuse anything else."""
     if not isinstance(pool, BufferPool):
         raise TypeError(f"pool must be a BufferPool (from trio_zc.open_pool), not {type(pool).__name__}")
     pool._check_open()
+    return pool
 
 
 def _map_areas() -> tuple[int, int]:
@@ -814,182 +832,3 @@ def _cannot_map(size: int, exc: OSError) -> OSError:
         why = "the kernel refused"
     return OSError(exc.errno, f"cannot map a pool of {size} bytes ({exc.strerror}): {why}")
 
-
-#: The parameters of the function :func:`_protected_block` wraps.
-_P = ParamSpec("_P")
-
-
-class _PoolBlock(AbstractAsyncContextManager[BufferPool]):
-    """What :func:`open_pool` returns: its block's manager, entered and exited from the library's frames.
-
-    The ``async with`` statement calls ``__aenter__`` and ``__aexit__``
-    straight from the application's frame. contextlib's own are not the
-    library's code, so they ran unprotected against Ctrl-C: a SIGINT there
-    was raised before contextlib resumed the block's generator, which left
-    the pool open and its nursery never exited (Trio then reported its
-    nursery stack corrupted). These two are the library's, protected like
-    all of it (``_ki.py``), so the interrupt waits for the next checkpoint,
-    where opening or closing the pool deals with it as with a cancellation.
-    """
-
-    __slots__ = ("_manager",)
-
-    def __init__(self, manager: AbstractAsyncContextManager[BufferPool]) -> None:
-        self._manager = manager
-
-    async def __aenter__(self) -> BufferPool:
-        return await self._manager.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        return await self._manager.__aexit__(exc_type, exc, traceback)
-
-
-def _protected_block(
-    block: Callable[_P, AbstractAsyncContextManager[BufferPool]],
-) -> Callable[_P, AbstractAsyncContextManager[BufferPool]]:
-    """*block*, its manager handed out as a :class:`_PoolBlock` (same parameters, same docs)."""
-
-    @functools.wraps(block)
-    def open_block(*args: _P.args, **kwargs: _P.kwargs) -> AbstractAsyncContextManager[BufferPool]:
-        return _PoolBlock(block(*args, **kwargs))
-
-    return open_block
-
-
-@_protected_block
-@asynccontextmanager
-async def open_pool(
-    *,
-    max_bytes: int,
-    kernel: str | Kernel = "auto",
-    policy: ZeroCopyPolicy | None = None,
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
-    send_timeout: float | None = None,
-    stream_max_in_flight: int | None = None,
-    protect_sealed: bool = False,
-) -> AsyncIterator[BufferPool]:
-    """Open a pool of *max_bytes* of shared memory for the duration of a block.
-
-    ``async with trio_zc.open_pool(max_bytes=64 * 2**20) as pool:``
-
-    *max_bytes* is rounded down to whole pages and is the most memory the
-    pool's leases ever use; one the process cannot map raises
-    :class:`ValueError` (past ``sys.maxsize``) or :class:`OSError` naming the
-    limit it hit, with nothing left open. Pages are allocated as leases
-    first write them and stay allocated until the pool closes; with io_uring
-    (``"io_uring"``, and ``"auto"`` where it picks io_uring) sending from a
-    16 MiB chunk of the pool for the first time registers that whole chunk
-    with the kernel, which allocates and pins it (counted against
-    ``RLIMIT_MEMLOCK`` without ``CAP_IPC_LOCK``) until the pool closes (see
-    docs/kernels.rst, "Memory"). *kernel* says how its streams send: ``"copy"``
-    (plain sends), ``"msg_zerocopy"`` (Linux MSG_ZEROCOPY), ``"io_uring"``
-    (SEND_ZC from the arena registered as fixed buffers; falls back to
-    msg_zerocopy where io_uring is not usable), ``"sendfile"`` (sendfile
-    from the arena, with page replacement), ``"auto"`` (the default:
-    io_uring or msg_zerocopy where zero-copy can win, copying elsewhere),
-    or a :class:`~trio_zc.testing.MockKernel`. *policy*
-    tunes when streams copy anyway (:class:`ZeroCopyPolicy`). When the block ends, the pool waits up to
-    *drain_timeout* seconds (even if the block was cancelled) for the
-    kernel to finish every send in flight, releases and reports (with
-    :class:`LeaseLeakWarning`) the leases the application still holds, and
-    quarantines (with :class:`QuarantineWarning`) memory the kernel never
-    reported done. Afterwards every method raises
-    :class:`trio.ClosedResourceError` and every lease handle is stale.
-
-    An exception raised in the block comes out of it as itself, never
-    wrapped in an :class:`ExceptionGroup` by the pool's background tasks
-    (a cancellation from outside comes out as one bare
-    :class:`trio.Cancelled`); only several failures at once make a group
-    (docs/guarantees.rst, "Exceptions").
-
-    Slow peers: *send_timeout* (seconds, default None: no limit) is the
-    default :attr:`ZeroCopyStream.send_timeout` of the pool's streams -- a
-    send that takes longer resets its connection, which gives its memory
-    back -- and *stream_max_in_flight* (bytes, default a quarter of the
-    pool) their :attr:`ZeroCopyStream.max_in_flight`, the most zero-copy
-    bytes one stream may have in flight before its sends wait. Together they
-    keep peers that stop reading from holding the pool's memory for long;
-    see the "Slow and stalled clients" recipe.
-
-    With *protect_sealed*, sealing a lease also makes its pages read-only
-    in the process's page tables (``mprotect``), so that even native code
-    writing through a pointer it kept from a released view faults instead
-    of changing bytes in flight. The library's own checks (stale handles,
-    live views, read-only views of sealed leases) apply either way; this
-    guards against code that goes around them, at the price of two system
-    calls and a TLB flush per lease, measured at about 25 us a lease, as
-    much as sending 64 KiB costs (see the benchmarks page). Good for test
-    suites and debugging.
-    """
-    send_timeout = check_send_timeout(send_timeout)
-    if stream_max_in_flight is not None:
-        stream_max_in_flight = check_max_in_flight(stream_max_in_flight)
-    protect_sealed = check_bool("protect_sealed", protect_sealed)
-    max_bytes = check_pool_size(max_bytes, PAGE_SIZE, sys.maxsize)
-    drain_timeout = check_drain_timeout(drain_timeout)
-    if policy is None:
-        policy = ZeroCopyPolicy()
-    elif not isinstance(policy, ZeroCopyPolicy):
-        raise TypeError(f"policy must be a ZeroCopyPolicy, not {type(policy).__name__}")
-    the_kernel = make_kernel(kernel)
-    the_kernel.claim()
-    arena: Arena | None = None
-    try:
-        granule = the_kernel.allocation_granule()
-        if max_bytes < granule:
-            raise ValueError(
-                f"max_bytes must be at least one allocation unit of the {the_kernel.name!r} kernel"
-                f" ({granule} bytes{': ' + the_kernel.note if the_kernel.note else ''}), not {max_bytes}"
-            )
-        try:
-            arena = Arena(max_bytes - max_bytes % granule)
-        except OSError as exc:
-            raise _cannot_map(max_bytes - max_bytes % granule, exc) from exc
-        the_kernel.attach(arena)
-        pool = BufferPool(
-            arena,
-            kernel=the_kernel,
-            policy=policy,
-            drain_timeout=drain_timeout,
-            protect_sealed=protect_sealed,
-            send_timeout=send_timeout,
-            stream_max_in_flight=stream_max_in_flight,
-        )
-    except BaseException:
-        # Nothing was handed out: release the kernel's ring or epoll and the memory.
-        the_kernel.close()
-        if arena is not None:
-            arena.close()
-        raise
-    # The kernel's background work (the completion reaper, io_uring's
-    # submitter, the mock's pump) is what brings in the completions that
-    # closing waits for, so a cancelled block must not cancel it: it runs
-    # shielded until the pool has closed, and is stopped then.
-    background = trio.CancelScope(shield=True)
-
-    async def run_kernel() -> None:
-        with background:
-            await the_kernel.run()
-
-    try:
-        # A background nursery: an exception of the application's block comes
-        # out of open_pool as itself, never wrapped in an ExceptionGroup.
-        async with background_nursery() as nursery:
-            nursery.start_soon(pool._sweeper)
-            nursery.start_soon(run_kernel)
-            try:
-                yield pool
-            finally:
-                try:
-                    await pool._close()
-                finally:
-                    background.cancel()
-    finally:
-        the_kernel.close()
-        if not arena.closed:  # pragma: no cover - only if _close itself failed
-            arena.close(keep_mapping=True)

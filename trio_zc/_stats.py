@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 
+from ._mypyc import mypyc_attr
 
-@attrs.define(eq=False)
+
 class Counters:
     """A stream's send counters (or, with no parent, a pool's sums): each change is also made to the parent's.
 
@@ -13,29 +16,52 @@ class Counters:
     that what a kernel may count is typed and spelled once. The three that
     run once or twice per image (:meth:`copied`, :meth:`zerocopy_call`,
     :meth:`completed`) walk the parents with a plain loop: they are the
-    ones the lease-cycle benchmark feels.
+    ones the lease-cycle benchmark feels. A plain class (not attrs): the
+    compiled build makes it a native class, whose fields those methods
+    reach directly.
     """
 
-    #: Bytes sent zero-copy and reported done without a copy.
-    bytes_zerocopy: int = 0
-    #: Bytes sent zero-copy that Linux copied after all.
-    bytes_kernel_copied: int = 0
-    #: Bytes sent by copying.
-    bytes_copied: int = 0
-    #: Zero-copy calls made.
-    zerocopy_calls: int = 0
-    #: Zero-copy calls reported complete.
-    completions: int = 0
-    #: Zero-copy calls Linux refused for want of memory.
-    enobufs: int = 0
-    #: Zero-copy calls whose completion can never come.
-    quarantined_sends: int = 0
-    #: Completion records that made no sense.
-    malformed_records: int = 0
-    #: Bytes of zero-copy calls not reported done yet (a gauge).
-    bytes_in_flight: int = 0
-    #: The pool's counters, for a stream's.
-    parent: Counters | None = attrs.field(default=None, kw_only=True)
+    #: What :meth:`SendStatistics.of` copies (``tests/sansio/test_stats.py``
+    #: keeps this, the fields below and :class:`SendStatistics` in step).
+    FIELDS: Final = (
+        "bytes_zerocopy",
+        "bytes_kernel_copied",
+        "bytes_copied",
+        "zerocopy_calls",
+        "completions",
+        "enobufs",
+        "quarantined_sends",
+        "malformed_records",
+        "bytes_in_flight",
+    )
+
+    __slots__ = (*FIELDS, "parent")
+
+    def __init__(self, *, parent: Counters | None = None) -> None:
+        #: Bytes sent zero-copy and reported done without a copy.
+        self.bytes_zerocopy = 0
+        #: Bytes sent zero-copy that Linux copied after all.
+        self.bytes_kernel_copied = 0
+        #: Bytes sent by copying.
+        self.bytes_copied = 0
+        #: Zero-copy calls made.
+        self.zerocopy_calls = 0
+        #: Zero-copy calls reported complete.
+        self.completions = 0
+        #: Zero-copy calls Linux refused for want of memory.
+        self.enobufs = 0
+        #: Zero-copy calls whose completion can never come.
+        self.quarantined_sends = 0
+        #: Completion records that made no sense.
+        self.malformed_records = 0
+        #: Bytes of zero-copy calls not reported done yet (a gauge).
+        self.bytes_in_flight = 0
+        #: The pool's counters, for a stream's.
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={getattr(self, name)}" for name in self.FIELDS)
+        return f"Counters({values})"
 
     def copied(self, nbytes: int) -> None:
         """*nbytes* were sent by copying."""
@@ -94,6 +120,7 @@ class Counters:
             c = c.parent
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class SendStatistics:
     """What was sent how. Part of :class:`StreamStatistics` and :class:`PoolStatistics`."""
@@ -136,6 +163,7 @@ class SendStatistics:
         )
 
 
+@mypyc_attr(native_class=False)
 @attrs.frozen
 class StreamStatistics:
     """A snapshot of one stream, from :meth:`ZeroCopyStream.statistics`."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import NoReturn, overload
 
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from ._mypyc import mypyc_attr, own_abc_state
 from ._conflict import ConflictDetector
 from ._errors import ForeignLeaseError
 from ._kernels._base import Transport
@@ -24,11 +26,12 @@ from ._lifecycle import LeaseState
 
 # Module globals for the per-image check below (cheaper than LeaseState.X).
 _SEALED, _SENDING = LeaseState.SEALED, LeaseState.SENDING
-from ._policy import SendDecider
+from ._decider import SendDecider
 from . import _pool as _pool_module
 from ._pool import BufferPool, check_pool
 from ._stats import Counters, SendStatistics, StreamStatistics
 from ._validate import (
+    RuntimeChecked,
     check_drain_timeout,
     check_head,
     check_max_in_flight,
@@ -52,6 +55,7 @@ def _foreign(lease: SealedLease) -> ForeignLeaseError:
     return ForeignLeaseError(f"{lease!r} belongs to another pool than this stream's")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ZeroCopyStream(trio.abc.HalfCloseableStream):
     """A TCP stream whose :meth:`send_lease` sends pool memory without copying.
 
@@ -72,33 +76,33 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         self,
         transport: trio.SocketStream | trio.socket.SocketType | Transport,
         *,
-        pool: BufferPool,
-        drain_timeout: float | None = None,
+        pool: BufferPool | RuntimeChecked,
+        drain_timeout: float | RuntimeChecked | None = None,
     ) -> None:
-        check_pool(pool)
+        checked = check_pool(pool)
         self._drain_timeout = (
-            pool._stream_defaults.drain_timeout
+            checked._stream_defaults.drain_timeout
             if drain_timeout is None
             else check_drain_timeout(drain_timeout, or_none=True)
         )
         # A socket becomes the channel's transport (the channel owns it from
         # here on); a kernel that makes its own (the mock) passes that.
         connection = transport if isinstance(transport, Transport) else SocketTransport(take_socket(transport))
-        self._pool = pool
-        self._counters = Counters(parent=pool._counters)
+        self._pool = checked
+        self._counters = Counters(parent=checked._counters)
         try:
-            self._channel = pool._kernel.open_channel(connection, self._counters, self._on_completions)
+            self._channel = checked._kernel.open_channel(connection, self._counters, self._on_completions)
         except BaseException:
             connection.close()
             raise
         reason = self._channel.copy_only_reason
-        self._decider = SendDecider(pool._policy, unavailable_reason=reason, notify=pool._note_fallback)
+        self._decider = SendDecider(checked._policy, unavailable_reason=reason, notify=checked._note_fallback)
         # A stream whose channel can never send zero-copy (a local peer
         # under "auto", the copy kernel) skips asking the policy per send.
         self._copy_only = reason is not None
         if reason is not None and isinstance(transport, trio.SocketStream):
             connection.let_more_unsent()
-        defaults = pool._stream_defaults
+        defaults = checked._stream_defaults
         self._send_timeout: float | None = defaults.send_timeout
         self._max_in_flight: int = defaults.max_in_flight
         # Set when completions arrive, for a send waiting under max_in_flight.
@@ -167,7 +171,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         return self._max_in_flight
 
     @max_in_flight.setter
-    def max_in_flight(self, value: int) -> None:
+    def max_in_flight(self, value: int | RuntimeChecked) -> None:
+        # RuntimeChecked: compiled, a plain ``int`` would refuse 1.5 with
+        # mypyc's message and take True as 1 before the check (_validate.py).
         self._max_in_flight = check_max_in_flight(value)
 
     def _check_not_forked(self) -> None:
@@ -235,6 +241,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 )
         return slot, start, length
 
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
     async def send_lease(
         self,
         lease: SealedLease,
@@ -242,6 +249,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         nbytes: int | None = None,
         *,
         head: bytes | bytearray | memoryview | None = None,
+    ) -> None: ...
+    async def send_lease(
+        self, lease: object, offset: object = 0, nbytes: object = None, *, head: object = None
     ) -> None:
         """Send *head* (if given), then *nbytes* bytes of *lease* from *offset* (default: all of it).
 
@@ -285,7 +295,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
             held = head if type(head) is bytes else check_head(head)
             if held:
                 head_view = memoryview(held)
-        with self._send_conflict:
+        # ``with self._send_conflict:`` spelled out (its two method calls cost
+        # more than these lines, once per image); the same check and the same
+        # reset on every way out.
+        conflict = self._send_conflict
+        if conflict._held:
+            raise trio.BusyResourceError(conflict._message)
+        conflict._held = True
+        try:
             if self._broken is not None or self._closed or self._eof_sent:
                 self._check_sendable()  # raises the right error
             # The policy before the channel: it says no at once to most sends that copy.
@@ -302,8 +319,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 # the memory, a zero-copy call holds it until it completes).
                 # Most sends end here, and small images feel every
                 # microsecond of bookkeeping.
-                await trio.lowlevel.checkpoint_if_cancelled()
-                with slot.readonly_view(start, length) as data:
+                await checkpoint_if_cancelled()
+                # slot.readonly_view(start, length), inlined: once per image.
+                if slot.adopted is None:
+                    begin = slot.offset + start
+                    view = slot.home.arena.readonly[begin : begin + length]
+                else:
+                    view = slot.adopted[start : start + length]
+                with view as data:
                     if zerocopy:
                         taken, refused = self._channel.zerocopy_now(data, slot, head_view)
                     else:
@@ -320,7 +343,7 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                 if taken == length and head_view is None:
                     if zerocopy:
                         self._decider.on_zerocopy_sent()
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    await cancel_shielded_checkpoint()
                     return
                 if refused:
                     self._decider.on_enobufs()
@@ -339,6 +362,8 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
                     await self._send_slot(slot, start, length, zerocopy, head_view)
             finally:
                 slot.end_send()
+        finally:
+            conflict._held = False
 
     async def _send_slot(
         self, slot: _LeaseRecord, start: int, length: int, zerocopy: bool, head: memoryview | None
@@ -413,12 +438,14 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
 
     # -- receiving --------------------------------------------------------------
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        max_bytes = min(check_receive_size(max_bytes), MAX_RECEIVE_SIZE)
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+    async def receive_some(self, max_bytes: object = None) -> bytes:
+        size = min(check_receive_size(max_bytes), MAX_RECEIVE_SIZE)
         self._check_not_forked()
         with self._receive_conflict:
             self._check_open()
-            return await self._channel.receive_some(max_bytes)
+            return await self._channel.receive_some(size)
 
     async def _receive(
         self, max_bytes: int, *, schedule: bool = True, on_wait: Callable[[], object] | None = None
@@ -490,3 +517,6 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         """The remote address of the underlying socket."""
         self._check_open()
         return self._channel.transport.peername()
+
+
+own_abc_state(ZeroCopyStream)  # the compiled build: see own_abc_state

@@ -33,7 +33,26 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Final
+from typing import Final, NoReturn, final
+
+@final
+class RuntimeChecked:
+    """Never made: a member of a parameter's annotation, as in ``pool: BufferPool | RuntimeChecked``.
+
+    The compiled build (setup.py) checks each argument against its
+    annotation before the function runs, and unboxes an ``int``, so that a
+    bool arrives as 1 and a string is refused with mypyc's own message.
+    A union with this class, which mypyc does not compile, makes the
+    argument arrive as it was given, for the function's own check here
+    (the same exception and message in both builds). The other public
+    entries declare their signature as a single ``@overload`` instead,
+    which shows callers the exact types; mypyc cannot compile an
+    overloaded ``__init__``, hence this class for constructors.
+    """
+
+    def __init__(self) -> NoReturn:
+        raise TypeError("RuntimeChecked is a marker in annotations, never an argument")
+
 
 #: What ``receive_some()`` asks for when given no size, as in Trio.
 DEFAULT_RECEIVE_SIZE: Final = 65536

@@ -22,11 +22,15 @@ and the state and bytes of every lease the row had.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
+import pathlib
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -67,11 +71,57 @@ def _slowed(value: object) -> object:
     return value
 
 
+@functools.cache
+def _defined(module: ModuleType) -> dict[str, ast.ClassDef]:
+    """The classes defined in *module*'s source (next to it when it is compiled)."""
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return {}
+    source = pathlib.Path(file).with_name(module.__name__.rpartition(".")[2] + ".py")
+    if not source.exists():
+        return {}
+    return {n.name: n for n in ast.parse(source.read_text()).body if isinstance(n, ast.ClassDef)}
+
+
+def _signature(cls: type, name: str) -> tuple[inspect.Signature, bool]:
+    """The signature of the method *name* of *cls*, and whether it is async; in the compiled build, from the source.
+
+    mypyc's methods carry no usable signature (those declared as a single
+    ``@overload`` none at all), and an async one may be reached through a
+    plain function that returns its coroutine; the pure-Python source is
+    installed next to the compiled module, and says what the implementation
+    takes.
+    """
+    # The module that defines the class (its __module__ names the public one).
+    (module,) = (
+        m
+        for m in list(sys.modules.values())
+        if m.__name__.startswith("trio_zc.") and vars(m).get(cls.__name__) is cls and cls.__name__ in _defined(m)
+    )
+    assert module.__file__ is not None
+    if module.__file__.endswith(".py"):
+        method = getattr(cls, name)
+        return inspect.signature(method), inspect.iscoroutinefunction(method)
+    owner = _defined(module)[cls.__name__]
+    # The last definition of the name is the implementation (after its @overload).
+    *_, impl = (n for n in owner.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name)
+    args = impl.args
+    for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+        arg.annotation = None
+    namespace: dict[str, Any] = {}
+    exec(f"def stub({ast.unparse(args)}): pass", namespace)  # the defaults are literals
+    return inspect.signature(namespace["stub"]), isinstance(impl, ast.AsyncFunctionDef)
+
+
 def _wrap(
-    original: Callable[..., Any], key: str, slowed: tuple[str, ...], refused: dict[str, int]
+    original: Callable[..., Any],
+    signature: inspect.Signature,
+    is_async: bool,
+    key: str,
+    slowed: tuple[str, ...],
+    refused: dict[str, int],
 ) -> Callable[..., Any]:
     """*original* with its *slowed* arguments slowed (defaults passed explicitly); counts the calls that raised."""
-    signature = inspect.signature(original)
 
     def slowed_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         bound = signature.bind(*args, **kwargs)
@@ -83,7 +133,7 @@ def _wrap(
     def count() -> None:
         refused[key] = refused.get(key, 0) + 1
 
-    if inspect.iscoroutinefunction(original):
+    if is_async:
 
         @functools.wraps(original)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -119,7 +169,8 @@ def slow_paths(refused: dict[str, int]) -> Iterator[None]:
     """Make every hot path's arguments fail its fast predicate; count the calls that raised."""
     originals = [(cls, name, cls.__dict__[name]) for cls, name, _ in HOT_PATHS]
     for (cls, name, original), (_, _, slowed) in zip(originals, HOT_PATHS):
-        setattr(cls, name, _wrap(original, f"{cls.__name__}.{name}", slowed, refused))
+        signature, is_async = _signature(cls, name)
+        setattr(cls, name, _wrap(original, signature, is_async, f"{cls.__name__}.{name}", slowed, refused))
     try:
         yield
     finally:

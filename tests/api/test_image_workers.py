@@ -822,7 +822,8 @@ def test_workers_are_started_processes_not_forks() -> None:
 
     argv, maps, nice = trio.run(main)
     assert argv[0] == sys.executable and argv[1:3] == ["-I", "-c"]
-    assert nice == os.getpriority(os.PRIO_PROCESS, 0) + images.DEFAULT_NICE
+    # Linux clamps a nice value at 19 (a suite run under `nice -n 19` starts there).
+    assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + images.DEFAULT_NICE)
     # Its mappings of the pool, after a job: the read-only one of the whole
     # pool, and no other (the job's writable mapping of its lease is gone).
     pool_maps = [line for line in maps.splitlines() if "trio_zc-arena" in line]

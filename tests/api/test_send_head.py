@@ -43,6 +43,7 @@ from trio_zc._kernels._io_uring import HEAD_COPIED, HEAD_FIXED, HEAD_PLAIN, IoUr
 from trio_zc._kernels._msg_zerocopy import ErrorQueue, MsgZeroCopyKernel
 from trio_zc._kernels._ring import probe
 from trio_zc._kernels._socket import SocketTransport
+from trio_zc._mypyc import is_compiled
 from trio_zc.testing._transport import MockTransport
 
 from ..http_client import BODIES, running
@@ -400,7 +401,13 @@ async def test_those_checks_catch_a_head_that_is_held_instead_of_copied(
     """The two tests above can fail: with the bytearray itself handed to the kernel
     (no copy) and read from there (no room in the head area), a real
     MSG_ZEROCOPY socket sends the changed bytes, and the mock reports the
-    change at the send's completion."""
+    change at the send's completion.
+
+    Pure build only: compiled send_lease checks that check_head returns the
+    bytes its signature promises, so the bytearray cannot be handed on there
+    (a TypeError instead); the checks under test are the same code in both."""
+    if is_compiled(trio_zc._stream):
+        pytest.skip("the mutation needs check_head to return a bytearray, which compiled code refuses")
     monkeypatch.setattr(trio_zc._stream, "check_head", lambda head: head)
     monkeypatch.setattr(MsgZeroCopyKernel, "head_area", lambda self: None)
     with pytest.raises(BaseException) as info:  # noqa: B017 - an AssertionError, maybe in a group

@@ -45,7 +45,7 @@ import trio_zc
 import trio_zc.testing
 
 from ..streams import ALWAYS_ZC, KERNELS, kernel, pattern, receive_exactly, stop_reading, stream_pair
-from .test_threads import PausedWrite, wait_for
+from .test_threads import PAUSES, PausedWrite, wait_for
 
 SIZE = 256 * 1024
 #: The longest a child may take before SIGALRM ends it (a hang).
@@ -161,10 +161,11 @@ async def test_a_forked_child_cannot_use_or_break_its_parents_stream(name: str) 
     assert stats.quarantined_bytes == 0
 
 
-async def test_a_write_in_progress_at_the_fork_cannot_hang_the_child() -> None:
+@pytest.mark.parametrize("how", PAUSES)
+async def test_a_write_in_progress_at_the_fork_cannot_hang_the_child(how: str) -> None:
     async with trio_zc.open_pool(max_bytes=1 << 20, kernel="copy") as pool:
         lease = await pool.acquire(SIZE)
-        paused = PausedWrite(lease, pattern(SIZE, 3))  # holds the lease's lock until told
+        paused = PausedWrite(lease, pattern(SIZE, 3), how)  # holds the lease's lock until told
 
         def in_child() -> dict[str, str]:
             report = {}

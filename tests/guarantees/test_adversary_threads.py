@@ -23,20 +23,23 @@ import trio
 import trio_zc
 
 from ..streams import ALWAYS_ZC, KERNELS, kernel, pattern, receive_exactly, stream_pair
-from .test_threads import PausedWrite, wait_for
+from .test_threads import PAUSES, PausedWrite, wait_for
 
 SIZE = 1 << 20
 
 
+@pytest.mark.parametrize("how", PAUSES)
 @pytest.mark.parametrize("name", KERNELS)
-async def test_a_write_still_running_when_the_pool_closes_never_reaches_the_next_pool(name: str) -> None:
+async def test_a_write_still_running_when_the_pool_closes_never_reaches_the_next_pool(
+    name: str, how: str
+) -> None:
     image = pattern(SIZE, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", trio_zc.LeaseLeakWarning)  # the writer's lease, expected
         async with trio.open_nursery() as outer:
             async with trio_zc.open_pool(max_bytes=SIZE, kernel="copy") as old:
                 lease = await old.acquire(SIZE)
-                paused = PausedWrite(lease, b"T" * SIZE)
+                paused = PausedWrite(lease, b"T" * SIZE, how)
                 outer.start_soon(trio.to_thread.run_sync, paused.run)
                 await wait_for(paused.at_copy)
             assert old.statistics().abandoned_leases == 1

@@ -61,7 +61,8 @@ What is covered where (kernels: the real ones over loopback TCP on
    - ``test_counter_wraps_in_a_long_running_stream`` (mock): thousands of
      calls across the wrap, with completions coalesced, reversed, split into
      shuffled sub-ranges (some crossing the wrap) and deferred; every lease
-     is freed exactly once, only after its last call completed.
+     is freed exactly once, only after its last call completed (seen in the
+     pool's allocator, and in the arena of a pool that protects sealed leases).
    - ``test_mock_complete_keeps_the_rest_of_held_records``: regression test
      for the bug the test above found in :meth:`MockPeer.complete`.
    - ``test_msg_zerocopy_counter_continuity``: the real kernel's counter
@@ -102,6 +103,7 @@ from trio_zc._kernels._closing import ABORT_GRACE
 from trio_zc._kernels._socket import SocketTransport
 from trio_zc.testing import MockKernel, MockPeer
 
+from ..builds import pure_only
 from ..streams import KERNELS, Peer, receive_exactly, socket_pair, stream_pair
 
 MiB = 1 << 20
@@ -835,14 +837,52 @@ class WatchedAllocator:
         return getattr(self._allocator, name)
 
 
-async def test_counter_wraps_in_a_long_running_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+def watch_the_arena(pool: trio_zc.BufferPool, model: WrapModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tell *model* whenever memory comes back, from the pool's arena (a protect_sealed pool).
+
+    Such a pool makes a sealed lease's pages writable again just before it
+    frees them, once per lease (and makes them read-only at the seal).
+    """
+    arena = pool._arena
+    protect = arena.protect
+
+    def watched(offset: int, length: int, *, writable: bool) -> None:
+        if writable:
+            model.on_free(offset)
+        protect(offset, length, writable=writable)
+
+    monkeypatch.setattr(arena, "protect", watched)
+
+
+#: Where the test sees memory come back: in the pool's allocator (the pure
+#: build only), or in the arena of a pool that protects sealed leases.
+WATCHES = [
+    pytest.param(
+        "allocator",
+        marks=pure_only(
+            "the pool's allocator is replaced by a stand-in, and compiled BufferPool code takes"
+            " pool._allocator for the compiled Allocator class ('Allocator object expected')"
+        ),
+    ),
+    "arena",
+]
+
+
+@pytest.mark.parametrize("watch", WATCHES)
+async def test_counter_wraps_in_a_long_running_stream(watch: str, monkeypatch: pytest.MonkeyPatch) -> None:
     start = 2**32 - WRAP_AFTER
     mock = MockKernel(counter_start=start, socket_buffer=4 * MiB, receive_buffer=4 * MiB)
     rng = random.Random(WRAP_SEED)
     model = WrapModel()
     ways: Counter[str] = Counter()
-    async with open_pool(max_bytes=2 * MiB, kernel=mock, policy=ALWAYS_ZC, drain_timeout=1) as pool:
-        monkeypatch.setattr(pool, "_allocator", WatchedAllocator(pool._allocator, model))
+    protect = watch == "arena"
+    async with open_pool(
+        max_bytes=2 * MiB, kernel=mock, policy=ALWAYS_ZC, drain_timeout=1, protect_sealed=protect
+    ) as pool:
+        if watch == "allocator":
+            monkeypatch.setattr(pool, "_allocator", WatchedAllocator(pool._allocator, model))
+        else:
+            watch_the_arena(pool, model, monkeypatch)
         stream, peer = mock.open_stream(pool)
         # The test holds completions back, up to the whole pool.
         stream.max_in_flight = pool.max_bytes

@@ -47,6 +47,7 @@ import pytest
 import trio
 
 import trio_zc
+from trio_zc._mypyc import is_compiled
 
 from ..streams import ALWAYS_ZC, KERNELS, kernel, pattern, stream_pair
 
@@ -115,6 +116,8 @@ class Tracer:
                     signal.raise_signal(signal.SIGINT)
         return self._line
 
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 async def receiver(peer: trio.abc.ReceiveStream, outcome: Outcome) -> None:
     buf = bytearray()
@@ -251,7 +254,11 @@ def run(name: str, target: Location | None) -> tuple[Outcome, Tracer]:
 
 
 def sweep(name: str) -> None:
-    """Run the sweep for kernel *name*, printing one JSON line per run (``python -m``)."""
+    """Run the sweep for kernel *name*, printing one JSON line per run (``python -m``).
+
+    The compiled build's library has few lines; its check is the sweep of
+    test_keyboard_interrupt_calls.py (SIGINT inside the library's calls out).
+    """
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     dry, tracer = run(name, None)
     print(json.dumps({"dry": attrs.asdict(dry), "lines": len(tracer.seen)}), flush=True)
@@ -267,6 +274,10 @@ SWEEP_TIMEOUT = 300
 
 @pytest.mark.parametrize("name", KERNELS)
 def test_sigint_at_every_line_the_application_runs_tears_nothing(name: str) -> None:
+    check_sweep(name)
+
+
+def check_sweep(name: str) -> None:
     # In a child process: a torn run can leave Trio itself unable to go on,
     # and a hang must fail the test, not the suite.
     repo = pathlib.Path(__file__).resolve().parents[2]
@@ -329,6 +340,8 @@ def test_every_function_of_the_library_is_protected() -> None:
         relative = path.relative_to(PACKAGE).with_suffix("")
         if trio_zc._ki.is_tool(".".join(relative.parts)):
             continue
+        if is_compiled(sys.modules.get("trio_zc." + ".".join(relative.parts))):
+            continue  # no code objects at run time: test_compiled_entries_are_protected
         source = path.read_text()
         lines = source.splitlines()
         stack = [compile(source, str(path), "exec")]
@@ -337,11 +350,80 @@ def test_every_function_of_the_library_is_protected() -> None:
             stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
             if not code.co_flags & inspect.CO_NEWLOCALS:
                 continue  # a module or class body: runs once, at import
-            if lines[code.co_firstlineno - 1].strip() == "@overload":
+            if lines[code.co_firstlineno - 1].split("#")[0].strip() == "@overload":
                 continue  # a typing stub, replaced by the real definition
             if (str(path), code.co_firstlineno, _qualname(code)) not in registered:
                 missing.append(f"{relative}:{code.co_firstlineno} {_qualname(code)}")
     assert not missing, f"{len(missing)} code objects are not KeyboardInterrupt-protected: {missing}"
+
+
+
+def test_compiled_entries_are_protected() -> None:
+    """In the compiled build, every entry of the exported classes is a protected interpreted wrapper.
+
+    Found from the sources (every ``def`` of those classes and their
+    compiled bases: public names, and dunders), not from trio_zc._ki; a
+    dunder that _ki.py would not wrap fails the test, so that a new one is a
+    decision. In the pure build there is nothing compiled and nothing to check.
+    """
+    import ast
+
+    import trio_zc.testing
+    from trio._core._ki import _CODE_KI_PROTECTION_STATUS_WMAP
+
+    from trio_zc._ki import ENTRY_DUNDERS
+
+    def protected(function: object) -> bool:
+        try:
+            return isinstance(function, types.FunctionType) and _CODE_KI_PROTECTION_STATUS_WMAP[function.__code__]
+        except KeyError:
+            return False
+
+    checked, problems = 0, []
+    for package in (trio_zc, trio_zc.testing):
+        for export in package.__all__:
+            cls = getattr(package, export)
+            if not isinstance(cls, type):
+                continue
+            for klass in cls.__mro__:
+                if not klass.__module__.startswith("trio_zc"):
+                    continue
+                body = None
+                for name, module in list(sys.modules.items()):
+                    if name.startswith("trio_zc.") and is_compiled(module) and vars(module).get(klass.__name__) is klass:
+                        source = pathlib.Path(str(module.__file__).split(".cpython")[0] + ".py").read_text()
+                        body = next(
+                            (n.body for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == klass.__name__),
+                            body,
+                        )
+                if body is None:
+                    continue  # an interpreted class: test_every_function_of_the_library_is_protected
+                for node in body:
+                    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        continue
+                    name = node.name
+                    if name.startswith("__") and name.endswith("__"):
+                        if name not in ENTRY_DUNDERS:
+                            problems.append(f"{klass.__name__}.{name}: a dunder _ki.py does not wrap")
+                            continue
+                    elif name.startswith("_"):
+                        continue
+                    member = inspect.getattr_static(cls, name)
+                    if isinstance(member, (classmethod, staticmethod)):
+                        member = member.__func__
+                    checked += 1
+                    if isinstance(member, property):
+                        if not protected(member.fget) or (member.fset is not None and not protected(member.fset)):
+                            problems.append(f"{cls.__name__}.{name}: an unprotected property")
+                    elif not protected(member):
+                        problems.append(f"{cls.__name__}.{name}: not a protected wrapper ({member!r})")
+                    elif getattr(member, "protects_awaitables", False):
+                        pass  # awaits what the method returns in a protected frame, whichever it is
+                    elif inspect.iscoroutinefunction(member) != isinstance(node, ast.AsyncFunctionDef):
+                        problems.append(f"{cls.__name__}.{name}: the wrapper is not async as the source is")
+    if is_compiled(sys.modules["trio_zc._pool"]):
+        assert checked > 50, checked
+    assert not problems, problems
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ At 70a1a5f ``write()`` checked the lease's state and then copied; a thread
 switch between the two let the copy land after ``seal()`` (the sealed bytes
 changed under the send) or after the memory went to another lease (the next
 image got this one's bytes). The deterministic tests below stop a worker
-thread exactly there, with a trace function, and make the Trio thread seal
-or release meanwhile, as an abandoned ``trio.to_thread.run_sync(lease.write,
-..., abandon_on_cancel=True)`` would; the free-running ones race real
-threads without pauses.
+thread exactly there and make the Trio thread seal or release meanwhile, as
+an abandoned ``trio.to_thread.run_sync(lease.write, ...,
+abandon_on_cancel=True)`` would; the free-running ones race real threads
+without pauses. They stop the thread two ways (:data:`PAUSES`): at the copy's
+line, with a trace function (pure build only: compiled functions have no
+lines), and in the copy itself, through the arena's read-write view (both
+builds).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import trio.testing
 
 import trio_zc
 
+from ..builds import pure_only
 from ..streams import ALWAYS_ZC, KERNELS, kernel, pattern, receive_exactly, stream_pair
 
 SIZE = 256 * 1024
@@ -45,15 +49,32 @@ def _copy_lines() -> set[int]:
 
 
 class PausedWrite:
-    """A write() in a worker thread, stopped just before it copies."""
+    """A write() in a worker thread, stopped just before it copies.
 
-    def __init__(self, lease: trio_zc.WritableLease, data: bytes) -> None:
+    *how* says where it stops (see :data:`PAUSES`): ``"line"``, at the line
+    of ``WritableLease.write`` that copies, with a trace function; ``"copy"``,
+    in the copy itself: the lease's arena's read-write view, the only thing
+    ``write()`` copies into, is replaced for the run by one whose slice
+    assignment first waits when the worker makes it. Both stop after the
+    state check, with the lease's lock held, before any byte is copied. The
+    arena (``_arena.py``) is never compiled, so ``"copy"`` stops the
+    compiled ``write()`` too.
+    """
+
+    def __init__(self, lease: trio_zc.WritableLease, data: bytes, how: str = "line") -> None:
+        assert how in ("line", "copy"), how
         self.lease = lease
         self.data = data
+        self.how = how
         self.at_copy = threading.Event()
         self.go_on = threading.Event()
         self.outcome = "not run"
-        self._lines = _copy_lines()
+        self._lines = _copy_lines() if how == "line" else set()
+        self._thread: int | None = None
+
+    def _stop(self) -> None:
+        self.at_copy.set()
+        self.go_on.wait(10)
 
     def _tracer(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
         if event == "call" and frame.f_code is trio_zc.WritableLease.write.__code__:
@@ -62,12 +83,17 @@ class PausedWrite:
 
     def _line_tracer(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
         if event == "line" and frame.f_lineno in self._lines:
-            self.at_copy.set()
-            self.go_on.wait(10)
+            self._stop()
         return self._line_tracer
 
     def run(self) -> None:
-        sys.settrace(self._tracer)
+        self._thread = threading.get_ident()
+        arena = self.lease._slot.home.arena
+        real = arena.rw
+        if self.how == "line":
+            sys.settrace(self._tracer)
+        else:
+            arena.rw = _StoppingView(real, self)  # type: ignore[assignment]
         try:
             self.lease.write(self.data)
             self.outcome = "wrote"
@@ -75,6 +101,36 @@ class PausedWrite:
             self.outcome = type(exc).__name__
         finally:
             sys.settrace(None)
+            arena.rw = real
+
+
+class _StoppingView:
+    """An arena's read-write view whose slice assignment, made by *paused*'s worker, stops first."""
+
+    def __init__(self, real: memoryview, paused: PausedWrite) -> None:
+        self._real = real
+        self._paused = paused
+
+    def __setitem__(self, where: slice, data: Any) -> None:
+        if threading.get_ident() == self._paused._thread:
+            self._paused._stop()
+        self._real[where] = data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+#: The two ways PausedWrite stops a write; the trace function only in the pure build.
+PAUSES = [
+    pytest.param(
+        "line",
+        marks=pure_only(
+            "sys.settrace() stops the worker at a line of WritableLease.write, and compiled"
+            " functions run no Python lines (the 'copy' pause stops the compiled write)"
+        ),
+    ),
+    "copy",
+]
 
 
 async def wait_for(event: threading.Event) -> None:
@@ -83,13 +139,16 @@ async def wait_for(event: threading.Event) -> None:
             await trio.sleep(0.001)
 
 
+@pytest.mark.parametrize("how", PAUSES)
 @pytest.mark.parametrize("name", KERNELS)
-async def test_a_seal_during_a_threads_write_never_lets_the_write_change_sealed_bytes(name: str) -> None:
+async def test_a_seal_during_a_threads_write_never_lets_the_write_change_sealed_bytes(
+    name: str, how: str
+) -> None:
     async with trio_zc.open_pool(max_bytes=4 * SIZE, kernel=kernel(name), policy=ALWAYS_ZC) as pool:
         stream, peer = await stream_pair(pool)
         lease = await pool.acquire(SIZE)
         lease.write(pattern(SIZE, 1))  # the first image
-        paused = PausedWrite(lease, pattern(SIZE, 2))  # a second write, in a worker
+        paused = PausedWrite(lease, pattern(SIZE, 2), how)  # a second write, in a worker
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, paused.run)
             await wait_for(paused.at_copy)
@@ -114,8 +173,11 @@ async def test_a_seal_during_a_threads_write_never_lets_the_write_change_sealed_
         await peer.aclose()
 
 
+@pytest.mark.parametrize("how", PAUSES)
 @pytest.mark.parametrize("name", KERNELS)
-async def test_a_lease_given_up_during_a_threads_write_is_not_reused_until_it_ends(name: str) -> None:
+async def test_a_lease_given_up_during_a_threads_write_is_not_reused_until_it_ends(
+    name: str, how: str
+) -> None:
     # Room for one lease only: the next lease gets the same memory once it is free.
     async with trio_zc.open_pool(max_bytes=SIZE, kernel=kernel(name), policy=ALWAYS_ZC) as pool:
         stream, peer = await stream_pair(pool)
@@ -123,7 +185,7 @@ async def test_a_lease_given_up_during_a_threads_write_is_not_reused_until_it_en
         paused: PausedWrite | None = None
         async with trio.open_nursery() as nursery:
             async with pool.lease(SIZE) as lease:
-                paused = PausedWrite(lease, pattern(SIZE, 4))
+                paused = PausedWrite(lease, pattern(SIZE, 4), how)
                 nursery.start_soon(trio.to_thread.run_sync, paused.run)
                 await wait_for(paused.at_copy)
             # The block ended (as a cancelled request's would) while the
@@ -149,10 +211,11 @@ async def test_a_lease_given_up_during_a_threads_write_is_not_reused_until_it_en
         await peer.aclose()
 
 
-async def test_an_explicit_release_during_a_threads_write_refuses_and_changes_nothing() -> None:
+@pytest.mark.parametrize("how", PAUSES)
+async def test_an_explicit_release_during_a_threads_write_refuses_and_changes_nothing(how: str) -> None:
     async with trio_zc.open_pool(max_bytes=SIZE, kernel="copy") as pool:
         lease = await pool.acquire(SIZE)
-        paused = PausedWrite(lease, pattern(SIZE, 5))
+        paused = PausedWrite(lease, pattern(SIZE, 5), how)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, paused.run)
             await wait_for(paused.at_copy)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from trio_zc._policy import MAX_ENOBUFS_BACKOFF
+from trio_zc._decider import MAX_ENOBUFS_BACKOFF
 
 CHILD = Path(__file__).parent.parent / "children" / "enobufs_child.py"
 REPO = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from trio_zc import ZeroCopyPolicy
-from trio_zc._policy import ENOBUFS_FALLBACK, SendDecider
+from trio_zc._decider import ENOBUFS_FALLBACK, SendDecider
 
 
 def test_small_sends_are_copied() -> None:

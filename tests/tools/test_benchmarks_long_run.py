@@ -33,6 +33,7 @@ from benchmarks.long_run import (
     verdicts,
 )
 from trio_zc._bench import CaseResult
+from trio_zc._bench_cli import build
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -193,6 +194,7 @@ def test_the_raw_figures_survive_the_json_file() -> None:
     assert back == measured and back_infos == infos
     assert [v.describe() for v in verdicts(back)] == [v.describe() for v in verdicts(measured)]
     assert json.loads(text)["machine"]["cpus"]
+    assert json.loads(text)["machine"]["build"] == build()  # which build of trio_zc measured
 
 
 def test_lease_cycles_are_judged_on_the_worst_run_like_the_ratios() -> None:
@@ -212,7 +214,7 @@ def test_figures_saved_without_lease_cycles_still_load() -> None:
     measured = fabricate({0: {unit: [(1.0, 0.3)] for unit in UNITS}})
     data = json.loads(to_json(measured, [RunInfo(0, 0.1, 0.2, 60.0)], seed=1, total_bytes=1 << 30, repeat=1, runs=1))
     for row in data["runs"]:
-        del row["cycles_per_second"]  # as written before the field existed
+        del row["cycles_per_second"], row["cycles_per_round"]  # as written before the fields existed
     _, _, infos = from_json(json.dumps(data))
     assert infos == [RunInfo(0, 0.1, 0.2, 60.0, None)]
 
@@ -226,8 +228,22 @@ def test_the_figures_so_far_are_handed_over_after_every_run() -> None:
     )
     assert seen == [(2, 1), (4, 2)]
     assert all(i.cycles_per_second is not None and i.cycles_per_second > 0 for i in infos)
+    # One cycle figure per round (one round per run here), the run's being their median.
+    assert all(len(i.cycles_per_round) == 1 and i.cycles_per_round[0] == i.cycles_per_second for i in infos)
     assert [m.step for m in measured] == steps
     assert all(m.result.intact == m.result.images == 8 for m in measured)
+
+
+def test_a_runs_lease_cycles_are_the_median_of_its_rounds() -> None:
+    """A second of noise in one round moves the run's figure no more than another round's."""
+    steps = plan(1, 3, 0, [("auto", 16 * KiB)])
+    _, infos = run_protocol(steps, 16 * KiB, 0, cycles=200)
+    (info,) = infos
+    assert len(info.cycles_per_round) == 3
+    assert info.cycles_per_second == sorted(info.cycles_per_round)[1]
+    # Saved and read back whole.
+    data = to_json([], infos, seed=0, total_bytes=16 * KiB, repeat=3, runs=1)
+    assert from_json(data)[2] == infos
 
 
 # -- the command line -------------------------------------------------------------
@@ -288,7 +304,8 @@ def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path: pathlib.Path) ->
     assert list(tmp_path.iterdir()) == []  # and no figures written
     lines = result.stdout.splitlines()
     assert lines[0] == (
-        "protocol: 7 units x 3 GiB x 7 repetitions per run, 2 run(s), seed 11 (--seed 11 repeats this order)"
+        "protocol: 7 units x 3 GiB x 7 repetitions per run, 2 run(s), seed 11 (--seed 11 repeats this order),"
+        f" trio_zc's {build()} build"
     )
     assert lines[1].startswith("sends 294.0 GiB over loopback; estimated ")
     rounds = lines[2:]

@@ -61,7 +61,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
             "4 MiB auto / trio send_all, CPU per GB: worst",
             "16 KiB auto / trio send_all, throughput: worst",
             "over 2 run(s)",
-            "lease cycles per second (mock kernel, one stream, 1 KiB payloads), per run: ",
+            "lease cycles per second (mock kernel, one stream, 1 KiB payloads), per run (the median of its rounds): ",
             "lease cycles per second / 100,000: worst",
         ],
     ),

@@ -11,6 +11,7 @@ from ._usage import assert_one_line_usage_error as usage_error
 import trio_zc._bench as bench
 import trio_zc._lifecycle as lifecycle
 from trio_zc._bench_cases import ALL_CASES, KERNEL_CASES
+from trio_zc._bench_cli import build
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -43,6 +44,7 @@ def test_bench_smoke_runs_every_case_verifies_every_image_and_saves_its_figures(
     # Progress on stderr, one line per run.
     assert result.stderr.count(" rep 1:") == 2 * len(ALL_CASES)
     assert "lease overhead:" in result.stdout
+    assert f"mock kernel, {build()} build" in result.stdout  # the figure says which build made it
     # The project's targets and stalled clients are benchmarks/acceptance.py's, not the user's tool's.
     assert "targets:" not in result.stdout and "stalled" not in result.stderr + result.stdout
     saved = bench.from_json(figures.read_text())

@@ -47,15 +47,15 @@ def _run(
     return output
 
 
-def _dependencies_view(where: pathlib.Path) -> pathlib.Path:
-    """A directory of links to every package installed here, except trio_zc."""
+def _dependencies_view(where: pathlib.Path, without: tuple[str, ...] = ()) -> pathlib.Path:
+    """A directory of links to every package installed here, except trio_zc (and those named *without*)."""
     view = where / "deps"
     view.mkdir()
     paths = sysconfig.get_paths()
     for site in dict.fromkeys([paths["purelib"], paths["platlib"]]):
         for entry in pathlib.Path(site).iterdir():
             name = entry.name
-            if name.startswith(("trio_zc", "__editable__", "__pycache__")) or name.endswith(".pth"):
+            if name.startswith(("trio_zc", "__editable__", "__pycache__", *without)) or name.endswith(".pth"):
                 continue
             if not (view / name).exists():
                 (view / name).symlink_to(entry)
@@ -71,12 +71,15 @@ def _throwaway_venv(where: pathlib.Path, deps: pathlib.Path) -> pathlib.Path:
     return python
 
 
-def _pip_install(python: pathlib.Path, *args: str | os.PathLike[str], env: dict[str, str] | None = None) -> str:
+def _pip_install(
+    python: pathlib.Path, *args: str | os.PathLike[str], env: dict[str, str] | None = None, timeout: float = 300
+) -> str:
     # This environment's pip, installing into the throwaway one.
     return _run(
         sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--no-deps", "--no-build-isolation",
         *args,
         env=env,
+        timeout=timeout,
     )
 
 
@@ -181,3 +184,71 @@ def test_install_from_a_checkout_plain_and_editable(
     assert pathlib.Path(where.strip()) == tree / "trio_zc" / "__init__.py"
     # The CLI works outside a checkout, from the installed package.
     assert "stateDiagram" in _run(editable, "-m", "trio_zc", "lifecycle", cwd=tmp_path)
+
+
+#: docs/install.rst's command for the compiled build, and its check of which build is installed.
+COMPILE_COMMAND = "TRIO_ZC_COMPILE=1 pip install --no-build-isolation '.[images]'"
+
+
+def _which_build_check() -> str:
+    from .test_docs import rst_blocks
+
+    (check,) = [b.text for b in rst_blocks(ROOT / "docs" / "install.rst") if b.language == "python"]
+    return check
+
+
+def _cannot_compile() -> str | None:
+    """What this machine lacks to compile the package (as the Makefile's pytest-compiled asks), if anything."""
+    import shlex
+    import shutil
+
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+    missing = [f"a C compiler ({compiler})"] if shutil.which(compiler) is None else []
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        missing.append("Python.h")
+    return " and ".join(missing) or None
+
+
+def test_the_compiled_build_as_the_install_page_asks_for_it(
+    sdist: tuple[pathlib.Path, pathlib.Path, str], tmp_path: pathlib.Path
+) -> None:
+    """docs/install.rst, "The compiled build": its command compiles, and its check says so.
+
+    Skipped, as ``make pytest-compiled`` is, on a machine that cannot compile,
+    unless REQUIRE_COMPILED=1 (CI).
+    """
+    missing = _cannot_compile()
+    if missing and os.environ.get("REQUIRE_COMPILED") != "1":
+        pytest.skip(f"the compiled build cannot be built here: this machine lacks {missing}")
+    _, tree, _ = sdist
+    assert COMPILE_COMMAND in (ROOT / "docs" / "install.rst").read_text()
+    venv = _throwaway_venv(tmp_path / "venv", _dependencies_view(tmp_path))
+    _pip_install(venv, f"{tree}[images]", env={"TRIO_ZC_COMPILE": "1"}, timeout=900)
+    (tmp_path / "check.py").write_text(_which_build_check())
+    where, build = _run(venv, "-P", tmp_path / "check.py", cwd=tmp_path).splitlines()
+    assert build == "compiled" and pathlib.Path(where).is_relative_to(tmp_path / "venv"), where
+    # It works: README's first program, on the compiled pool and leases.
+    readme = (ROOT / "README.md").read_text()
+    (tmp_path / "first.py").write_text(readme.split("```python\n", 1)[1].split("```", 1)[0])
+    assert "bytes ready to send" in _run(venv, "-P", tmp_path / "first.py", cwd=tmp_path)
+
+
+def test_the_compiled_build_falls_back_to_pure_python_or_fails_when_required(
+    sdist: tuple[pathlib.Path, pathlib.Path, str], tmp_path: pathlib.Path
+) -> None:
+    """Without mypyc, TRIO_ZC_COMPILE=1 says why and installs the pure package; ``required`` fails."""
+    _, tree, _ = sdist
+    deps = _dependencies_view(tmp_path, without=("mypy", "mypyc"))  # mypy, mypyc, mypy_extensions
+    venv = _throwaway_venv(tmp_path / "venv", deps)
+    output = _pip_install(venv, "-v", f"{tree}[images]", env={"TRIO_ZC_COMPILE": "1"})
+    assert "trio_zc: mypyc is not installed" in output and "pure Python" in output, output
+    (tmp_path / "check.py").write_text(_which_build_check())
+    assert _run(venv, "-P", tmp_path / "check.py", cwd=tmp_path).splitlines()[1] == "pure Python"
+    other = _throwaway_venv(tmp_path / "other", deps)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", other, "install", "--no-index", "--no-deps",
+         "--no-build-isolation", tree],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "TRIO_ZC_COMPILE": "required"},
+    )
+    assert result.returncode != 0 and "mypyc" in result.stdout + result.stderr, result

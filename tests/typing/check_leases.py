@@ -12,13 +12,13 @@ async def misuse(pool: trio_zc.BufferPool, stream: trio_zc.ZeroCopyStream) -> No
     sealed = writable.seal()
 
     # Sending a writable lease.
-    await stream.send_lease(writable)  # type: ignore[arg-type]
+    await stream.send_lease(writable)  # type: ignore[call-overload]
     # Sending anything else as a lease.
-    await stream.send_lease(b"bytes")  # type: ignore[arg-type]
+    await stream.send_lease(b"bytes")  # type: ignore[call-overload]
     # A head is bytes-like: not text, not a lease, and only by keyword.
-    await stream.send_lease(sealed, head="HTTP/1.1 200 OK\r\n\r\n")  # type: ignore[arg-type]
-    await stream.send_lease(sealed, head=sealed)  # type: ignore[arg-type]
-    await stream.send_lease(sealed, 0, None, b"head")  # type: ignore[call-arg]
+    await stream.send_lease(sealed, head="HTTP/1.1 200 OK\r\n\r\n")  # type: ignore[call-overload]
+    await stream.send_lease(sealed, head=sealed)  # type: ignore[call-overload]
+    await stream.send_lease(sealed, 0, None, b"head")  # type: ignore[call-overload]
 
     # Writing through a sealed lease: it has no write API...
     sealed.write(b"new image")  # type: ignore[attr-defined]

@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, NoReturn, Protocol
 
 import trio
 
+from .._mypyc import caused, mypyc_attr, own_abc_state
 from .._arena import PAGE_SIZE
 from .._lifecycle import LeaseState
 from .._stats import Counters
@@ -116,6 +117,7 @@ class SendableLease(Protocol):
 CompletionListener = Callable[[int, bool], None]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Transport(abc.ABC):
     """One connection, as a channel sends through it: a socket, or the mock's wire.
 
@@ -199,10 +201,11 @@ _CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
 def broken(exc: OSError) -> NoReturn:
     """Raise the Trio stream error for a connection's OSError."""
     if exc.errno in _CLOSED_ERRNOS:
-        raise trio.ClosedResourceError("the socket was closed") from exc
-    raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+        raise caused(trio.ClosedResourceError("the socket was closed"), exc)
+    raise caused(trio.BrokenResourceError(f"the connection broke: {exc}"), exc)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Channel:
     """One connection as a kernel sees it; sends by copying. Made by :meth:`Kernel.open_channel`.
 
@@ -349,6 +352,7 @@ class Channel:
         await trio.lowlevel.checkpoint()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Kernel(abc.ABC):
     """A way of sending, chosen per pool (``open_pool(kernel=...)``)."""
 
@@ -442,3 +446,6 @@ class Kernel(abc.ABC):
         quarantined by the pool.
         """
         await trio.lowlevel.checkpoint()
+
+
+own_abc_state(SendableLease, Transport, Kernel)  # the compiled build: see own_abc_state

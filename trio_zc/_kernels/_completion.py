@@ -33,6 +33,7 @@ from typing import Protocol
 
 import trio
 
+from .._mypyc import mypyc_attr, own_abc_state
 from .._stats import Counters
 from ._base import Channel, CompletionListener, SendableLease, Transport, broken
 from ._closing import ZEROCOPY_REFUSED, DrainingClose, RefusalRetry, keep_forever
@@ -64,13 +65,19 @@ class ZeroCopyTransport(Protocol):
     def accepted(self, call: Call, counter: int) -> None:
         """A zero-copy call was accepted and took *counter*."""
 
-    def releasing(self, calls: list[Call]) -> None:
-        """*calls* are complete and about to be released."""
+    def releasing(self, calls: list[Call], first: int) -> None:
+        """*calls* are complete and about to be released; the first took counter *first*, the others the next ones.
+
+        Keep what a call holds by its counter, never by ``id(call)``: the
+        compiled build keeps a call tuple unboxed and makes a new object of
+        it at each crossing into Python code.
+        """
 
     def after_completion(self) -> None:
         """A completion record was acted on (the pool's state is whole again)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CompletionChannel(Channel):
     """A channel whose zero-copy calls are numbered and completed by records."""
 
@@ -133,7 +140,7 @@ class CompletionChannel(Channel):
             # Garbage must never release memory (rule 2); count it and go on.
             self.counters.malformed()
             return
-        self.zerocopy.releasing(calls)
+        self.zerocopy.releasing(calls, record.lo)
         nbytes = 0
         for lease, n, _ in calls:
             nbytes += n
@@ -275,3 +282,6 @@ class CompletionChannel(Channel):
 
     async def aclose(self, drain_timeout: float) -> None:
         await self.closing.aclose(drain_timeout)
+
+
+own_abc_state(ZeroCopyTransport)  # the compiled build: see own_abc_state

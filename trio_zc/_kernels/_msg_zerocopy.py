@@ -122,14 +122,14 @@ class ErrorQueue:
 
     def accepted(self, call: Call, counter: int) -> None:
         if self._pending is not None:
-            self._held[id(call)] = self._pending
+            self._held[counter] = self._pending
             self._pending = None
 
-    def releasing(self, calls: list[Call]) -> None:
+    def releasing(self, calls: list[Call], first: int) -> None:
         if self._held:
             area = self._heads.head_area()
-            for call in calls:
-                taken = self._held.pop(id(call), None)
+            for k in range(len(calls)):
+                taken = self._held.pop((first + k) & 0xFFFFFFFF, None)
                 if taken is not None and area is not None:
                     area.give_back(*taken)
 

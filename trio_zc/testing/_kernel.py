@@ -39,21 +39,24 @@ Nothing waits on real time, so tests run the same under
 from __future__ import annotations
 
 import itertools
+from typing import overload
 
 import trio
 
+from .._mypyc import mypyc_attr, own_abc_state
 from .._kernels._base import Channel, CompletionListener, Kernel, Transport
 from .._kernels._closing import settle_all
 from .._kernels._completion import CompletionChannel
 from .._pool import BufferPool
 from .._stats import Counters
 from .._stream import ZeroCopyStream
-from .._validate import check_bool
-from ._peer import MockPeer
+from .._validate import RuntimeChecked, check_bool, check_drain_timeout
+from ._peer import MockPeer, check_flags
 from ._transport import MockTransport
 from ._wire import _MASK, _Connection, _Waiters
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MockKernel(Kernel):
     """A kernel for tests: in-memory connections with every hard case on demand.
 
@@ -83,21 +86,22 @@ class MockKernel(Kernel):
     def __init__(
         self,
         *,
-        counter_start: int = 0,
-        socket_buffer: int = 4 * 2**20,
-        receive_buffer: int = 4 * 2**20,
-        call_sites: bool = True,
+        counter_start: int | RuntimeChecked = 0,
+        socket_buffer: int | RuntimeChecked = 4 * 2**20,
+        receive_buffer: int | RuntimeChecked = 4 * 2**20,
+        call_sites: bool | RuntimeChecked = True,
     ) -> None:
-        check_bool("call_sites", call_sites)
+        self.call_sites: bool = check_bool("call_sites", call_sites)
         if not isinstance(counter_start, int) or isinstance(counter_start, bool) or not 0 <= counter_start <= _MASK:
             raise ValueError("counter_start must be an int in [0, 2**32)")
+        sizes: list[int] = []
         for name, value in (("socket_buffer", socket_buffer), ("receive_buffer", receive_buffer)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
-        self.counter_start = counter_start
-        self.socket_buffer = socket_buffer
-        self.receive_buffer = receive_buffer
-        self.call_sites = call_sites
+            sizes.append(value)
+        self.counter_start: int = counter_start
+        self.socket_buffer: int = sizes[0]
+        self.receive_buffer: int = sizes[1]
         self.connections: list[_Connection] = []
         # Whether run() has work, and run() waiting for it.
         self._work = False
@@ -120,8 +124,12 @@ class MockKernel(Kernel):
         transport.conn.channel = channel
         return channel
 
+    @overload  # type: ignore[misc]  # one signature for callers, an object-taking implementation
     def open_stream(
         self, pool: BufferPool, *, drain_timeout: float | None = None
+    ) -> tuple[ZeroCopyStream, MockPeer]: ...
+    def open_stream(
+        self, pool: object, *, drain_timeout: object = None
     ) -> tuple[ZeroCopyStream, MockPeer]:
         """A stream on *pool* and the peer at the other end of its connection."""
         if not isinstance(pool, BufferPool):
@@ -132,7 +140,8 @@ class MockKernel(Kernel):
             self, f"mock connection {next(self._names)}", self.socket_buffer, self.receive_buffer
         )
 
-        stream = ZeroCopyStream(MockTransport(conn), pool=pool, drain_timeout=drain_timeout)
+        timeout = None if drain_timeout is None else check_drain_timeout(drain_timeout, or_none=True)
+        stream = ZeroCopyStream(MockTransport(conn), pool=pool, drain_timeout=timeout)
         self.connections.append(conn)
         peer = MockPeer(conn)
         self.peers.append(peer)
@@ -185,11 +194,18 @@ class MockKernel(Kernel):
             peer.hold_completions()
 
     def release_completions(
-        self, *, coalesce: bool = False, reverse: bool = False, copied: bool | None = None
+        self,
+        *,
+        coalesce: bool | RuntimeChecked = False,
+        reverse: bool | RuntimeChecked = False,
+        copied: bool | RuntimeChecked | None = None,
     ) -> int:
         """Release held completions everywhere (see :meth:`MockPeer.release_completions`)."""
+        # RuntimeChecked: the flags arrive as given, for the check (before any
+        # connection changes) to refuse what is not True or False in both builds.
+        flags = check_flags(coalesce=coalesce, reverse=reverse, copied=copied)
         return sum(
-            peer.release_completions(coalesce=coalesce, reverse=reverse, copied=copied)
+            peer.release_completions(coalesce=flags[0], reverse=flags[1], copied=flags[2])
             for peer in self._live_peers()
         )
 
@@ -202,10 +218,14 @@ class MockKernel(Kernel):
         """Transmit every connection's queued sends, lifting their holds (see :meth:`MockPeer.transmit`); bytes moved."""
         return sum(peer.transmit() for peer in self._live_peers())
 
-    def mark_copied(self, copied: bool = True) -> None:
+    def mark_copied(self, copied: bool | RuntimeChecked = True) -> None:
         """Mark every connection's completions COPIED from now on (see :meth:`MockPeer.mark_copied`)."""
+        flag = check_bool("copied", copied)
         for peer in self._live_peers():
-            peer.mark_copied(copied)
+            peer.mark_copied(flag)
 
     def _live_peers(self) -> list[MockPeer]:
         return [peer for peer in self.peers if peer._conn in self.connections]
+
+
+own_abc_state(MockKernel)  # the compiled build: see own_abc_state

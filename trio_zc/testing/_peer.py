@@ -8,7 +8,7 @@ from typing import Final
 import trio
 
 from .._conflict import ConflictDetector
-from .._validate import check_at_least, check_receive_size, exact_int
+from .._validate import check_at_least, check_bool, check_receive_size, exact_int
 from ._sends import MockSend
 from ._wire import _MASK, _Connection
 
@@ -217,6 +217,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
         *coalesce* merges them into ranges as long as possible, *reverse*
         delivers them newest first, *copied* overrides the COPIED flag.
         """
+        coalesce, reverse, copied = check_flags(coalesce=coalesce, reverse=reverse, copied=copied)
         conn = self._conn
         records = list(conn.records)
         conn.records.clear()
@@ -242,6 +243,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
         """
         lo = exact_int("lo", lo)
         hi = exact_int("hi", hi)
+        copied = check_bool("copied", copied)
         conn = self._conn
         # Held records keep what this one does not report (each call is
         # reported once), even where they wrap or overlap it only in part.
@@ -261,7 +263,7 @@ class MockPeer(trio.abc.HalfCloseableStream):
 
     def mark_copied(self, copied: bool = True) -> None:
         """Mark completions produced from now on COPIED (as loopback does)."""
-        self._conn.copied = copied
+        self._conn.copied = check_bool("copied", copied)
 
     def accept_at_most(self, nbytes: int | None) -> None:
         """Make each send call accept at most *nbytes* (None: no limit)."""
@@ -317,3 +319,17 @@ def _coalesce(records: list[list[object]]) -> list[list[object]]:
                 continue
         out.append(list(record))
     return out
+
+
+def check_flags(*, coalesce: object, reverse: object, copied: object) -> tuple[bool, bool, bool | None]:
+    """The flags of :meth:`MockPeer.release_completions`, each True or False (*copied*: or None).
+
+    Checked before anything changes, and here rather than by the parameters'
+    ``bool`` annotations: compiled, those refused 1 with mypyc's own message
+    where the pure build took it (docs/bad_input.rst).
+    """
+    return (
+        check_bool("coalesce", coalesce),
+        check_bool("reverse", reverse),
+        None if copied is None else check_bool("copied", copied),
+    )

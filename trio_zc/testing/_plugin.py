@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from .._pool import BufferPool, open_pool
+from .._pool import BufferPool
+from .._pool_open import open_pool
 from ._kernel import MockKernel
 
 MOCK_POOL_BYTES = 64 * 2**20

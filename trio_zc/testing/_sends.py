@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from .._mypyc import mypyc_attr
+
 if TYPE_CHECKING:
     from .._kernels._base import SendableLease
 
@@ -19,6 +21,7 @@ _PACKAGE_DIRS: Final = (
 )
 
 
+@mypyc_attr(native_class=False)
 class PrematureReuseError(AssertionError):
     """Memory changed while the kernel was still reading it.
 
@@ -119,7 +122,7 @@ class MockSend:
         """The application's call site that made the send (``file:line in function``)."""
         if self._where is None:
             site = self._site
-            if site is _NOT_RECORDED:
+            if site == _NOT_RECORDED:  # not "is": compiled, the constant tuple is boxed anew at each use
                 self._where = "<not recorded>"
             elif site is None:
                 self._where = "<unknown>"
@@ -160,8 +163,10 @@ def _call_site() -> tuple[str, int, str] | None:
     # traceback.extract_stack(), avoids reading source lines for every frame;
     # remembering each file's answer avoids a prefix test per frame (a send
     # starts several frames deep in the package); and the text is made only
-    # when someone reads it.
-    frame = sys._getframe(2)
+    # when someone reads it. The walk starts at the innermost frame and skips
+    # the package's: in the compiled build its compiled functions have no
+    # frames, so a fixed depth would skip the application's instead.
+    frame = sys._getframe(0)
     inside = _INSIDE
     while frame is not None:
         code = frame.f_code

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import trio
 
+from .._mypyc import caused, mypyc_attr, own_abc_state
+
 from .._kernels._base import Transport
 from .._kernels._completion import Ancdata, Call
 from .._kernels._errqueue import pack_zerocopy_record
@@ -26,6 +28,7 @@ from ._sends import _NOT_RECORDED, MockSend, PrematureReuseError, _call_site
 from ._wire import _Connection, _Segment
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MockTransport(Transport):
     """The stream's end of a mock connection (made by :meth:`MockKernel.open_stream`)."""
 
@@ -44,12 +47,14 @@ class MockTransport(Transport):
         if self.closed:
             raise trio.ClosedResourceError("the stream was closed")
         if self.conn.reset:
-            raise trio.BrokenResourceError("connection reset by peer (mock)") from OSError(
-                errno_module.ECONNRESET, "Connection reset by peer"
+            raise caused(
+                trio.BrokenResourceError("connection reset by peer (mock)"),
+                OSError(errno_module.ECONNRESET, "Connection reset by peer"),
             )
         if self.conn.to_peer.broken:
-            raise trio.BrokenResourceError("the peer closed the connection (mock)") from OSError(
-                errno_module.EPIPE, "Broken pipe"
+            raise caused(
+                trio.BrokenResourceError("the peer closed the connection (mock)"),
+                OSError(errno_module.EPIPE, "Broken pipe"),
             )
 
     # -- copying ----------------------------------------------------------------
@@ -178,7 +183,7 @@ class MockTransport(Transport):
             _call_site() if conn.kernel.call_sites else _NOT_RECORDED,
             head,
         )
-        conn.sends[id(call)] = send
+        conn.sends[counter] = send
         wire = nbytes if head is None else len(head) + nbytes
         conn.queued.append(_Segment(None, send, wire))
         conn.queued_bytes += wire
@@ -187,11 +192,11 @@ class MockTransport(Transport):
         else:
             conn.kernel.wake_busy(conn)  # what wake() decides, known here: it has work
 
-    def releasing(self, calls: list[Call]) -> None:
+    def releasing(self, calls: list[Call], first: int) -> None:
         sends = self.conn.sends
         stale = []
-        for call in calls:
-            send = sends.pop(id(call), None)
+        for k in range(len(calls)):
+            send = sends.pop((first + k) & 0xFFFFFFFF, None)
             if send is None:  # pragma: no cover - every call is registered
                 continue
             view = send.view
@@ -268,3 +273,6 @@ def _premature(stale: list[tuple[MockSend, bool]]) -> PrematureReuseError:
         f" #{first.counter} of {first.nbytes} bytes on {first.connection}, made at"
         f" {first.where}{more}. {advice}"
     )
+
+
+own_abc_state(MockTransport)  # the compiled build: see own_abc_state

@@ -21,6 +21,7 @@ import collections
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
+from trio.lowlevel import current_task, reschedule, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from .._kernels._completion import CompletionChannel
@@ -74,11 +75,11 @@ class _Waiters:
         if self._tasks:
             tasks, self._tasks = self._tasks, []
             for task in tasks:
-                trio.lowlevel.reschedule(task)
+                reschedule(task)
 
     async def wait(self) -> None:
         """Wait for the next :meth:`wake` (a checkpoint: it always blocks)."""
-        task = trio.lowlevel.current_task()
+        task = current_task()
         tasks = self._tasks
         tasks.append(task)
 
@@ -86,7 +87,7 @@ class _Waiters:
             tasks.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        await wait_task_rescheduled(abort)
 
 
 class _Pipe(_Waiters):
@@ -120,7 +121,7 @@ class _Connection:
         self.to_stream = _Pipe()
         # Completion records waiting for the channel: [lo, hi, copied].
         self.records: collections.deque[list[object]] = collections.deque()
-        self.sends: dict[int, MockSend] = {}
+        self.sends: dict[int, MockSend] = {}  # by counter value
         self.channel: CompletionChannel | None = None
         # Controls.
         self.hold_transmission = False
