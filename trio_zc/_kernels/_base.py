@@ -221,6 +221,14 @@ class Channel:
         self.transport = transport
         self.counters = counters
         self.on_completions = on_completions
+        #: Set while an earlier send is still in Linux's hands after its task
+        #: was cancelled (an io_uring request cannot be taken back): every
+        #: later send, copied or not, waits for it, or the two sends' bytes
+        #: would interleave. Here rather than in the one channel that sets
+        #: it, so that :meth:`copy_now` -- once per image -- needs no
+        #: override: a subclass's Python method on the per-image path is an
+        #: interpreted call in the compiled build.
+        self.send_barrier: trio.Event | None = None
 
     # -- copying ------------------------------------------------------------------
 
@@ -230,7 +238,10 @@ class Channel:
         Bytes taken, of both together, in one system call. Never blocks and
         never yields: 0 when nothing can be taken now. A caller that gets
         every byte taken is done with the memory before any other task can run.
+        0 too while :attr:`send_barrier` is set: an earlier send's bytes must go first.
         """
+        if self.send_barrier is not None:
+            return 0
         try:
             if head is None:
                 n = self.transport.send(data)
@@ -246,6 +257,8 @@ class Channel:
     async def send_copy(self, data: memoryview, head: memoryview | None = None) -> None:
         """Send every byte of *head* (if any), then of *data*, by copying them."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self.send_barrier is not None:
+            await self.pass_barrier()
         total = len(data)
         head_left = 0 if head is None else len(head)
         sent = self.copy_now(data, head)  # most sends: one call, no slice
@@ -264,6 +277,13 @@ class Channel:
             await self.wait_writable()  # a checkpoint
             with data[sent:] as rest:
                 sent += self.copy_now(rest)
+
+    async def pass_barrier(self) -> None:
+        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
+        barrier = self.send_barrier
+        if barrier is not None:
+            await barrier.wait()
+            self.send_barrier = None
 
     # -- zero-copy (what zero-copy channels override) -------------------------------
 

@@ -137,12 +137,12 @@ class _Call:
 
 
 class IoUringChannel(Channel):
-    """A TCP socket whose zero-copy sends go through the pool's ring."""
+    """A TCP socket whose zero-copy sends go through the pool's ring.
 
-    #: Set while an earlier send is still in Linux's hands after its task
-    #: was cancelled: a later send, copied or not, must wait for it, or the
-    #: two sends' bytes would interleave.
-    send_barrier: trio.Event | None = None
+    A send whose task is cancelled while its request is in the ring goes on
+    in Linux; it sets :attr:`~trio_zc._kernels._base.Channel.send_barrier`,
+    which every later send waits behind.
+    """
 
     def __init__(
         self,
@@ -163,24 +163,6 @@ class IoUringChannel(Channel):
     @property
     def sends_in_flight(self) -> int:
         return len(self.calls)
-
-    def copy_now(self, data: memoryview, head: memoryview | None = None) -> int:
-        if self.send_barrier is not None:
-            return 0  # an earlier send's bytes must go first
-        return super().copy_now(data, head)
-
-    async def send_copy(self, data: memoryview, head: memoryview | None = None) -> None:
-        if self.send_barrier is not None:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            await self.pass_barrier()
-        await super().send_copy(data, head)
-
-    async def pass_barrier(self) -> None:
-        """Wait for the send behind :attr:`send_barrier`, if any, to end."""
-        barrier = self.send_barrier
-        if barrier is not None:
-            await barrier.wait()
-            self.send_barrier = None
 
     def _where(self, lease: SendableLease, pos: int) -> tuple[int, int | None, int]:
         """Where the lease's bytes from *pos* are, the fixed buffer holding
