@@ -9,7 +9,11 @@ repeats the whole protocol so that the spread between runs can be seen:
 - the units: ``auto``, ``trio-send_all`` and ``blocking`` at 4 MiB;
   ``auto`` and ``trio-send_all`` at 64 KiB and at 16 KiB (the cases of
   :mod:`trio_zc._bench_cases`; ``blocking`` is "the C loop": a blocking
-  socket's ``sendall``, whose loop over partial sends runs in C);
+  socket's ``sendall``, whose loop over partial sends runs in C); and
+  ``trio-floor`` at each size, the least any sender on Trio does per image,
+  judged against the same targets in a section of its own (:data:`FLOOR_GOALS`):
+  where the floor misses a target, no library that keeps Trio's checkpoints
+  can meet it on this machine;
 - a **run** sends ``--bytes`` (3 GiB) per unit and repetition, ``--repeat``
   (7) times: in rounds, each round every unit once in its own shuffled
   order (seeded; the seed is printed, ``--seed`` repeats the order), so
@@ -83,6 +87,17 @@ UNITS: Final = (
     ("trio-send_all", 64 * KiB),
     ("auto", 16 * KiB),
     ("trio-send_all", 16 * KiB),
+    ("trio-floor", 4 * MiB),
+    ("trio-floor", 64 * KiB),
+    ("trio-floor", 16 * KiB),
+)
+
+#: The targets again with ``trio-floor`` in place of ``auto``: not trio_zc's
+#: targets, but whether any sender that keeps Trio's rules could meet them.
+FLOOR_GOALS: Final = tuple(
+    attrs.evolve(goal, name=goal.name.replace("auto", "trio-floor", 1), case="trio-floor")
+    for goal in GOALS
+    if goal.case == "auto"
 )
 
 #: The image sizes of :data:`UNITS`, largest first.
@@ -105,6 +120,9 @@ ESTIMATED_GBPS: Final = {
     ("trio-send_all", 64 * KiB): 2.9,
     ("auto", 16 * KiB): 1.2,
     ("trio-send_all", 16 * KiB): 1.1,
+    ("trio-floor", 4 * MiB): 3.0,
+    ("trio-floor", 64 * KiB): 2.8,
+    ("trio-floor", 16 * KiB): 1.2,
 }
 #: Per unit and repetition besides the images: a connection, an event loop, a pool.
 OVERHEAD_SECONDS: Final = 0.3
@@ -452,7 +470,18 @@ def report(measured: Sequence[Measured], infos: Sequence[RunInfo]) -> str:
     lines.append("")
     lines.append("targets (each must hold in every run; judged on the worst):")
     lines.extend("  " + v.describe() for v in verdicts(measured, infos=infos))
+    floors = [v for v in verdicts(measured, floor_goals(measured)) if v.per_run]
+    if floors:
+        lines.append("")
+        lines.append("the same targets for trio-floor, the least any sender on Trio does per image (not trio_zc's):")
+        lines.extend("  " + v.describe() for v in floors)
     return "\n".join(lines)
+
+
+def floor_goals(measured: Sequence[Measured]) -> list[Goal]:
+    """:data:`FLOOR_GOALS` at the image sizes *measured* has."""
+    sizes = {m.step.size for m in measured}
+    return [g for g in FLOOR_GOALS if g.size in sizes]
 
 
 def to_json(

@@ -19,6 +19,7 @@ import pytest
 from ._usage import assert_one_line_usage_error as usage_error
 
 from benchmarks.long_run import (
+    FLOOR_GOALS,
     GOALS,
     UNITS,
     Goal,
@@ -28,6 +29,7 @@ from benchmarks.long_run import (
     estimate_seconds,
     from_json,
     plan,
+    report,
     run_protocol,
     to_json,
     verdicts,
@@ -184,6 +186,34 @@ def test_only_some_sizes_run_only_their_units_and_targets() -> None:
     assert [v.goal for v in verdicts(fabricate(four))] == list(GOALS[:3])
 
 
+def test_the_floor_is_judged_against_the_same_targets_apart_from_them() -> None:
+    # Every target of auto, again with trio-floor (the least a sender on Trio does) in its place.
+    assert [(g.size, g.base, g.measure, g.limit, g.at_least) for g in FLOOR_GOALS] == [
+        (g.size, g.base, g.measure, g.limit, g.at_least) for g in GOALS
+    ]
+    assert all(g.case == "trio-floor" and "trio-floor" in g.name and "auto" not in g.name for g in FLOOR_GOALS)
+    assert {(g.case, g.size) for g in FLOOR_GOALS} <= set(UNITS)
+    # At 64 KiB: auto at 1.05x trio-send_all, the floor at 1.1x: both miss 1.2.
+    figures = {
+        run: {
+            ("auto", 64 * KiB): [(2.1, 0.3)],
+            ("trio-send_all", 64 * KiB): [(2.0, 0.3)],
+            ("trio-floor", 64 * KiB): [(2.2 + run / 10, 0.25)],
+        }
+        for run in range(2)
+    }
+    text = report(fabricate(figures), [])
+    targets, _, floors = text.partition("the same targets for trio-floor")
+    assert "MISSED  64 KiB auto / trio send_all, throughput: worst 1.05" in targets
+    assert "trio-floor" not in targets.split("targets (")[1]  # the floor is not one of trio_zc's targets
+    assert "MISSED  64 KiB trio-floor / trio send_all, throughput: worst 1.10 (target >= 1.2)" in floors
+    assert "runs: 1.10, 1.15" in floors
+    # Only the floor's goals at the sizes measured; none when the floor did not run.
+    assert floors.count("trio-floor /") == 1
+    del figures[0][("trio-floor", 64 * KiB)], figures[1][("trio-floor", 64 * KiB)]
+    assert "the same targets for trio-floor" not in report(fabricate(figures), [])
+
+
 def test_the_raw_figures_survive_the_json_file() -> None:
     figures = {run: {unit: [(1.0 + run + i / 10, 0.3 + i / 100) for i in range(3)] for unit in UNITS} for run in range(2)}
     measured = fabricate(figures)
@@ -304,10 +334,10 @@ def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path: pathlib.Path) ->
     assert list(tmp_path.iterdir()) == []  # and no figures written
     lines = result.stdout.splitlines()
     assert lines[0] == (
-        "protocol: 7 units x 3 GiB x 7 repetitions per run, 2 run(s), seed 11 (--seed 11 repeats this order),"
+        "protocol: 10 units x 3 GiB x 7 repetitions per run, 2 run(s), seed 11 (--seed 11 repeats this order),"
         f" trio_zc's {build()} build"
     )
-    assert lines[1].startswith("sends 294.0 GiB over loopback; estimated ")
+    assert lines[1].startswith("sends 420.0 GiB over loopback; estimated ")
     rounds = lines[2:]
     assert len(rounds) == 2 * 7
     expected = [s for s in plan(2, 7, 11)]
@@ -334,9 +364,9 @@ def test_without_a_seed_one_is_drawn_and_printed(tmp_path: pathlib.Path) -> None
 def test_the_dry_run_of_one_size_plans_only_its_units(tmp_path: pathlib.Path) -> None:
     result = run_script(tmp_path, "--dry-run", "--seed", "3", "--runs", "1", "--sizes", "4M")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("protocol: 3 units x 3 GiB x 7 repetitions per run, 1 run(s), seed 3")
+    assert result.stdout.startswith("protocol: 4 units x 3 GiB x 7 repetitions per run, 1 run(s), seed 3")
     rounds = result.stdout.splitlines()[2:]
     assert len(rounds) == 7
     for line in rounds:
         units = line.split(": ", 1)[1].split(", ")
-        assert sorted(units) == ["4 MiB auto", "4 MiB blocking", "4 MiB trio-send_all"]
+        assert sorted(units) == ["4 MiB auto", "4 MiB blocking", "4 MiB trio-floor", "4 MiB trio-send_all"]
