@@ -61,19 +61,20 @@ $(COMPILED)/.built: $(STAMP) $(SOURCES)
 
 # The suite against the compiled build, on this Python (part of `make
 # test`): the sans-I/O layer, the bad-input table through the API, the API
-# files and the guarantees, with the test files copied next to the compiled
+# files, the real kernels and the guarantees, with the test files copied next to the compiled
 # package so that everything they import, child processes included, is the
 # compiled copy (tests/test_build.py checks). The few tests that reach into
 # the library in ways only interpreted code allows say so and skip there
-# (tests/builds.py: pure_only). Not here yet (open work): tests/kernels,
-# and tests/tools (the examples, benchmarks, demo and docs blocks, and the
-# repository's own checks).
+# (tests/builds.py: pure_only). The real kernels' tests (tests/kernels) run
+# here too: their modules are interpreted in both builds, but they subclass
+# and call the compiled ones. Not here yet (open work): tests/tools (the
+# examples, benchmarks, demo and docs blocks, and the repository's own checks).
 # A compile error fails. A machine with no C compiler or no Python headers
 # skips this with a line saying so -- unless REQUIRE_COMPILED=1 (.ci/run sets
 # it), where that fails too.
 COMPILED_API := af_unix asgi asgi_adversary bad_input e2e exceptions fast_paths headers http http_cache http_heads \
 	image_workers images lease mock pool pool_limits send_head send_hold serve slow_peers stateful stream stream_conformance
-COMPILED_TESTS ?= tests/test_build.py tests/sansio $(COMPILED_API:%=tests/api/test_%.py) tests/guarantees
+COMPILED_TESTS ?= tests/test_build.py tests/sansio $(COMPILED_API:%=tests/api/test_%.py) tests/kernels tests/guarantees
 CAN_COMPILE := import os, shlex, shutil, sysconfig; \
 	cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]; \
 	headers = os.path.join(sysconfig.get_paths()["include"], "Python.h"); \

@@ -16,12 +16,14 @@ the state after the error with the state just before the bad call.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
 import gc
 import math
 import mmap
 import os
+import pickle
 import socket
 import sys
 import warnings
@@ -608,6 +610,15 @@ class Row:
 
 R = Row
 TE, VE = TypeError, ValueError
+# What copying each kind of object says (the same in both builds).
+_LEASE_COPY = (
+    "cannot be deep-copied or pickled: a lease is ownership of pool memory, and a copy would alias that memory;"
+    " for a copy of the bytes, write them into a new lease from pool.lease()"
+)
+_POOL_COPY = "a BufferPool cannot be copied or pickled: it owns its memory; pass the pool itself"
+_STREAM_COPY = "a ZeroCopyStream cannot be copied or pickled: it owns its connection; pass the stream itself"
+_PEER_COPY = "a MockPeer cannot be copied or pickled: it is one end of its mock connection; pass the peer itself"
+_KERNEL_COPY = "a MockKernel cannot be copied or pickled: make a new one for each pool"
 Stale, Foreign, Views = trio_zc.StaleLeaseError, trio_zc.ForeignLeaseError, trio_zc.LiveViewsError
 Closed, Busy = trio.ClosedResourceError, trio.BusyResourceError
 
@@ -772,6 +783,31 @@ ROWS: list[Row] = [
     R("open-stream-foreign-pool", OWNERSHIP, "a mock connection on a pool of another kernel",
       "mock_kernel.open_stream(other_pool)",
       VE, "open_stream() needs a pool opened with this MockKernel", sync(lambda c: c.kernel.open_stream(c.other))),
+    R("deepcopy-lease", OWNERSHIP, "a deep copy of a writable lease", "copy.deepcopy(lease)",
+      TE, f"a WritableLease {_LEASE_COPY}", sync(lambda c: copy.deepcopy(c.lease))),
+    R("deepcopy-sealed", OWNERSHIP, "a deep copy of a sealed lease", "copy.deepcopy(sealed)",
+      TE, f"a SealedLease {_LEASE_COPY}", sync(lambda c: copy.deepcopy(c.sealed))),
+    R("pickle-sealed", OWNERSHIP, "pickling a sealed lease", "pickle.dumps(sealed)",
+      TE, f"a SealedLease {_LEASE_COPY}", sync(lambda c: pickle.dumps(c.sealed))),
+    R("copy-lease", OWNERSHIP, "a shallow copy of a lease handle", "copy.copy(lease)",
+      None, "accepted: another handle of the same lease (sealing or releasing through one makes both stale)",
+      sync(lambda c: copy.copy(c.lease))),
+    R("copy-pool", OWNERSHIP, "a copy of a pool", "copy.copy(pool)",
+      TE, _POOL_COPY, sync(lambda c: copy.copy(c.pool))),
+    R("deepcopy-pool", OWNERSHIP, "a deep copy of a pool", "copy.deepcopy(pool)",
+      TE, _POOL_COPY, sync(lambda c: copy.deepcopy(c.pool))),
+    R("copy-stream", OWNERSHIP, "a copy of a stream", "copy.copy(stream)",
+      TE, _STREAM_COPY, sync(lambda c: copy.copy(c.stream))),
+    R("deepcopy-stream", OWNERSHIP, "a deep copy of a stream", "copy.deepcopy(stream)",
+      TE, _STREAM_COPY, sync(lambda c: copy.deepcopy(c.stream))),
+    R("copy-mock-peer", OWNERSHIP, "a copy of a mock connection's peer", "copy.copy(peer)",
+      TE, _PEER_COPY, sync(lambda c: copy.copy(c.mock_peer))),
+    R("deepcopy-mock-peer", OWNERSHIP, "a deep copy of a mock connection's peer", "copy.deepcopy(peer)",
+      TE, _PEER_COPY, sync(lambda c: copy.deepcopy(c.mock_peer))),
+    R("copy-mock-kernel", OWNERSHIP, "a copy of a MockKernel", "copy.copy(mock_kernel)",
+      TE, _KERNEL_COPY, sync(lambda c: copy.copy(c.kernel))),
+    R("deepcopy-mock-kernel", OWNERSHIP, "a deep copy of a MockKernel", "copy.deepcopy(mock_kernel)",
+      TE, _KERNEL_COPY, sync(lambda c: copy.deepcopy(c.kernel))),
     # -- closed resources -----------------------------------------------------------
     R("closed-send-lease", CLOSED, "send_lease on a closed stream", "await stream.aclose(); await stream.send_lease(sealed)",
       Closed, "this stream was closed", after(_close_stream, lambda c: c.stream.send_lease(c.sealed))),

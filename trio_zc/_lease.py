@@ -74,6 +74,23 @@ def describe_lease(lease_id: int, adopted: bool, nbytes: int, state: LeaseState)
     return f"lease #{lease_id} ({kind}, {nbytes} bytes, {state.value})"
 
 
+def refuse_deep_copy(kind: str) -> NoReturn:
+    """What ``copy.deepcopy()`` and ``pickle`` of a lease handle raise (both builds alike).
+
+    A lease is ownership of memory the pool lent; a deep copy could not be a
+    second lease (the pool lent that memory once) and would alias it, so it
+    is refused, with what to do instead. Without this the error came from
+    deep inside the copy and differed by build: the pure one failed on the
+    arena's ``mmap``, the compiled one on the handle's missing constructor
+    argument.
+    """
+    raise TypeError(
+        f"a {kind} cannot be deep-copied or pickled: a lease is ownership of pool memory, and a copy"
+        " would alias that memory; for a copy of the bytes, write them into a new lease from"
+        " pool.lease() (copy.copy() gives another handle of this same lease)"
+    )
+
+
 class LeaseHome:
     """What a lease record needs from its pool, handed to it when it is made.
 
@@ -413,6 +430,10 @@ class WritableLease:
         # native class copy.copy() could not make (it calls __new__ with no slot).
         return WritableLease(self._slot)
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # copy.deepcopy() and pickle; copy.copy() takes __copy__ above.
+        refuse_deep_copy("WritableLease")
+
     def _live(self) -> _LeaseRecord:
         slot = self._slot
         if slot.state is not _WRITABLE:
@@ -666,6 +687,10 @@ class SealedLease:
         # class from its slots; spelled out for the compiled build, whose
         # native class copy.copy() could not make (it calls __new__ with no slot).
         return SealedLease(self._slot)
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # copy.deepcopy() and pickle; copy.copy() takes __copy__ above.
+        refuse_deep_copy("SealedLease")
 
     def _live(self) -> _LeaseRecord:
         slot = self._slot

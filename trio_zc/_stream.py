@@ -126,7 +126,9 @@ class ZeroCopyStream(trio.abc.HalfCloseableStream):
         # A copy would share the connection but not the check that refuses
         # two sends at once (the bytes of two images would interleave) nor
         # the closed flag. copy.deepcopy() and pickle end here too.
-        raise TypeError("a ZeroCopyStream cannot be copied or pickled: it owns its connection")
+        raise TypeError(
+            "a ZeroCopyStream cannot be copied or pickled: it owns its connection; pass the stream itself"
+        )
 
     @property
     def pool(self) -> BufferPool:

@@ -9,7 +9,8 @@ images). ``copy.copy(stream)`` shared the connection but not the check that
 refuses two sends at once, so two tasks' images interleaved on the wire;
 ``copy.copy(MockKernel())`` made two pools share one kernel's connections
 (the hole of issue 17 that ``Kernel.claim`` closed, reopened). Pools,
-streams and kernels now refuse to be copied or pickled.
+streams and kernels now refuse to be copied or pickled, and so does the
+mock's peer (whose shallow copy skipped its own send and receive checks).
 
 Lease handles may be copied: a copy is the same lease (the record it points
 to decides), which the second half of this file pins. They cannot be deep
@@ -61,6 +62,19 @@ def test_a_mock_kernel_refuses_to_be_copied(how: str) -> None:
         COPIERS[how](MockKernel())
 
 
+@pytest.mark.parametrize("how", sorted(COPIERS))
+async def test_a_mock_peer_refuses_to_be_copied(how: str) -> None:
+    # A shallow copy shared the connection without the checks that refuse
+    # two sends at once, as a copied stream did.
+    kernel = MockKernel()
+    async with trio_zc.open_pool(max_bytes=1 << 20, kernel=kernel) as pool:
+        stream, peer = kernel.open_stream(pool)
+        with pytest.raises(TypeError, match="MockPeer cannot be copied"):
+            COPIERS[how](peer)
+        await stream.aclose()
+        await peer.aclose()
+
+
 async def test_a_copy_of_a_pool_never_outlives_its_block() -> None:
     # What the copy did at b591049, through its own methods only.
     async with trio_zc.open_pool(max_bytes=1 << 20, kernel="copy") as pool:
@@ -99,9 +113,9 @@ async def test_a_shallow_copy_of_a_lease_handle_is_the_same_lease(name: str) -> 
         with pytest.raises(trio_zc.StaleLeaseError):
             await stream.send_lease(sealed_twin)
         for handle in (lease, sealed):
-            with pytest.raises(TypeError):
+            with pytest.raises(TypeError, match="cannot be deep-copied or pickled: a lease is ownership"):
                 copy.deepcopy(handle)
-            with pytest.raises(TypeError):
+            with pytest.raises(TypeError, match="cannot be deep-copied or pickled: a lease is ownership"):
                 pickle.dumps(handle)
             with pytest.raises(TypeError):
                 weakref.ref(handle)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno as errno_module
-from typing import Final
+from typing import Final, NoReturn
 
 import trio
 
@@ -35,6 +35,17 @@ class MockPeer(trio.abc.HalfCloseableStream):
 
     def __repr__(self) -> str:
         return f"<trio_zc.testing.MockPeer {self._conn.name}>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        # A copy would share the connection but not the checks that refuse
+        # two sends (or two receives) at once, nor the closed flag: as with
+        # ZeroCopyStream. Deep copies and pickles went on into the kernel and
+        # failed there, with an error that named the kernel (pure build) or a
+        # constructor's missing argument (compiled).
+        raise TypeError(
+            "a MockPeer cannot be copied or pickled: it is one end of its mock connection;"
+            " pass the peer itself (MockKernel.open_stream() makes another connection)"
+        )
 
     # -- the stream interface ---------------------------------------------------
 
