@@ -216,19 +216,19 @@ class Channel:
     #: Why zero-copy can never be used on this channel (the copy kernel, a
     #: peer on loopback under "auto", not TCP...), or None.
     copy_only_reason: str | None = None
+    #: Set while an earlier send is still in Linux's hands after its task
+    #: was cancelled (an io_uring request cannot be taken back): every later
+    #: send, copied or not, waits for it, or the two sends' bytes would
+    #: interleave. Here rather than in the one channel that sets it, so that
+    #: :meth:`copy_now` -- once per image -- needs no override: a subclass's
+    #: Python method on the per-image path is an interpreted call in the
+    #: compiled build.
+    send_barrier: trio.Event | None = None
 
     def __init__(self, transport: Transport, counters: Counters, on_completions: CompletionListener) -> None:
         self.transport = transport
         self.counters = counters
         self.on_completions = on_completions
-        #: Set while an earlier send is still in Linux's hands after its task
-        #: was cancelled (an io_uring request cannot be taken back): every
-        #: later send, copied or not, waits for it, or the two sends' bytes
-        #: would interleave. Here rather than in the one channel that sets
-        #: it, so that :meth:`copy_now` -- once per image -- needs no
-        #: override: a subclass's Python method on the per-image path is an
-        #: interpreted call in the compiled build.
-        self.send_barrier: trio.Event | None = None
 
     # -- copying ------------------------------------------------------------------
 
