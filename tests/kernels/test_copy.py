@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import trio
+import trio.testing
 
 from trio_zc import open_pool
 
@@ -68,3 +69,38 @@ async def test_memory_rewritten_right_after_a_send_never_changes_what_was_sent()
                         await a.send_lease(sealed)
                     # The block released the lease: the next one gets this memory at once.
             assert received == images
+
+
+async def test_a_send_barrier_holds_back_every_copy_until_it_is_set() -> None:
+    """The base channel's barrier (set by a cancelled io_uring send still in Linux's hands).
+
+    Behind it, a copy of either kind waits: the per-image ``copy_now`` takes
+    nothing, so ``send_lease`` goes on to the waiting path, which sends once
+    the barrier is set and not a byte before.
+    """
+    async with open_pool(max_bytes=4 * MiB, kernel="copy") as pool:
+        a, b = await stream_pair(pool)
+        async with a, b:
+            channel = a._channel  # type: ignore[attr-defined]
+            barrier = trio.Event()
+            channel.send_barrier = barrier
+            data = os.urandom(4096)
+            assert channel.copy_now(memoryview(data)) == 0  # nothing taken at once
+            sent = trio.Event()
+
+            async def send() -> None:
+                async with pool.lease(len(data)) as lease:
+                    lease.write(data)
+                    await a.send_lease(lease.seal())
+                sent.set()
+
+            with trio.fail_after(30):  # generous: a copy that ignored the barrier would spin here
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert not sent.is_set()
+                    with trio.move_on_after(0.2):
+                        assert await b.receive_some(1) == b"unreachable"  # nothing may arrive yet
+                    barrier.set()
+                    assert await receive_exactly(b, len(data)) == data
+            assert sent.is_set() and channel.send_barrier is None
