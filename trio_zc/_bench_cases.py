@@ -42,7 +42,7 @@ import trio
 
 from ._bench_protocol import ANSWER, HEADER, READY, STAMP
 from ._highlevel import open_tcp_stream
-from ._kernels._socket import NOTSENT_LOWAT
+from ._kernels._socket import SocketTransport
 from ._policy import ZeroCopyPolicy
 from ._pool_open import open_pool
 
@@ -224,7 +224,8 @@ async def _trio_send_all(job: Job) -> Sent:
 async def _trio_floor(job: Job) -> Sent:
     sock = _connect(job)
     with sock:
-        _floor_setup(sock)
+        # Non-blocking, with the cap on unsent bytes of trio_zc's copying streams.
+        SocketTransport(sock).let_more_unsent()
 
         async def send(view: memoryview) -> None:
             # What trio.SocketStream.send_all does per call, without its layers:
@@ -256,14 +257,6 @@ async def _trio_floor(job: Job) -> Sent:
             await send(view)
         answer = await _receive_exactly_async(receive, _answer_size(job))
         return run.result(answer, 0.0)
-
-
-def _floor_setup(sock: socket.socket) -> None:
-    """Non-blocking, with the cap on unsent bytes that trio_zc's copying streams use."""
-    sock.setblocking(False)
-    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    if lowat is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, lowat, NOTSENT_LOWAT)
 
 
 async def _trio_zc(job: Job, kernel: str) -> Sent:
